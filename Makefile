@@ -1,0 +1,32 @@
+# Developer entry points for ktransform. `make` or `make help` lists the targets.
+#
+# To add a target: put it in the section it belongs to (or a new `##@ Section` line),
+# declare it in .PHONY, and end its rule line with `## one-line description` so that
+# `make help` lists it.
+
+.DEFAULT_GOAL := help
+
+KAFKA_SH := scripts/kafka.sh
+
+.PHONY: help up down logs broker-status
+
+##@ General
+
+help: ## List the targets
+	@awk 'BEGIN { FS = ":.*## " } \
+	  /^##@ / { printf "\n%s\n", substr($$0, 5) } \
+	  /^[a-zA-Z0-9_-]+:.*## / { printf "  %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+##@ Local Kafka broker (127.0.0.1:9092, see scripts/kafka.sh for settings)
+
+up: ## Start a single-node Kafka with empty storage (first run downloads jars)
+	bash $(KAFKA_SH) up
+
+down: ## Stop the Kafka broker
+	bash $(KAFKA_SH) down
+
+logs: ## Show the end of the broker log (make logs FOLLOW=1 to follow it)
+	bash $(KAFKA_SH) logs $(if $(FOLLOW),-f)
+
+broker-status: ## Exit 0 if the broker runs and serves clients
+	@bash $(KAFKA_SH) status

@@ -1,0 +1,381 @@
+#!/usr/bin/env bash
+#
+# A real Apache Kafka broker for local development and tests: one KRaft node (broker and
+# controller in one JVM) on 127.0.0.1, run from the jars Maven Central serves, so that
+# neither Docker nor a Kafka tarball is needed -- only java and (once) mvn. Linux only.
+#
+# Usage: scripts/kafka.sh up | down | status | logs [-f] | fetch   (see usage below)
+#
+# Every per-node step takes the node's directory and ports as arguments, so that a
+# multi-node cluster (for broker-failure tests) can reuse them with other values.
+
+set -euo pipefail
+
+readonly KAFKA_VERSION=4.1.1
+readonly HOST=127.0.0.1
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly SCRIPT_DIR
+readonly POM=$SCRIPT_DIR/kafka/pom.xml
+readonly LOG4J_CONFIG=$SCRIPT_DIR/kafka/log4j2.properties
+
+# Outside the repository, so that jars survive `git clean` and runs after the first are offline.
+readonly LIBS_DIR=${KTRANSFORM_CACHE:-$HOME/.cache/ktransform}/kafka-$KAFKA_VERSION/libs
+# Written last by fetch_jars. It holds the pom's checksum, so editing the pom refetches.
+readonly LIBS_STAMP=$LIBS_DIR/.complete
+readonly STATE_DIR=${KAFKA_STATE_DIR:-$HOME/.cache/ktransform/broker}
+readonly CLIENT_PORT=${KAFKA_PORT:-9092}
+readonly CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+readonly READY_TIMEOUT=${KAFKA_READY_TIMEOUT:-90}
+readonly STOP_TIMEOUT=30
+
+usage() {
+  cat <<EOF
+Usage: scripts/kafka.sh COMMAND
+
+  up        start a single-node Kafka $KAFKA_VERSION on $HOST:$CLIENT_PORT with fresh, empty
+            storage and wait until it serves clients (does nothing if it already runs;
+            the first run downloads the jars with mvn)
+  down      stop it (SIGTERM, then SIGKILL after ${STOP_TIMEOUT}s)
+  status    exit 0 if it runs and serves clients, 1 otherwise
+  logs [-f] print the end of the broker log; -f follows it
+  fetch     only download the jars
+
+Environment:
+  KTRANSFORM_CACHE       jar cache root (now: ${KTRANSFORM_CACHE:-$HOME/.cache/ktransform})
+  KAFKA_STATE_DIR        data, logs, pid file (now: $STATE_DIR)
+  KAFKA_PORT             client port (now: $CLIENT_PORT)
+  KAFKA_CONTROLLER_PORT  KRaft controller port (now: $CONTROLLER_PORT)
+  KAFKA_READY_TIMEOUT    seconds 'up' waits for the broker (now: $READY_TIMEOUT)
+EOF
+}
+
+say() { printf '%s\n' "$*"; }
+die() { printf 'kafka.sh: error: %s\n' "$*" >&2; exit 1; }
+
+require_command() {
+  command -v "$1" >/dev/null 2>&1 || die "'$1' not found on PATH: $2"
+}
+
+# --- Jars ---------------------------------------------------------------------------
+
+pom_checksum() { sha256sum "$POM" | cut -d' ' -f1; }
+
+jars_fetched() {
+  [[ -f $LIBS_STAMP && $(<"$LIBS_STAMP") == "$(pom_checksum)" ]]
+}
+
+# Put the broker's runtime jars in LIBS_DIR. Only the first run starts Maven (and needs
+# it); afterwards the stamp makes this an offline no-op.
+fetch_jars() {
+  if jars_fetched; then
+    return 0
+  fi
+  require_command mvn "it is needed once, to download the Kafka jars from Maven Central"
+  say "fetching the Kafka $KAFKA_VERSION jars into $LIBS_DIR (first run only, takes a while)"
+  # Resolve into a scratch dir and swap it in, so an interrupted download never looks complete.
+  local partial=$LIBS_DIR.partial log=$LIBS_DIR.fetch.log
+  rm -rf "$partial"
+  mkdir -p "$partial"
+  # The dependency plugin is pinned: Maven 3.8's default one is a 2013 release. Its
+  # output goes to a file and is shown only on failure: even with -B -q, Debian's
+  # Maven 3.8.7 prints stray colour escape codes.
+  if ! mvn -B -q -f "$POM" \
+      org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$partial" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -rf "$partial"
+    die "mvn could not fetch the Kafka jars (output above, also in $log); is Maven Central reachable?"
+  fi
+  rm -rf "$LIBS_DIR"
+  mv "$partial" "$LIBS_DIR"
+  pom_checksum >"$LIBS_STAMP"
+}
+
+# --- Processes and ports --------------------------------------------------------------
+
+# True if HOST:$1 accepts TCP connections.
+port_answers() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# "name (pid N)" of the process listening on port $1, or nothing if ss cannot tell
+# (missing, or not allowed to see other users' processes).
+port_listener() {
+  command -v ss >/dev/null 2>&1 || return 0
+  ss -Hltnp "sport = :$1" 2>/dev/null |
+    sed -nE 's/.*users:\(\("([^"]*)",pid=([0-9]+).*/\1 (pid \2)/p' | head -n 1
+}
+
+# Fail unless port $1 is free; $2 names the variable that moves it.
+require_port_free() {
+  local port=$1 variable=$2 owner
+  port_answers "$port" || return 0
+  owner=$(port_listener "$port")
+  die "port $port on $HOST is already in use${owner:+ by $owner};" \
+      "stop that process, or pick another port with $variable=<port>"
+}
+
+# Make concurrent 'up's and 'down's take turns (e.g. parallel test runs that each call
+# 'up'), so that two of them never format and start the same node. The lock is held
+# until this script exits.
+lock_state_dir() {
+  mkdir -p "$STATE_DIR"
+  exec 9>"$STATE_DIR/.lock"
+  if ! flock -n 9; then
+    say "waiting for another scripts/kafka.sh to finish"
+    flock 9
+  fi
+}
+
+# --- One node -------------------------------------------------------------------------
+# A node lives in its own directory: server.properties, kafka.pid, data/, logs/.
+
+node_dir() { printf '%s/node-%s' "$STATE_DIR" "$1"; }
+
+# The pid recorded in node dir $1, or nothing.
+node_pid() {
+  if [[ -f $1/kafka.pid ]]; then
+    cat "$1/kafka.pid"
+  fi
+}
+
+# True if pid $1 is alive and is the broker of node dir $2. Matching the command line
+# guards against a stale pid file whose pid now belongs to another process, and treats
+# an exited but unreaped (zombie) broker as gone.
+is_node_process() {
+  local pid=$1 dir=$2 args
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  args=$(ps -ww -o args= -p "$pid" 2>/dev/null) || return 1
+  [[ $args == *"kafka.Kafka $dir/server.properties"* ]]
+}
+
+# Run a Kafka command-line class with the cached jars, logging into node dir $1.
+# The classpath wildcard is quoted so that the JVM, not the shell, expands it.
+kafka_tool() {
+  local dir=$1
+  shift
+  java -Dlog4j2.configurationFile="$LOG4J_CONFIG" -Dkafka.logs.dir="$dir/logs" \
+    -cp "$LIBS_DIR/*" "$@"
+}
+
+# Write the broker config of node $2 into dir $1, listening on client port $3 and
+# controller port $4.
+write_properties() {
+  local dir=$1 id=$2 client_port=$3 controller_port=$4
+  cat >"$dir/server.properties" <<EOF
+# Written by scripts/kafka.sh on each 'up'; edit the script, not this file.
+process.roles=broker,controller
+node.id=$id
+# 127.0.0.1 rather than localhost, so that clients (librdkafka) do not try ::1 first.
+listeners=PLAINTEXT://$HOST:$client_port,CONTROLLER://$HOST:$controller_port
+advertised.listeners=PLAINTEXT://$HOST:$client_port,CONTROLLER://$HOST:$controller_port
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+controller.quorum.bootstrap.servers=$HOST:$controller_port
+log.dirs=$dir/data
+
+# One replica of everything: the internal topics default to 3 replicas (and transactions
+# to 2 in-sync ones), with which groups and transactions never get a coordinator here.
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+
+# Fast tests: no delay before the first rebalance, and fewer internal partitions to
+# create (and elect leaders for) on the first group join and the first transaction.
+group.initial.rebalance.delay.ms=0
+offsets.topic.num.partitions=4
+transaction.state.log.num.partitions=4
+# Let tests use short consumer session timeouts to detect a dead consumer quickly.
+group.min.session.timeout.ms=1000
+auto.create.topics.enable=true
+
+# Never delete records by age: tests may write records with old timestamps, and the
+# storage is thrown away on the next 'up' anyway.
+log.retention.ms=-1
+EOF
+}
+
+# Empty node dir $1's data and logs. Data is throw-away, and starting empty gives every
+# run the same known state.
+reset_node_dir() {
+  local dir=$1
+  rm -rf "$dir/data" "$dir/logs"
+  mkdir -p "$dir/data" "$dir/logs"
+}
+
+# Format node dir $1's storage for cluster id $2; further arguments go to
+# 'StorageTool format' (a lone controller needs --standalone). The broker refuses to
+# start on unformatted storage.
+format_storage() {
+  local dir=$1 cluster_id=$2
+  shift 2
+  if ! kafka_tool "$dir" kafka.tools.StorageTool format -t "$cluster_id" \
+      -c "$dir/server.properties" "$@" >"$dir/logs/format.log" 2>&1; then
+    cat "$dir/logs/format.log" >&2
+    die "formatting $dir/data failed (output above)"
+  fi
+}
+
+# Start the broker of node dir $1 in the background and record its pid.
+start_node() {
+  local dir=$1
+  # setsid puts the JVM in its own session: Ctrl-C in, or closing, the terminal that ran
+  # 'up' must not stop the broker. This script runs without job control, so setsid execs
+  # in place and $! is the JVM's pid. The JVM must not inherit the lock (fd 9).
+  setsid java -Xms512m -Xmx512m \
+    -Dlog4j2.configurationFile="$LOG4J_CONFIG" -Dkafka.logs.dir="$dir/logs" \
+    -cp "$LIBS_DIR/*" kafka.Kafka "$dir/server.properties" \
+    </dev/null >"$dir/logs/stdout.log" 2>&1 9>&- &
+  echo $! >"$dir/kafka.pid"
+  # The broker outlives this script: bash must not report its death as a job's.
+  disown $!
+}
+
+# Print the end of node dir $1's logs: server.log, and stdout.log for what the JVM says
+# before logging starts (bad options, missing classes, out of memory).
+print_log_tail() {
+  local dir=$1 file
+  for file in "$dir/logs/server.log" "$dir/logs/stdout.log"; do
+    if [[ -s $file ]]; then
+      printf -- '--- last 40 lines of %s ---\n' "$file" >&2
+      tail -n 40 "$file" >&2
+    fi
+  done
+}
+
+# Wait until the broker of node dir $1 (pid $2) serves clients on port $3. The broker
+# binds its client port only once it is ready to serve; the controller port opens
+# earlier and proves nothing. Give up at once if the JVM dies (bad config, port clash),
+# and stop it if it is not ready in time, so no half-started broker is left behind.
+wait_until_serving() {
+  local dir=$1 pid=$2 port=$3
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  until port_answers "$port"; do
+    if ! is_node_process "$pid" "$dir"; then
+      print_log_tail "$dir"
+      die "the broker exited during startup (logs above)"
+    fi
+    if ((SECONDS >= deadline)); then
+      print_log_tail "$dir"
+      stop_node "$dir"
+      die "the broker did not serve on $HOST:$port within ${READY_TIMEOUT}s (logs above)"
+    fi
+    sleep 0.5
+  done
+}
+
+# Stop the broker of node dir $1. SIGTERM makes it shut down cleanly; SIGKILL only if
+# that takes longer than STOP_TIMEOUT. Nothing to stop is not an error.
+stop_node() {
+  local dir=$1 pid
+  pid=$(node_pid "$dir")
+  if [[ -z $pid ]] || ! is_node_process "$pid" "$dir"; then
+    rm -f "$dir/kafka.pid"
+    say "kafka is not running"
+    return 0
+  fi
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + STOP_TIMEOUT))
+  while is_node_process "$pid" "$dir"; do
+    if ((SECONDS >= deadline)); then
+      say "kafka (pid $pid) still running ${STOP_TIMEOUT}s after SIGTERM; sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      break
+    fi
+    sleep 0.5
+  done
+  rm -f "$dir/kafka.pid"
+  say "kafka stopped (pid $pid)"
+}
+
+# --- Commands -------------------------------------------------------------------------
+
+cmd_up() {
+  require_command java "install a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)"
+  lock_state_dir
+  local dir pid
+  dir=$(node_dir 1)
+  pid=$(node_pid "$dir")
+  if [[ -n $pid ]] && is_node_process "$pid" "$dir"; then
+    if ! port_answers "$CLIENT_PORT"; then
+      # An earlier 'up' started it but was interrupted (Ctrl-C) before it served; the
+      # broker survives that, so finish that 'up's job.
+      say "kafka (pid $pid) is starting; waiting until it serves"
+      wait_until_serving "$dir" "$pid" "$CLIENT_PORT"
+    fi
+    say "kafka already running on $HOST:$CLIENT_PORT (pid $pid, logs: $dir/logs/server.log)"
+    return 0
+  fi
+  require_port_free "$CLIENT_PORT" KAFKA_PORT
+  require_port_free "$CONTROLLER_PORT" KAFKA_CONTROLLER_PORT
+  fetch_jars
+
+  reset_node_dir "$dir"
+  write_properties "$dir" 1 "$CLIENT_PORT" "$CONTROLLER_PORT"
+  local cluster_id
+  cluster_id=$(kafka_tool "$dir" kafka.tools.StorageTool random-uuid)
+  format_storage "$dir" "$cluster_id" --standalone
+  start_node "$dir"
+  pid=$(node_pid "$dir")
+  wait_until_serving "$dir" "$pid" "$CLIENT_PORT"
+  say "kafka up on $HOST:$CLIENT_PORT (pid $pid, logs: $dir/logs/server.log)"
+}
+
+cmd_status() {
+  local dir pid
+  dir=$(node_dir 1)
+  pid=$(node_pid "$dir")
+  if [[ -z $pid ]] || ! is_node_process "$pid" "$dir"; then
+    say "kafka is not running"
+    return 1
+  fi
+  if ! port_answers "$CLIENT_PORT"; then
+    say "kafka (pid $pid) is running but not serving on $HOST:$CLIENT_PORT (starting, or stuck)"
+    return 1
+  fi
+  say "kafka running on $HOST:$CLIENT_PORT (pid $pid, logs: $dir/logs/server.log)"
+}
+
+cmd_logs() {
+  local log
+  log=$(node_dir 1)/logs/server.log
+  [[ -f $log ]] || die "no broker log at $log yet; start the broker with: scripts/kafka.sh up"
+  case ${1:-} in
+    "") tail -n 50 "$log" ;;
+    # -F, not -f: follow across the log being recreated by the next 'up'.
+    -f | --follow) exec tail -n 50 -F "$log" ;;
+    *) die "usage: scripts/kafka.sh logs [-f]" ;;
+  esac
+}
+
+main() {
+  local command=${1:-}
+  if (($#)); then
+    shift
+  fi
+  case $command in
+    up) cmd_up ;;
+    down)
+      lock_state_dir
+      stop_node "$(node_dir 1)"
+      ;;
+    status) cmd_status ;;
+    logs) cmd_logs "$@" ;;
+    fetch)
+      fetch_jars
+      say "Kafka $KAFKA_VERSION jars in $LIBS_DIR"
+      ;;
+    help | -h | --help) usage ;;
+    *)
+      usage >&2
+      exit 2
+      ;;
+  esac
+}
+
+main "$@"

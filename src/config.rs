@@ -1,0 +1,369 @@
+//! Command-line and environment configuration, checked at start-up.
+//!
+//! Every flag is also an environment variable `KTRANSFORM_<NAME>`. Anything librdkafka knows goes
+//! through `-X key=value` (`-X consumer.key=value` / `-X producer.key=value` for one side only);
+//! the few properties that the delivery contract depends on are refused there, with the reason.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use rdkafka::ClientConfig;
+
+/// The broker of `make up`.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+/// Records taken from a partition queue per batch, at most.
+pub const DEFAULT_BATCH_SIZE: usize = 1000;
+/// Records per partition produced but not yet acknowledged, at most: bounds memory and replay.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 20_000;
+pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "10s";
+pub const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
+pub const DEFAULT_CONNECT_TIMEOUT: &str = "30s";
+/// librdkafka's default `session.timeout.ms`.
+const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
+pub const DEFAULT_PROGRESS_INTERVAL: &str = "10s";
+/// A batch at least this large (bytes of values) is hashed on the rayon pool; smaller ones inline.
+pub const DEFAULT_PARALLEL_MIN_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Parser)]
+#[command(name = "ktransform", version, about = "Kafka JSON transformer: adds the md5 of each record's raw bytes as \"hash\"")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume the source topic, add "hash" to every JSON object, produce to the destination.
+    Run(RunConfig),
+}
+
+/// Connection settings shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, comma-separated host:port.
+    #[arg(long, env = "KTRANSFORM_BROKERS", default_value = DEFAULT_BROKERS)]
+    pub brokers: String,
+
+    /// librdkafka property, repeatable: `-X key=value` for both clients, `-X consumer.key=value`
+    /// or `-X producer.key=value` for one. Env: `KTRANSFORM_X`, comma-separated.
+    #[arg(short = 'X', value_name = "KEY=VALUE", env = "KTRANSFORM_X", value_delimiter = ',')]
+    pub rdkafka: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunConfig {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Topic to consume JSON objects from.
+    #[arg(long, env = "KTRANSFORM_SOURCE", default_value = "name_stream")]
+    pub source: String,
+
+    /// Topic to produce the transformed records to.
+    #[arg(long, env = "KTRANSFORM_DESTINATION", default_value = "name_stream_transformed")]
+    pub destination: String,
+
+    /// Consumer group: instances with the same group share the source's partitions.
+    #[arg(long, env = "KTRANSFORM_GROUP", default_value = "ktransform")]
+    pub group: String,
+
+    /// Dead-letter topic for records that are not JSON objects [default: <source>.dlq].
+    #[arg(long, env = "KTRANSFORM_DLQ")]
+    pub dlq: Option<String>,
+
+    /// On SIGINT/SIGTERM, time allowed to finish in-flight work, flush and commit (e.g. 10s, 500ms).
+    #[arg(long, env = "KTRANSFORM_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// On revocation, time allowed for the revoked partitions' in-flight records to be acknowledged
+    /// and committed; must be below the group session timeout.
+    #[arg(long, env = "KTRANSFORM_DRAIN_TIMEOUT", default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// How long to wait for the brokers at start before giving up.
+    #[arg(long, env = "KTRANSFORM_CONNECT_TIMEOUT", default_value = DEFAULT_CONNECT_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Exit 0 once every assigned partition is processed and committed up to the end offset it had
+    /// when it was assigned (for batch runs and benchmarks).
+    #[arg(long, env = "KTRANSFORM_UNTIL_END")]
+    pub until_end: bool,
+
+    /// Records taken from one partition per batch, at most.
+    #[arg(long, env = "KTRANSFORM_BATCH_SIZE", default_value_t = DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+
+    /// Records per partition produced but not yet acknowledged, at most.
+    #[arg(long, env = "KTRANSFORM_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+
+    /// Threads of the hashing pool (rayon) [default: number of CPUs].
+    #[arg(long, env = "KTRANSFORM_HASH_THREADS")]
+    pub hash_threads: Option<usize>,
+
+    /// Batches with at least this many value bytes are hashed on the pool; 0 = always, and a
+    /// huge value = never.
+    #[arg(long, env = "KTRANSFORM_PARALLEL_MIN_BYTES", default_value_t = DEFAULT_PARALLEL_MIN_BYTES)]
+    pub parallel_min_bytes: usize,
+
+    /// Interval of the progress line in the log.
+    #[arg(long, env = "KTRANSFORM_PROGRESS_INTERVAL", default_value = DEFAULT_PROGRESS_INTERVAL, value_parser = humantime::parse_duration)]
+    pub progress_interval: Duration,
+}
+
+/// A configuration that cannot work; names the flag to change.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {flag}: {message}")]
+pub struct ConfigError {
+    pub flag: String,
+    pub message: String,
+}
+
+fn invalid(flag: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag: flag.into(),
+        message: message.into(),
+    }
+}
+
+/// librdkafka properties that ktransform sets itself because its guarantees depend on them.
+const OWNED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "use --brokers"),
+    ("group.id", "use --group"),
+    ("enable.auto.offset.store", "offsets are stored only after delivery; that is the at-least-once contract"),
+    ("enable.idempotence", "the idempotent producer keeps retries from duplicating or reordering output"),
+];
+
+/// Which client a `-X` property is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Consumer,
+    Producer,
+}
+
+impl KafkaArgs {
+    /// Parses `-X` into (side, key, value); `None` side means both.
+    pub fn overrides(&self) -> Result<Vec<(Option<Side>, String, String)>, ConfigError> {
+        let mut out = Vec::new();
+        for raw in &self.rdkafka {
+            let (key, value) = raw
+                .split_once('=')
+                .ok_or_else(|| invalid("-X", format!("`{raw}` is not key=value")))?;
+            let key = key.trim();
+            let (side, key) = if let Some(k) = key.strip_prefix("consumer.") {
+                (Some(Side::Consumer), k)
+            } else if let Some(k) = key.strip_prefix("producer.") {
+                (Some(Side::Producer), k)
+            } else {
+                (None, key)
+            };
+            if key.is_empty() {
+                return Err(invalid("-X", format!("`{raw}` has an empty key")));
+            }
+            if let Some((_, why)) = OWNED_PROPERTIES.iter().find(|(k, _)| *k == key) {
+                return Err(invalid(format!("-X {key}"), format!("set by ktransform: {why}")));
+            }
+            out.push((side, key.to_string(), value.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// A base client config for `side`: brokers plus the matching `-X` overrides, applied last.
+    pub fn client_config(&self, side: Side, defaults: &[(&str, &str)]) -> Result<ClientConfig, ConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(invalid("--brokers", "is empty; give host:port[,host:port]"));
+        }
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (k, v) in defaults {
+            config.set(*k, *v);
+        }
+        for (s, k, v) in self.overrides()? {
+            if s.is_none() || s == Some(side) {
+                config.set(k, v);
+            }
+        }
+        Ok(config)
+    }
+}
+
+impl RunConfig {
+    pub fn dlq_topic(&self) -> String {
+        self.dlq.clone().unwrap_or_else(|| format!("{}.dlq", self.source))
+    }
+
+    pub fn hash_threads(&self) -> usize {
+        self.hash_threads.unwrap_or_else(num_cpus::get)
+    }
+
+    /// Cross-field checks that clap cannot express. Run before anything connects.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (flag, topic) in [("--source", &self.source), ("--destination", &self.destination)] {
+            check_topic_name(flag, topic)?;
+        }
+        let dlq = self.dlq_topic();
+        check_topic_name("--dlq", &dlq)?;
+        if self.source == self.destination {
+            return Err(invalid("--destination", "equals --source: the output would be consumed again"));
+        }
+        if dlq == self.source || dlq == self.destination {
+            return Err(invalid("--dlq", "must differ from --source and --destination"));
+        }
+        if self.group.trim().is_empty() {
+            return Err(invalid("--group", "is empty"));
+        }
+        if self.batch_size == 0 {
+            return Err(invalid("--batch-size", "must be at least 1"));
+        }
+        if self.max_in_flight < self.batch_size {
+            return Err(invalid("--max-in-flight", "must be at least --batch-size"));
+        }
+        if self.hash_threads == Some(0) {
+            return Err(invalid("--hash-threads", "must be at least 1"));
+        }
+        if self.shutdown_timeout.is_zero() {
+            return Err(invalid("--shutdown-timeout", "must be more than 0"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(invalid("--connect-timeout", "must be more than 0"));
+        }
+        let session_ms = self
+            .consumer_config()?
+            .get("session.timeout.ms")
+            .map(|v| v.parse::<u64>().map_err(|_| invalid("-X session.timeout.ms", format!("`{v}` is not a number"))))
+            .transpose()?
+            .unwrap_or(DEFAULT_SESSION_TIMEOUT_MS);
+        if self.drain_timeout.is_zero() || self.drain_timeout >= Duration::from_millis(session_ms) {
+            return Err(invalid(
+                "--drain-timeout",
+                format!(
+                    "{:?} must be more than 0 and below the session timeout ({session_ms} ms): a member that blocks a rebalance longer is expelled from the group",
+                    self.drain_timeout
+                ),
+            ));
+        }
+        if self.progress_interval.is_zero() {
+            return Err(invalid("--progress-interval", "must be more than 0"));
+        }
+        self.kafka.overrides()?;
+        // Let librdkafka judge the properties now, so a typo fails at start with its name.
+        self.consumer_config()?
+            .create::<rdkafka::consumer::BaseConsumer>()
+            .map_err(|e| invalid("-X", format!("consumer: {e}")))?;
+        self.producer_config()?
+            .create::<rdkafka::producer::BaseProducer>()
+            .map_err(|e| invalid("-X", format!("producer: {e}")))?;
+        Ok(())
+    }
+
+    pub fn consumer_config(&self) -> Result<ClientConfig, ConfigError> {
+        let mut config = self.kafka.client_config(
+            Side::Consumer,
+            &[
+                ("client.id", "ktransform"),
+                // The offset of a record is stored by us once its output is acknowledged; the
+                // background auto-commit then only ever commits acknowledged work.
+                ("enable.auto.commit", "true"),
+                ("auto.offset.reset", "earliest"),
+                // Incremental rebalances: partitions that stay are not stopped when others move.
+                ("partition.assignment.strategy", "cooperative-sticky"),
+                // librdkafka's default prefetch (64 MiB) is more than a small service needs.
+                ("queued.max.messages.kbytes", "16384"),
+            ],
+        )?;
+        config.set("group.id", &self.group);
+        config.set("enable.auto.offset.store", "false");
+        Ok(config)
+    }
+
+    pub fn producer_config(&self) -> Result<ClientConfig, ConfigError> {
+        let mut config = self.kafka.client_config(
+            Side::Producer,
+            &[
+                ("client.id", "ktransform"),
+                ("linger.ms", "5"),
+                // The Java client's default partitioner, so keys land where Java producers put them.
+                ("partitioner", "murmur2_random"),
+            ],
+        )?;
+        config.set("enable.idempotence", "true");
+        Ok(config)
+    }
+}
+
+fn check_topic_name(flag: &str, topic: &str) -> Result<(), ConfigError> {
+    let valid = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(
+            flag,
+            format!("`{topic}` is not a Kafka topic name (1-249 of [a-zA-Z0-9._-])"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> RunConfig {
+        let mut argv = vec!["ktransform", "run"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(c) => c,
+        }
+    }
+
+    fn error(args: &[&str]) -> String {
+        parse(args).validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]);
+        c.validate().unwrap();
+        assert_eq!(c.dlq_topic(), "name_stream.dlq");
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.consumer_config().unwrap().get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(c.producer_config().unwrap().get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        assert!(error(&["--destination", "name_stream"]).starts_with("invalid --destination"));
+        assert!(error(&["--dlq", "name_stream"]).starts_with("invalid --dlq"));
+        assert!(error(&["--source", "a b"]).starts_with("invalid --source"));
+        assert!(error(&["--batch-size", "0"]).starts_with("invalid --batch-size"));
+        assert!(error(&["-X", "linger.ms"]).starts_with("invalid -X"));
+        assert!(error(&["-X", "no.such.property=1"]).contains("no.such.property"));
+        assert!(error(&["-X", "consumer.enable.auto.offset.store=true"])
+            .starts_with("invalid -X enable.auto.offset.store"));
+        assert!(error(&["--brokers", ""]).starts_with("invalid --brokers"));
+        assert!(error(&["--drain-timeout", "50s"]).starts_with("invalid --drain-timeout"));
+        assert!(error(&["--drain-timeout", "5s", "-X", "consumer.session.timeout.ms=3000"])
+            .starts_with("invalid --drain-timeout"));
+    }
+
+    #[test]
+    fn overrides_apply_per_side() {
+        let c = parse(&["-X", "consumer.fetch.min.bytes=7", "-X", "producer.linger.ms=9", "-X", "client.id=x"]);
+        let consumer = c.consumer_config().unwrap();
+        let producer = c.producer_config().unwrap();
+        assert_eq!(consumer.get("fetch.min.bytes"), Some("7"));
+        assert_eq!(producer.get("fetch.min.bytes"), None);
+        assert_eq!(producer.get("linger.ms"), Some("9"));
+        assert_eq!(consumer.get("client.id"), Some("x"));
+        assert_eq!(producer.get("client.id"), Some("x"));
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse(&["--shutdown-timeout", "500ms"]).shutdown_timeout, Duration::from_millis(500));
+        assert!(Cli::try_parse_from(["ktransform", "run", "--shutdown-timeout", "soon"]).is_err());
+    }
+}

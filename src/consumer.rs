@@ -1,0 +1,321 @@
+//! The group member: rebalance callbacks that start and drain partition workers, and the thread
+//! that serves the consumer's main queue.
+//!
+//! # Contract
+//! - Every assigned partition is split into its own queue in `pre_rebalance(Assign)`, before it
+//!   fetches anything, and gets one [`PartitionWorker`].
+//! - On revocation the callback blocks until the revoked partitions' workers have drained (all
+//!   in-flight records acknowledged, offsets stored) and commits those offsets synchronously, so
+//!   the next owner starts exactly after the last acknowledged record. Past `drain_timeout` the
+//!   worker is abandoned and its unacknowledged records are counted as replayable.
+//! - Callbacks run on the main-queue thread, a plain OS thread, so blocking there never stalls the
+//!   tokio workers that the draining partition tasks run on.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::Stats;
+use crate::partition::{PartitionWorker, Shared, WorkerExit};
+
+/// What the consumer side tells the coordinator, besides worker events.
+#[derive(Debug)]
+pub enum GroupEvent {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+    /// Something that must stop the process (a message on the main queue means a partition was
+    /// not split: continuing could commit past it).
+    Fatal(String),
+}
+
+struct WorkerHandle {
+    drain: watch::Sender<bool>,
+    exit: std_mpsc::Receiver<WorkerExit>,
+    in_flight: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The outcome of draining a set of workers.
+#[derive(Debug, Default)]
+pub struct Drained {
+    pub exits: Vec<WorkerExit>,
+    /// Unacknowledged records of workers that missed the deadline: they will be consumed again.
+    pub abandoned: usize,
+}
+
+/// The consumer's context: owns the partition workers.
+pub struct Context {
+    topic: String,
+    consumer: OnceLock<Weak<StreamConsumer<Context>>>,
+    runtime: tokio::runtime::Handle,
+    shared: Arc<Shared>,
+    group_events: mpsc::UnboundedSender<GroupEvent>,
+    workers: Mutex<HashMap<i32, WorkerHandle>>,
+    closing: AtomicBool,
+    drain_timeout: Duration,
+    errors: Mutex<ErrorLog>,
+}
+
+impl Context {
+    pub fn new(
+        topic: String,
+        shared: Arc<Shared>,
+        group_events: mpsc::UnboundedSender<GroupEvent>,
+        drain_timeout: Duration,
+    ) -> Self {
+        Context {
+            topic,
+            consumer: OnceLock::new(),
+            runtime: tokio::runtime::Handle::current(),
+            shared,
+            group_events,
+            workers: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
+            drain_timeout,
+            errors: Mutex::new(ErrorLog::default()),
+        }
+    }
+
+    /// Must be called once, right after the consumer is created and before it subscribes.
+    pub fn attach(&self, consumer: &Arc<StreamConsumer<Context>>) {
+        let _ = self.consumer.set(Arc::downgrade(consumer));
+    }
+
+    /// From now on, assignments start no workers: the process is stopping.
+    pub fn close(&self) {
+        self.closing.store(true, Relaxed);
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Relaxed)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Partitions that currently have a worker.
+    pub fn assigned(&self) -> Vec<i32> {
+        let mut partitions: Vec<i32> = self.workers.lock().unwrap().keys().copied().collect();
+        partitions.sort_unstable();
+        partitions
+    }
+
+    /// Takes every worker out of the registry and drains them before `deadline` (blocking).
+    pub fn drain_all(&self, deadline: Instant) -> Drained {
+        let handles: Vec<_> = self.workers.lock().unwrap().drain().collect();
+        self.drain(handles, deadline)
+    }
+
+    fn start_worker(&self, consumer: &Arc<StreamConsumer<Context>>, partition: i32) {
+        let Some(queue) = consumer.split_partition_queue(&self.topic, partition) else {
+            let reason = format!("cannot split a queue for {}/{partition}", self.topic);
+            let _ = self.group_events.send(GroupEvent::Fatal(reason));
+            return;
+        };
+        let (drain, drain_rx) = watch::channel(false);
+        let (exit_tx, exit) = std_mpsc::sync_channel(1);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let worker = PartitionWorker {
+            topic: self.topic.clone(),
+            partition,
+            queue,
+            consumer: consumer.clone(),
+            shared: self.shared.clone(),
+            drain: drain_rx,
+            in_flight: in_flight.clone(),
+        };
+        let task = self.runtime.spawn(async move {
+            let _ = exit_tx.send(worker.run().await);
+        });
+        let handle = WorkerHandle {
+            drain,
+            exit,
+            in_flight,
+            task,
+        };
+        if let Some(old) = self.workers.lock().unwrap().insert(partition, handle) {
+            // Not expected: a partition is revoked before it is assigned again.
+            old.task.abort();
+        }
+    }
+
+    fn drain(&self, handles: Vec<(i32, WorkerHandle)>, deadline: Instant) -> Drained {
+        for (_, h) in &handles {
+            let _ = h.drain.send(true);
+        }
+        let mut drained = Drained::default();
+        for (partition, h) in handles {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match h.exit.recv_timeout(wait) {
+                Ok(exit) => drained.exits.push(exit),
+                Err(_) => {
+                    h.task.abort();
+                    let n = h.in_flight.swap(0, Relaxed);
+                    self.shared.stats.records_abandoned(n);
+                    drained.abandoned += n;
+                    tracing::warn!(
+                        topic = %self.topic,
+                        partition,
+                        replayable = n,
+                        "partition did not drain before the deadline; its unacknowledged records will be consumed again"
+                    );
+                }
+            }
+        }
+        drained
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Context>, tpl: &TopicPartitionList) {
+        let partitions = self.partitions_of(tpl);
+        let handles: Vec<_> = {
+            let mut workers = self.workers.lock().unwrap();
+            partitions.iter().filter_map(|p| workers.remove(p).map(|h| (*p, h))).collect()
+        };
+        let drained = self.drain(handles, Instant::now() + self.drain_timeout);
+        commit(consumer, &self.topic, &drained.exits, self.stats());
+        self.shared.stats.partitions_released(partitions.len());
+        let _ = self.group_events.send(GroupEvent::Revoked(partitions));
+    }
+
+    fn partitions_of(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect()
+    }
+}
+
+/// Commits the offsets that drained workers stored, synchronously. Returns whether it succeeded
+/// (nothing to commit counts as success).
+pub fn commit<C: Consumer<Context>>(consumer: &C, topic: &str, exits: &[WorkerExit], stats: &Stats) -> bool {
+    let mut tpl = TopicPartitionList::new();
+    for exit in exits {
+        if let Some(next) = exit.next_offset {
+            tpl.add_partition_offset(topic, exit.partition, Offset::Offset(next))
+                .expect("a valid offset");
+        }
+    }
+    if tpl.count() == 0 {
+        return true;
+    }
+    match consumer.commit(&tpl, CommitMode::Sync) {
+        Ok(()) => {
+            stats.committed(true);
+            true
+        }
+        Err(error) => {
+            stats.committed(false);
+            tracing::warn!(%error, "commit failed; records after the last committed offset will be consumed again");
+            false
+        }
+    }
+}
+
+impl ClientContext for Context {
+    /// librdkafka repeats errors such as "connection refused" every few seconds while a broker is
+    /// down: log the first, then a summary at most every [`ERROR_LOG_INTERVAL`].
+    fn error(&self, error: KafkaError, reason: &str) {
+        // End-of-partition is an event (`--until-end` asks for it), not an error.
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            return;
+        }
+        self.shared.stats.consumer_error();
+        self.errors.lock().unwrap().log(&error, reason);
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                if self.is_closing() {
+                    return;
+                }
+                let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else { return };
+                let partitions = self.partitions_of(tpl);
+                for &p in &partitions {
+                    self.start_worker(&consumer, p);
+                }
+                self.shared.stats.partitions_assigned(partitions.len());
+                tracing::info!(topic = %self.topic, ?partitions, "partitions assigned");
+                let _ = self.group_events.send(GroupEvent::Assigned(partitions));
+            }
+            Rebalance::Revoke(tpl) => {
+                let partitions = self.partitions_of(tpl);
+                if !partitions.is_empty() {
+                    tracing::info!(topic = %self.topic, ?partitions, "partitions revoked; draining");
+                }
+                self.revoke(base, tpl);
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, _base: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+        self.shared.stats.rebalanced();
+    }
+}
+
+/// Serves the main queue (rebalances, errors) on its own OS thread until `stop` turns true.
+pub fn serve_main_queue(
+    consumer: Arc<StreamConsumer<Context>>,
+    mut stop: watch::Receiver<bool>,
+    events: mpsc::UnboundedSender<GroupEvent>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("ktransform-group".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        received = consumer.recv() => match received {
+                            Ok(m) if !consumer.context().is_closing() => {
+                                let reason = format!(
+                                    "record {}/{}@{} arrived on the main queue: its partition was not split",
+                                    m.topic(), m.partition(), m.offset()
+                                );
+                                let _ = events.send(GroupEvent::Fatal(reason));
+                            }
+                            Ok(_) => {}
+                            Err(error) => consumer.context().error(error, "consumer"),
+                        },
+                    }
+                }
+            })
+        })
+}
+
+use rdkafka::Message;
+
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Rate limit for repeated client errors.
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    fn log(&mut self, error: &KafkaError, reason: &str) {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < ERROR_LOG_INTERVAL => self.suppressed += 1,
+            _ => {
+                tracing::warn!(%error, reason, repeated = self.suppressed, "kafka client error");
+                self.last = Some(now);
+                self.suppressed = 0;
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! What stops a run, and the exit code each maps to.
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+
+use crate::config::ConfigError;
+use crate::partition::WorkerError;
+
+/// Exit codes of `ktransform run` (documented in the README).
+pub mod exit {
+    /// Stopped on request, or `--until-end` reached the end; everything committed.
+    pub const OK: i32 = 0;
+    /// A fatal error while running; nothing was committed past the failure.
+    pub const FATAL: i32 = 1;
+    /// Invalid flags or configuration (clap's usage errors use 2 as well).
+    pub const CONFIG: i32 = 2;
+    /// The shutdown deadline passed with records unacknowledged; they will be consumed again.
+    pub const SHUTDOWN_TIMEOUT: i32 = 3;
+    /// The brokers could not be reached at start.
+    pub const UNREACHABLE: i32 = 4;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    #[error("broker {brokers} unreachable for {waited:?} ({source}); is it running? `make up` starts the local one")]
+    Unreachable {
+        brokers: String,
+        waited: Duration,
+        source: KafkaError,
+    },
+
+    #[error("kafka client: {0}")]
+    Client(#[from] KafkaError),
+
+    #[error("partition {partition}: {error}")]
+    Worker { partition: i32, error: WorkerError },
+
+    #[error("{0}")]
+    Fatal(String),
+
+    #[error("shutdown deadline of {timeout:?} passed with {uncommitted} records unacknowledged; they were not committed and will be consumed again")]
+    ShutdownTimeout { timeout: Duration, uncommitted: usize },
+
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) => exit::CONFIG,
+            Error::Unreachable { .. } => exit::UNREACHABLE,
+            Error::ShutdownTimeout { .. } => exit::SHUTDOWN_TIMEOUT,
+            Error::Client(_) | Error::Worker { .. } | Error::Fatal(_) | Error::Io(_) => exit::FATAL,
+        }
+    }
+}

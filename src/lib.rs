@@ -1,0 +1,35 @@
+//! ktransform: consume JSON objects from Kafka, add `"hash"` (the md5 of each record's raw value
+//! bytes), produce them to another topic with the same key and headers; at-least-once, order kept
+//! per partition, bad records to a dead-letter topic.
+//!
+//! # Layout
+//! - [`config`]: flags and env vars (clap), `-X` librdkafka pass-through, start-up checks.
+//! - [`service`]: [`run`], which wires everything and owns the stop sequence (drain, commit,
+//!   flush, leave the group within the deadline).
+//! - [`consumer`]: the group member; its rebalance callbacks split each assigned partition into
+//!   its own queue and start a worker, and on revocation drain and commit before release. Serves
+//!   the main queue on its own thread.
+//! - [`partition`]: the per-partition worker: batches from the split queue, transform, produce,
+//!   await acknowledgements oldest first, store offsets contiguously.
+//! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out.
+//! - [`sink`]: the idempotent producer; output and dead-letter records.
+//! - [`metrics`]: counters as named events, and the periodic progress line.
+//! - [`error`]: what stops a run, and its exit code.
+//!
+//! A record flows: split partition queue → [`partition::PartitionWorker`] batch →
+//! [`transform::transform_into`] (on the rayon pool for large batches) → [`sink::Sink`] →
+//! acknowledgement → offset stored → committed by librdkafka's auto-commit of stored offsets,
+//! and synchronously on revocation and shutdown.
+
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod metrics;
+pub mod partition;
+pub mod service;
+pub mod sink;
+pub mod transform;
+
+pub use config::RunConfig;
+pub use error::Error;
+pub use service::{run, Summary};

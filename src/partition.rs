@@ -1,0 +1,360 @@
+//! One worker per assigned partition: read its split queue in batches, transform, produce, and
+//! store offsets as acknowledgements arrive, in partition order.
+//!
+//! # Contract
+//! - Records of a partition are produced in offset order (one task, sends in order, idempotent
+//!   producer), so per-partition and per-key order hold in the output.
+//! - The offset stored is always `last + 1` where every record up to `last` has been acknowledged
+//!   by the destination or the dead-letter topic: acknowledgements are awaited oldest first.
+//! - At most `max_in_flight` records are unacknowledged; past that the worker stops reading.
+//! - On drain (revocation or shutdown) the worker reads nothing more, waits for what it has in
+//!   flight, stores the last offset and reports it in [`WorkerExit`].
+//! - A delivery failure that is not the record's own fault stops the worker without storing its
+//!   offset or any later one: the record will be consumed again by whoever owns the partition.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use rayon::prelude::*;
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::DeliveryFuture;
+use rdkafka::Message;
+use tokio::sync::{mpsc, watch};
+
+use crate::consumer::Context;
+use crate::metrics::Stats;
+use crate::sink::{self, Sink};
+use crate::transform::{self, Rejection};
+
+/// Split queues can miss a wake-up (rust-rdkafka #665): never wait on one longer than this.
+const RECV_WAKE: Duration = Duration::from_millis(250);
+
+/// What every worker of one run shares.
+pub struct Shared {
+    pub sink: Arc<Sink>,
+    pub stats: Arc<Stats>,
+    pub pool: Arc<rayon::ThreadPool>,
+    pub events: mpsc::UnboundedSender<WorkerEvent>,
+    pub batch_size: usize,
+    pub max_in_flight: usize,
+    pub parallel_min_bytes: usize,
+    /// Report [`WorkerEvent::ReachedEnd`] (for `--until-end`).
+    pub until_end: bool,
+}
+
+/// What a worker tells the coordinator while it runs.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// Everything up to the partition's end offset at assignment is acknowledged and stored.
+    ReachedEnd { partition: i32 },
+    /// The worker stopped on an error that must stop the process.
+    Failed { partition: i32, error: WorkerError },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("delivery of offset {offset} failed: {source}")]
+    Delivery { offset: i64, source: KafkaError },
+    #[error("producer closed before offset {offset} was acknowledged")]
+    ProducerGone { offset: i64 },
+    #[error("storing offset {offset} failed: {source}")]
+    Store { offset: i64, source: KafkaError },
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerExit {
+    pub partition: i32,
+    /// The offset stored for commit (next to consume), if any record was acknowledged.
+    pub next_offset: Option<i64>,
+    /// Whether it stopped on an error (see [`WorkerEvent::Failed`]).
+    pub failed: bool,
+}
+
+/// One produced record awaiting its acknowledgement.
+struct InFlight {
+    offset: i64,
+    delivery: DeliveryFuture,
+    dead_letter: Option<&'static str>,
+}
+
+pub struct PartitionWorker {
+    pub topic: String,
+    pub partition: i32,
+    pub queue: StreamPartitionQueue<Context>,
+    pub consumer: Arc<StreamConsumer<Context>>,
+    pub shared: Arc<Shared>,
+    pub drain: watch::Receiver<bool>,
+    /// Unacknowledged records, readable by whoever gives up on this worker at a deadline.
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+impl PartitionWorker {
+    pub async fn run(self) -> WorkerExit {
+        let mut state = State {
+            pending: VecDeque::new(),
+            next_offset: None,
+            end_target: None,
+            at_end: false,
+            eof: false,
+            buf: Vec::new(),
+        };
+        if self.shared.until_end {
+            state.end_target = self.end_target().await;
+        }
+        let failed = match self.consume(&mut state).await {
+            Ok(()) => false,
+            Err(error) => {
+                tracing::error!(topic = %self.topic, partition = self.partition, %error, "partition worker stopped");
+                let _ = self.shared.events.send(WorkerEvent::Failed {
+                    partition: self.partition,
+                    error,
+                });
+                // The failed record and what was sent after it stay unstored: they will be replayed.
+                self.shared.stats.records_abandoned(self.in_flight.swap(0, Relaxed));
+                true
+            }
+        };
+        WorkerExit {
+            partition: self.partition,
+            next_offset: state.next_offset,
+            failed,
+        }
+    }
+
+    async fn consume(&self, state: &mut State) -> Result<(), WorkerError> {
+        let mut drain = self.drain.clone();
+        loop {
+            self.settle(state, None)?;
+            self.check_end(state);
+            if *drain.borrow() {
+                break;
+            }
+            let room = state.pending.len() + self.shared.batch_size <= self.shared.max_in_flight;
+            tokio::select! {
+                biased;
+                _ = drain.changed() => {}
+                ack = front(&mut state.pending), if !state.pending.is_empty() => {
+                    self.settle(state, Some(ack))?;
+                }
+                received = tokio::time::timeout(RECV_WAKE, self.queue.recv()), if room => {
+                    match received {
+                        Err(_) => {}
+                        Ok(Ok(first)) => self.process_batch(first, state).await?,
+                        Ok(Err(KafkaError::PartitionEOF(_))) => state.eof = true,
+                        Ok(Err(e)) => {
+                            self.shared.stats.consumer_error();
+                            tracing::warn!(partition = self.partition, error = %e, "consumer error");
+                        }
+                    }
+                }
+            }
+        }
+        // Drain: nothing more is read; wait for what is in flight, oldest first.
+        while !state.pending.is_empty() {
+            let ack = front(&mut state.pending).await;
+            self.settle(state, Some(ack))?;
+        }
+        Ok(())
+    }
+
+    /// Takes up to `batch_size` records that are already there, transforms and sends them.
+    async fn process_batch(&self, first: BorrowedMessage<'_>, state: &mut State) -> Result<(), WorkerError> {
+        let mut batch = Vec::with_capacity(self.shared.batch_size.min(1024));
+        let mut bytes = first.payload_len();
+        batch.push(first);
+        state.eof = false;
+        while batch.len() < self.shared.batch_size {
+            match self.queue.recv().now_or_never() {
+                Some(Ok(m)) => {
+                    bytes += m.payload_len();
+                    batch.push(m);
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    state.eof = true;
+                    break;
+                }
+                _ => break,
+            }
+        }
+        self.shared.stats.records_consumed(batch.len());
+        self.in_flight.fetch_add(batch.len(), Relaxed);
+
+        if bytes >= self.shared.parallel_min_bytes && batch.len() > 1 && can_block_in_place() {
+            // Large batch: hash on the pool. block_in_place keeps the borrowed payloads valid
+            // without copying them, and lets tokio move other tasks off this thread meanwhile.
+            let results: Vec<Option<Result<Vec<u8>, Rejection>>> = tokio::task::block_in_place(|| {
+                self.shared.pool.install(|| {
+                    batch
+                        .par_iter()
+                        .map(|m| m.payload().map(transform::transform))
+                        .collect()
+                })
+            });
+            for (message, result) in batch.iter().zip(results) {
+                let sent = match result {
+                    None => self.send_output(message, None).await?,
+                    Some(Ok(out)) => self.send_output(message, Some(&out)).await?,
+                    Some(Err(r)) => self.send_dead_letter(message, r.kind.as_str(), &r.message).await?,
+                };
+                state.pending.push_back(sent);
+            }
+        } else {
+            for message in &batch {
+                let sent = match message.payload() {
+                    None => self.send_output(message, None).await?,
+                    Some(value) => match transform::transform_into(value, &mut state.buf) {
+                        Ok(()) => {
+                            let out = std::mem::take(&mut state.buf);
+                            let sent = self.send_output(message, Some(&out)).await;
+                            state.buf = out;
+                            sent?
+                        }
+                        Err(r) => self.send_dead_letter(message, r.kind.as_str(), &r.message).await?,
+                    },
+                };
+                state.pending.push_back(sent);
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_output(&self, message: &BorrowedMessage<'_>, value: Option<&[u8]>) -> Result<InFlight, WorkerError> {
+        match self.shared.sink.send_output(message, value).await {
+            Ok(delivery) => Ok(InFlight {
+                offset: message.offset(),
+                delivery,
+                dead_letter: None,
+            }),
+            // Too large for the producer once the hash is added: the record's own fault.
+            Err(e) if sink::is_record_error(&e) => {
+                self.send_dead_letter(message, "output_too_large", &e.to_string()).await
+            }
+            Err(source) => Err(WorkerError::Delivery {
+                offset: message.offset(),
+                source,
+            }),
+        }
+    }
+
+    async fn send_dead_letter(&self, message: &BorrowedMessage<'_>, kind: &'static str, reason: &str) -> Result<InFlight, WorkerError> {
+        match self.shared.sink.send_dead_letter(message, kind, reason).await {
+            Ok(delivery) => Ok(InFlight {
+                offset: message.offset(),
+                delivery,
+                dead_letter: Some(kind),
+            }),
+            Err(source) => Err(WorkerError::Delivery {
+                offset: message.offset(),
+                source,
+            }),
+        }
+    }
+
+    /// Settles `first` (the front's acknowledgement) and every later one already in, then
+    /// stores the offset once. What was acknowledged before an error is stored too.
+    fn settle(&self, state: &mut State, first: Option<Ack>) -> Result<(), WorkerError> {
+        let before = state.next_offset;
+        let mut result = first.map_or(Ok(()), |ack| self.acknowledge(state, ack));
+        while result.is_ok() {
+            let Some(ack) = state.pending.front_mut().and_then(|f| (&mut f.delivery).now_or_never()) else {
+                break;
+            };
+            result = self.acknowledge(state, ack);
+        }
+        if state.next_offset != before {
+            self.store(state)?;
+        }
+        result
+    }
+
+    /// Pops the front record with its acknowledgement; an error leaves `next_offset` before it.
+    fn acknowledge(&self, state: &mut State, ack: Ack) -> Result<(), WorkerError> {
+        let done = state.pending.pop_front().expect("an ack comes from the front");
+        match ack {
+            Ok(Ok(_)) => {}
+            Ok(Err((source, _))) => return Err(WorkerError::Delivery { offset: done.offset, source }),
+            Err(_) => return Err(WorkerError::ProducerGone { offset: done.offset }),
+        }
+        match done.dead_letter {
+            None => self.shared.stats.record_produced(),
+            Some(kind) => self.shared.stats.record_dead_lettered(kind, self.partition, done.offset),
+        }
+        self.in_flight.fetch_sub(1, Relaxed);
+        state.next_offset = Some(done.offset + 1);
+        Ok(())
+    }
+
+    fn store(&self, state: &State) -> Result<(), WorkerError> {
+        let Some(next) = state.next_offset else { return Ok(()) };
+        self.consumer
+            .store_offset(&self.topic, self.partition, next - 1)
+            .map_err(|source| WorkerError::Store { offset: next - 1, source })
+    }
+
+    /// Reports once when everything up to the end offset at assignment is acknowledged.
+    fn check_end(&self, state: &mut State) {
+        if state.at_end || !self.shared.until_end || !state.pending.is_empty() {
+            return;
+        }
+        let reached = match (state.end_target, state.next_offset) {
+            (Some(target), Some(next)) => next >= target,
+            (Some(0), None) => true,
+            _ => false,
+        } || state.eof;
+        if reached {
+            state.at_end = true;
+            tracing::debug!(partition = self.partition, "reached end");
+            let _ = self.shared.events.send(WorkerEvent::ReachedEnd {
+                partition: self.partition,
+            });
+        }
+    }
+
+    /// The partition's end offset now, or 0 when nothing is left to do (committed at the end).
+    async fn end_target(&self) -> Option<i64> {
+        let consumer = self.consumer.clone();
+        let (topic, partition) = (self.topic.clone(), self.partition);
+        tokio::task::spawn_blocking(move || {
+            let timeout = Duration::from_secs(10);
+            let (low, high) = consumer.fetch_watermarks(&topic, partition, timeout).ok()?;
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            let committed = consumer
+                .committed_offsets(tpl, timeout)
+                .ok()
+                .and_then(|t| t.find_partition(&topic, partition).and_then(|p| p.offset().to_raw()));
+            let start = committed.filter(|c| *c >= 0).unwrap_or(low);
+            Some(if start >= high { 0 } else { high })
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+type Ack = <DeliveryFuture as std::future::Future>::Output;
+
+struct State {
+    pending: VecDeque<InFlight>,
+    next_offset: Option<i64>,
+    end_target: Option<i64>,
+    at_end: bool,
+    eof: bool,
+    /// Reused output buffer for the inline path.
+    buf: Vec<u8>,
+}
+
+async fn front(pending: &mut VecDeque<InFlight>) -> Ack {
+    (&mut pending.front_mut().expect("guarded by is_empty").delivery).await
+}
+
+fn can_block_in_place() -> bool {
+    tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+}

@@ -1,0 +1,206 @@
+//! `run`: wires the consumer, the partition workers and the sink together, and stops them.
+//!
+//! # Stopping
+//! On the shutdown future (SIGINT/SIGTERM in the binary), a fatal worker error, or `--until-end`
+//! reaching the end: stop fetching, let every worker finish what it has in flight, commit the
+//! stored offsets synchronously, flush the producer, leave the group. All of it within
+//! `--shutdown-timeout`; past it, the unacknowledged records are counted and reported as
+//! [`Error::ShutdownTimeout`] (uncommitted, so consumed again by the next owner, never lost).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::Producer;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::RunConfig;
+use crate::consumer::{self, Context, GroupEvent};
+use crate::error::Error;
+use crate::metrics::{self, Snapshot, Stats};
+use crate::partition::{Shared, WorkerEvent};
+use crate::sink::Sink;
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub stats: Snapshot,
+    pub elapsed: Duration,
+}
+
+/// Runs the transformer until `shutdown` resolves (or `--until-end` is reached).
+///
+/// Needs a multi-thread tokio runtime: rebalance callbacks block their own thread while the
+/// partition tasks drain on the runtime's workers.
+pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Result<Summary, Error> {
+    config.validate()?;
+    let started = Instant::now();
+    let stats = Stats::new();
+    let sink = Arc::new(Sink::new(&config)?);
+    wait_for_brokers(&sink, &config).await?;
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(config.hash_threads())
+        .thread_name(|i| format!("ktransform-hash-{i}"))
+        .build()
+        .map_err(|e| Error::Fatal(format!("cannot start the hashing pool: {e}")))?;
+    let (worker_tx, mut worker_events) = mpsc::unbounded_channel();
+    let (group_tx, mut group_events) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        sink: sink.clone(),
+        stats: stats.clone(),
+        pool: Arc::new(pool),
+        events: worker_tx,
+        batch_size: config.batch_size,
+        max_in_flight: config.max_in_flight,
+        parallel_min_bytes: config.parallel_min_bytes,
+        until_end: config.until_end,
+    });
+    let context = Context::new(config.source.clone(), shared, group_tx.clone(), config.drain_timeout);
+    let mut consumer_config = config.consumer_config()?;
+    if config.until_end {
+        consumer_config.set("enable.partition.eof", "true");
+    }
+    let consumer: Arc<StreamConsumer<Context>> = Arc::new(consumer_config.create_with_context(context)?);
+    consumer.context().attach(&consumer);
+    consumer.subscribe(&[&config.source])?;
+    let (stop_main_queue, stop_rx) = watch::channel(false);
+    let main_queue = consumer::serve_main_queue(consumer.clone(), stop_rx, group_tx)?;
+    let progress = tokio::spawn(metrics::progress(stats.clone(), config.progress_interval));
+    tracing::info!(
+        source = %config.source,
+        destination = %config.destination,
+        dlq = %config.dlq_topic(),
+        group = %config.group,
+        "started"
+    );
+
+    // Run until something says stop.
+    tokio::pin!(shutdown);
+    let mut ended: HashSet<i32> = HashSet::new();
+    let mut assigned_once = false;
+    let outcome: Result<(), Error> = loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("shutdown requested; draining in-flight records");
+                break Ok(());
+            }
+            Some(event) = worker_events.recv() => match event {
+                WorkerEvent::ReachedEnd { partition } => { ended.insert(partition); }
+                WorkerEvent::Failed { partition, error } => break Err(Error::Worker { partition, error }),
+            },
+            Some(event) = group_events.recv() => match event {
+                GroupEvent::Assigned(partitions) | GroupEvent::Revoked(partitions) => {
+                    assigned_once = true;
+                    for p in partitions { ended.remove(&p); }
+                }
+                GroupEvent::Fatal(reason) => break Err(Error::Fatal(reason)),
+            },
+        }
+        if config.until_end && assigned_once {
+            let assigned = consumer.context().assigned();
+            if assigned.iter().all(|p| ended.contains(p)) {
+                tracing::info!(partitions = ?assigned, "every assigned partition processed to its end offset");
+                break Ok(());
+            }
+        }
+    };
+
+    // Stop: drain, commit, flush, leave the group, all before the deadline.
+    let deadline = Instant::now() + config.shutdown_timeout;
+    consumer.context().close();
+    let drained = {
+        let consumer = consumer.clone();
+        let topic = config.source.clone();
+        tokio::task::spawn_blocking(move || {
+            let drained = consumer.context().drain_all(deadline);
+            consumer::commit(&*consumer, &topic, &drained.exits, consumer.context().stats());
+            drained
+        })
+        .await
+        .map_err(|e| Error::Fatal(format!("drain task: {e}")))?
+    };
+    let _ = stop_main_queue.send(true);
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let flushed = {
+        let sink = sink.clone();
+        tokio::task::spawn_blocking(move || sink.flush(remaining)).await
+    };
+    if let Ok(Err(error)) = flushed {
+        tracing::warn!(%error, queued = sink.queued(), "producer flush incomplete");
+    }
+    // Leaving the group blocks (it serves a last revocation), so not on a runtime worker.
+    tokio::task::spawn_blocking(move || {
+        let _ = main_queue.join();
+        drop(consumer);
+    })
+    .await
+    .map_err(|e| Error::Fatal(format!("closing the consumer: {e}")))?;
+    progress.abort();
+
+    let summary = Summary {
+        stats: stats.snapshot(),
+        elapsed: started.elapsed(),
+    };
+    let s = summary.stats;
+    tracing::info!(
+        consumed = s.consumed,
+        produced = s.produced,
+        dead_lettered = s.dead_lettered,
+        replayable = s.replayable,
+        elapsed = ?summary.elapsed,
+        "stopped"
+    );
+    outcome?;
+    if drained.abandoned > 0 {
+        return Err(Error::ShutdownTimeout {
+            timeout: config.shutdown_timeout,
+            uncommitted: drained.abandoned,
+        });
+    }
+    Ok(summary)
+}
+
+/// Waits for a metadata answer, with backoff, up to `--connect-timeout`; warns about missing
+/// topics (the source may be created later; the destination needs broker auto-creation).
+async fn wait_for_brokers(sink: &Arc<Sink>, config: &RunConfig) -> Result<(), Error> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let attempt = Duration::from_secs(5).min(config.connect_timeout);
+        let metadata = {
+            let sink = sink.clone();
+            tokio::task::spawn_blocking(move || {
+                sink.producer().client().fetch_metadata(None, attempt).map(|m| {
+                    m.topics().iter().map(|t| t.name().to_string()).collect::<HashSet<_>>()
+                })
+            })
+            .await
+            .map_err(|e| Error::Fatal(format!("metadata task: {e}")))?
+        };
+        match metadata {
+            Ok(topics) => {
+                for (flag, topic) in [("--source", &config.source), ("--destination", &config.destination)] {
+                    if !topics.contains(topic.as_str()) {
+                        tracing::warn!(topic = %topic, flag, "topic does not exist yet");
+                    }
+                }
+                return Ok(());
+            }
+            Err(source) if started.elapsed() + backoff >= config.connect_timeout => {
+                return Err(Error::Unreachable {
+                    brokers: config.kafka.brokers.clone(),
+                    waited: started.elapsed(),
+                    source,
+                });
+            }
+            Err(error) => {
+                tracing::warn!(brokers = %config.kafka.brokers, %error, "waiting for the brokers");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
