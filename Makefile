@@ -8,7 +8,7 @@
 
 KAFKA_SH := scripts/kafka.sh
 
-.PHONY: help up down logs broker-status
+.PHONY: help up down logs broker-status demo build test lint bench-transform
 
 ##@ General
 
@@ -16,6 +16,28 @@ help: ## List the targets
 	@awk 'BEGIN { FS = ":.*## " } \
 	  /^##@ / { printf "\n%s\n", substr($$0, 5) } \
 	  /^[a-zA-Z0-9_-]+:.*## / { printf "  %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+##@ The job
+
+demo: ## Broker + generator + transformer, with the group's lag and verdict every 5 s for 30 s; then stop
+	bash scripts/demo.sh
+
+build: ## Build the release binary and the generator
+	cargo build --release --bin ktransform --example generate
+
+##@ Tests
+
+test: up ## Start the broker if needed, then run every test (unit + integration against it)
+	cargo test
+
+lint: ## rustfmt and clippy, as CI runs them
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+##@ Benchmarks
+
+bench-transform: ## The transform alone (criterion, no broker): records/s for 50 B and 1 KB records
+	cargo bench --bench transform
 
 ##@ Local Kafka broker (127.0.0.1:9092, see scripts/kafka.sh for settings)
 

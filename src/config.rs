@@ -25,7 +25,11 @@ pub const DEFAULT_PROGRESS_INTERVAL: &str = "10s";
 pub const DEFAULT_PARALLEL_MIN_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Parser)]
-#[command(name = "ktransform", version, about = "Kafka JSON transformer: adds the md5 of each record's raw bytes as \"hash\"")]
+#[command(
+    name = "ktransform",
+    version,
+    about = "Kafka JSON transformer: adds the md5 of each record's raw bytes as \"hash\""
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -35,6 +39,8 @@ pub struct Cli {
 pub enum Command {
     /// Consume the source topic, add "hash" to every JSON object, produce to the destination.
     Run(RunConfig),
+    /// Show a consumer group's lag, produce and consume rates, and whether it keeps up.
+    Lag(crate::lag::LagConfig),
 }
 
 /// Connection settings shared by every subcommand.
@@ -46,7 +52,12 @@ pub struct KafkaArgs {
 
     /// librdkafka property, repeatable: `-X key=value` for both clients, `-X consumer.key=value`
     /// or `-X producer.key=value` for one. Env: `KTRANSFORM_X`, comma-separated.
-    #[arg(short = 'X', value_name = "KEY=VALUE", env = "KTRANSFORM_X", value_delimiter = ',')]
+    #[arg(
+        short = 'X',
+        value_name = "KEY=VALUE",
+        env = "KTRANSFORM_X",
+        value_delimiter = ','
+    )]
     pub rdkafka: Vec<String>,
 }
 
@@ -60,7 +71,11 @@ pub struct RunConfig {
     pub source: String,
 
     /// Topic to produce the transformed records to.
-    #[arg(long, env = "KTRANSFORM_DESTINATION", default_value = "name_stream_transformed")]
+    #[arg(
+        long,
+        env = "KTRANSFORM_DESTINATION",
+        default_value = "name_stream_transformed"
+    )]
     pub destination: String,
 
     /// Consumer group: instances with the same group share the source's partitions.
@@ -130,8 +145,14 @@ fn invalid(flag: impl Into<String>, message: impl Into<String>) -> ConfigError {
 const OWNED_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "use --brokers"),
     ("group.id", "use --group"),
-    ("enable.auto.offset.store", "offsets are stored only after delivery; that is the at-least-once contract"),
-    ("enable.idempotence", "the idempotent producer keeps retries from duplicating or reordering output"),
+    (
+        "enable.auto.offset.store",
+        "offsets are stored only after delivery; that is the at-least-once contract",
+    ),
+    (
+        "enable.idempotence",
+        "the idempotent producer keeps retries from duplicating or reordering output",
+    ),
 ];
 
 /// Which client a `-X` property is for.
@@ -161,7 +182,10 @@ impl KafkaArgs {
                 return Err(invalid("-X", format!("`{raw}` has an empty key")));
             }
             if let Some((_, why)) = OWNED_PROPERTIES.iter().find(|(k, _)| *k == key) {
-                return Err(invalid(format!("-X {key}"), format!("set by ktransform: {why}")));
+                return Err(invalid(
+                    format!("-X {key}"),
+                    format!("set by ktransform: {why}"),
+                ));
             }
             out.push((side, key.to_string(), value.to_string()));
         }
@@ -169,7 +193,11 @@ impl KafkaArgs {
     }
 
     /// A base client config for `side`: brokers plus the matching `-X` overrides, applied last.
-    pub fn client_config(&self, side: Side, defaults: &[(&str, &str)]) -> Result<ClientConfig, ConfigError> {
+    pub fn client_config(
+        &self,
+        side: Side,
+        defaults: &[(&str, &str)],
+    ) -> Result<ClientConfig, ConfigError> {
         if self.brokers.trim().is_empty() {
             return Err(invalid("--brokers", "is empty; give host:port[,host:port]"));
         }
@@ -188,8 +216,27 @@ impl KafkaArgs {
 }
 
 impl RunConfig {
+    /// Parses the flags of `ktransform run` (without the program and subcommand names), with
+    /// environment fallbacks, as the binary does: for embedding and tests.
+    pub fn from_args<I, T>(args: I) -> Result<RunConfig, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(Parser)]
+        struct Run {
+            #[command(flatten)]
+            config: RunConfig,
+        }
+        let argv = std::iter::once(std::ffi::OsString::from("ktransform-run"))
+            .chain(args.into_iter().map(Into::into));
+        Run::try_parse_from(argv).map(|r| r.config)
+    }
+
     pub fn dlq_topic(&self) -> String {
-        self.dlq.clone().unwrap_or_else(|| format!("{}.dlq", self.source))
+        self.dlq
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.source))
     }
 
     pub fn hash_threads(&self) -> usize {
@@ -198,16 +245,25 @@ impl RunConfig {
 
     /// Cross-field checks that clap cannot express. Run before anything connects.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (flag, topic) in [("--source", &self.source), ("--destination", &self.destination)] {
+        for (flag, topic) in [
+            ("--source", &self.source),
+            ("--destination", &self.destination),
+        ] {
             check_topic_name(flag, topic)?;
         }
         let dlq = self.dlq_topic();
         check_topic_name("--dlq", &dlq)?;
         if self.source == self.destination {
-            return Err(invalid("--destination", "equals --source: the output would be consumed again"));
+            return Err(invalid(
+                "--destination",
+                "equals --source: the output would be consumed again",
+            ));
         }
         if dlq == self.source || dlq == self.destination {
-            return Err(invalid("--dlq", "must differ from --source and --destination"));
+            return Err(invalid(
+                "--dlq",
+                "must differ from --source and --destination",
+            ));
         }
         if self.group.trim().is_empty() {
             return Err(invalid("--group", "is empty"));
@@ -230,7 +286,10 @@ impl RunConfig {
         let session_ms = self
             .consumer_config()?
             .get("session.timeout.ms")
-            .map(|v| v.parse::<u64>().map_err(|_| invalid("-X session.timeout.ms", format!("`{v}` is not a number"))))
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| invalid("-X session.timeout.ms", format!("`{v}` is not a number")))
+            })
             .transpose()?
             .unwrap_or(DEFAULT_SESSION_TIMEOUT_MS);
         if self.drain_timeout.is_zero() || self.drain_timeout >= Duration::from_millis(session_ms) {
@@ -264,6 +323,9 @@ impl RunConfig {
                 // The offset of a record is stored by us once its output is acknowledged; the
                 // background auto-commit then only ever commits acknowledged work.
                 ("enable.auto.commit", "true"),
+                // librdkafka's default is 5 s; 1 s keeps the group's visible lag (and the replay
+                // after a crash) small for the price of one commit request a second.
+                ("auto.commit.interval.ms", "1000"),
                 ("auto.offset.reset", "earliest"),
                 // Incremental rebalances: partitions that stay are not stopped when others move.
                 ("partition.assignment.strategy", "cooperative-sticky"),
@@ -296,7 +358,9 @@ fn check_topic_name(flag: &str, topic: &str) -> Result<(), ConfigError> {
         && topic.len() <= 249
         && topic != "."
         && topic != ".."
-        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if valid {
         Ok(())
     } else {
@@ -312,11 +376,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> RunConfig {
-        let mut argv = vec!["ktransform", "run"];
-        argv.extend_from_slice(args);
-        match Cli::try_parse_from(argv).unwrap().command {
-            Command::Run(c) => c,
-        }
+        RunConfig::from_args(args).unwrap()
     }
 
     fn error(args: &[&str]) -> String {
@@ -329,8 +389,14 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.dlq_topic(), "name_stream.dlq");
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
-        assert_eq!(c.consumer_config().unwrap().get("enable.auto.offset.store"), Some("false"));
-        assert_eq!(c.producer_config().unwrap().get("enable.idempotence"), Some("true"));
+        assert_eq!(
+            c.consumer_config().unwrap().get("enable.auto.offset.store"),
+            Some("false")
+        );
+        assert_eq!(
+            c.producer_config().unwrap().get("enable.idempotence"),
+            Some("true")
+        );
     }
 
     #[test]
@@ -345,13 +411,25 @@ mod tests {
             .starts_with("invalid -X enable.auto.offset.store"));
         assert!(error(&["--brokers", ""]).starts_with("invalid --brokers"));
         assert!(error(&["--drain-timeout", "50s"]).starts_with("invalid --drain-timeout"));
-        assert!(error(&["--drain-timeout", "5s", "-X", "consumer.session.timeout.ms=3000"])
-            .starts_with("invalid --drain-timeout"));
+        assert!(error(&[
+            "--drain-timeout",
+            "5s",
+            "-X",
+            "consumer.session.timeout.ms=3000"
+        ])
+        .starts_with("invalid --drain-timeout"));
     }
 
     #[test]
     fn overrides_apply_per_side() {
-        let c = parse(&["-X", "consumer.fetch.min.bytes=7", "-X", "producer.linger.ms=9", "-X", "client.id=x"]);
+        let c = parse(&[
+            "-X",
+            "consumer.fetch.min.bytes=7",
+            "-X",
+            "producer.linger.ms=9",
+            "-X",
+            "client.id=x",
+        ]);
         let consumer = c.consumer_config().unwrap();
         let producer = c.producer_config().unwrap();
         assert_eq!(consumer.get("fetch.min.bytes"), Some("7"));
@@ -363,7 +441,10 @@ mod tests {
 
     #[test]
     fn durations_parse_with_units() {
-        assert_eq!(parse(&["--shutdown-timeout", "500ms"]).shutdown_timeout, Duration::from_millis(500));
-        assert!(Cli::try_parse_from(["ktransform", "run", "--shutdown-timeout", "soon"]).is_err());
+        assert_eq!(
+            parse(&["--shutdown-timeout", "500ms"]).shutdown_timeout,
+            Duration::from_millis(500)
+        );
+        assert!(RunConfig::from_args(["--shutdown-timeout", "soon"]).is_err());
     }
 }

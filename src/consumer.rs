@@ -16,8 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
@@ -176,7 +178,10 @@ impl Context {
         let partitions = self.partitions_of(tpl);
         let handles: Vec<_> = {
             let mut workers = self.workers.lock().unwrap();
-            partitions.iter().filter_map(|p| workers.remove(p).map(|h| (*p, h))).collect()
+            partitions
+                .iter()
+                .filter_map(|p| workers.remove(p).map(|h| (*p, h)))
+                .collect()
         };
         let drained = self.drain(handles, Instant::now() + self.drain_timeout);
         commit(consumer, &self.topic, &drained.exits, self.stats());
@@ -195,7 +200,12 @@ impl Context {
 
 /// Commits the offsets that drained workers stored, synchronously. Returns whether it succeeded
 /// (nothing to commit counts as success).
-pub fn commit<C: Consumer<Context>>(consumer: &C, topic: &str, exits: &[WorkerExit], stats: &Stats) -> bool {
+pub fn commit<C: Consumer<Context>>(
+    consumer: &C,
+    topic: &str,
+    exits: &[WorkerExit],
+    stats: &Stats,
+) -> bool {
     let mut tpl = TopicPartitionList::new();
     for exit in exits {
         if let Some(next) = exit.next_offset {
@@ -224,7 +234,10 @@ impl ClientContext for Context {
     /// down: log the first, then a summary at most every [`ERROR_LOG_INTERVAL`].
     fn error(&self, error: KafkaError, reason: &str) {
         // End-of-partition is an event (`--until-end` asks for it), not an error.
-        if matches!(error, KafkaError::PartitionEOF(_)) {
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
             return;
         }
         self.shared.stats.consumer_error();
@@ -239,7 +252,9 @@ impl ConsumerContext for Context {
                 if self.is_closing() {
                     return;
                 }
-                let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else { return };
+                let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+                    return;
+                };
                 let partitions = self.partitions_of(tpl);
                 for &p in &partitions {
                     self.start_worker(&consumer, p);

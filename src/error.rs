@@ -43,7 +43,10 @@ pub enum Error {
     Fatal(String),
 
     #[error("shutdown deadline of {timeout:?} passed with {uncommitted} records unacknowledged; they were not committed and will be consumed again")]
-    ShutdownTimeout { timeout: Duration, uncommitted: usize },
+    ShutdownTimeout {
+        timeout: Duration,
+        uncommitted: usize,
+    },
 
     #[error("{0}")]
     Io(#[from] std::io::Error),

@@ -14,6 +14,7 @@
 //! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out.
 //! - [`sink`]: the idempotent producer; output and dead-letter records.
 //! - [`metrics`]: counters as named events, and the periodic progress line.
+//! - [`lag`]: `ktransform lag`, a group's lag, rates and keep-up verdict (reads offsets only).
 //! - [`error`]: what stops a run, and its exit code.
 //!
 //! A record flows: split partition queue → [`partition::PartitionWorker`] batch →
@@ -24,6 +25,7 @@
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod lag;
 pub mod metrics;
 pub mod partition;
 pub mod service;

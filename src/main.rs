@@ -8,29 +8,39 @@ use tracing_subscriber::EnvFilter;
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             std::process::exit(exit::FATAL);
         }
     };
-    let code = runtime.block_on(async {
+    let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(config) => match ktransform::run(config, shutdown_signal()).await {
-                Ok(_) => exit::OK,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("error: {e}");
-                    e.exit_code()
-                }
-            },
+            Command::Run(config) => ktransform::run(config, shutdown_signal()).await.map(drop),
+            Command::Lag(config) => {
+                tokio::task::spawn_blocking(move || ktransform::lag::print(&config))
+                    .await
+                    .unwrap_or_else(|e| Err(ktransform::Error::Fatal(e.to_string())))
+            }
         }
     });
+    let code = match result {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    };
     std::process::exit(code);
 }
 

@@ -117,7 +117,9 @@ impl PartitionWorker {
                     error,
                 });
                 // The failed record and what was sent after it stay unstored: they will be replayed.
-                self.shared.stats.records_abandoned(self.in_flight.swap(0, Relaxed));
+                self.shared
+                    .stats
+                    .records_abandoned(self.in_flight.swap(0, Relaxed));
                 true
             }
         };
@@ -165,7 +167,11 @@ impl PartitionWorker {
     }
 
     /// Takes up to `batch_size` records that are already there, transforms and sends them.
-    async fn process_batch(&self, first: BorrowedMessage<'_>, state: &mut State) -> Result<(), WorkerError> {
+    async fn process_batch(
+        &self,
+        first: BorrowedMessage<'_>,
+        state: &mut State,
+    ) -> Result<(), WorkerError> {
         let mut batch = Vec::with_capacity(self.shared.batch_size.min(1024));
         let mut bytes = first.payload_len();
         batch.push(first);
@@ -189,19 +195,23 @@ impl PartitionWorker {
         if bytes >= self.shared.parallel_min_bytes && batch.len() > 1 && can_block_in_place() {
             // Large batch: hash on the pool. block_in_place keeps the borrowed payloads valid
             // without copying them, and lets tokio move other tasks off this thread meanwhile.
-            let results: Vec<Option<Result<Vec<u8>, Rejection>>> = tokio::task::block_in_place(|| {
-                self.shared.pool.install(|| {
-                    batch
-                        .par_iter()
-                        .map(|m| m.payload().map(transform::transform))
-                        .collect()
-                })
-            });
+            let results: Vec<Option<Result<Vec<u8>, Rejection>>> =
+                tokio::task::block_in_place(|| {
+                    self.shared.pool.install(|| {
+                        batch
+                            .par_iter()
+                            .map(|m| m.payload().map(transform::transform))
+                            .collect()
+                    })
+                });
             for (message, result) in batch.iter().zip(results) {
                 let sent = match result {
                     None => self.send_output(message, None).await?,
                     Some(Ok(out)) => self.send_output(message, Some(&out)).await?,
-                    Some(Err(r)) => self.send_dead_letter(message, r.kind.as_str(), &r.message).await?,
+                    Some(Err(r)) => {
+                        self.send_dead_letter(message, r.kind.as_str(), &r.message)
+                            .await?
+                    }
                 };
                 state.pending.push_back(sent);
             }
@@ -216,7 +226,10 @@ impl PartitionWorker {
                             state.buf = out;
                             sent?
                         }
-                        Err(r) => self.send_dead_letter(message, r.kind.as_str(), &r.message).await?,
+                        Err(r) => {
+                            self.send_dead_letter(message, r.kind.as_str(), &r.message)
+                                .await?
+                        }
                     },
                 };
                 state.pending.push_back(sent);
@@ -225,7 +238,11 @@ impl PartitionWorker {
         Ok(())
     }
 
-    async fn send_output(&self, message: &BorrowedMessage<'_>, value: Option<&[u8]>) -> Result<InFlight, WorkerError> {
+    async fn send_output(
+        &self,
+        message: &BorrowedMessage<'_>,
+        value: Option<&[u8]>,
+    ) -> Result<InFlight, WorkerError> {
         match self.shared.sink.send_output(message, value).await {
             Ok(delivery) => Ok(InFlight {
                 offset: message.offset(),
@@ -234,7 +251,8 @@ impl PartitionWorker {
             }),
             // Too large for the producer once the hash is added: the record's own fault.
             Err(e) if sink::is_record_error(&e) => {
-                self.send_dead_letter(message, "output_too_large", &e.to_string()).await
+                self.send_dead_letter(message, "output_too_large", &e.to_string())
+                    .await
             }
             Err(source) => Err(WorkerError::Delivery {
                 offset: message.offset(),
@@ -243,8 +261,18 @@ impl PartitionWorker {
         }
     }
 
-    async fn send_dead_letter(&self, message: &BorrowedMessage<'_>, kind: &'static str, reason: &str) -> Result<InFlight, WorkerError> {
-        match self.shared.sink.send_dead_letter(message, kind, reason).await {
+    async fn send_dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        kind: &'static str,
+        reason: &str,
+    ) -> Result<InFlight, WorkerError> {
+        match self
+            .shared
+            .sink
+            .send_dead_letter(message, kind, reason)
+            .await
+        {
             Ok(delivery) => Ok(InFlight {
                 offset: message.offset(),
                 delivery,
@@ -263,7 +291,11 @@ impl PartitionWorker {
         let before = state.next_offset;
         let mut result = first.map_or(Ok(()), |ack| self.acknowledge(state, ack));
         while result.is_ok() {
-            let Some(ack) = state.pending.front_mut().and_then(|f| (&mut f.delivery).now_or_never()) else {
+            let Some(ack) = state
+                .pending
+                .front_mut()
+                .and_then(|f| (&mut f.delivery).now_or_never())
+            else {
                 break;
             };
             result = self.acknowledge(state, ack);
@@ -276,15 +308,30 @@ impl PartitionWorker {
 
     /// Pops the front record with its acknowledgement; an error leaves `next_offset` before it.
     fn acknowledge(&self, state: &mut State, ack: Ack) -> Result<(), WorkerError> {
-        let done = state.pending.pop_front().expect("an ack comes from the front");
+        let done = state
+            .pending
+            .pop_front()
+            .expect("an ack comes from the front");
         match ack {
             Ok(Ok(_)) => {}
-            Ok(Err((source, _))) => return Err(WorkerError::Delivery { offset: done.offset, source }),
-            Err(_) => return Err(WorkerError::ProducerGone { offset: done.offset }),
+            Ok(Err((source, _))) => {
+                return Err(WorkerError::Delivery {
+                    offset: done.offset,
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(WorkerError::ProducerGone {
+                    offset: done.offset,
+                })
+            }
         }
         match done.dead_letter {
             None => self.shared.stats.record_produced(),
-            Some(kind) => self.shared.stats.record_dead_lettered(kind, self.partition, done.offset),
+            Some(kind) => self
+                .shared
+                .stats
+                .record_dead_lettered(kind, self.partition, done.offset),
         }
         self.in_flight.fetch_sub(1, Relaxed);
         state.next_offset = Some(done.offset + 1);
@@ -292,10 +339,15 @@ impl PartitionWorker {
     }
 
     fn store(&self, state: &State) -> Result<(), WorkerError> {
-        let Some(next) = state.next_offset else { return Ok(()) };
+        let Some(next) = state.next_offset else {
+            return Ok(());
+        };
         self.consumer
             .store_offset(&self.topic, self.partition, next - 1)
-            .map_err(|source| WorkerError::Store { offset: next - 1, source })
+            .map_err(|source| WorkerError::Store {
+                offset: next - 1,
+                source,
+            })
     }
 
     /// Reports once when everything up to the end offset at assignment is acknowledged.
@@ -326,10 +378,10 @@ impl PartitionWorker {
             let (low, high) = consumer.fetch_watermarks(&topic, partition, timeout).ok()?;
             let mut tpl = rdkafka::TopicPartitionList::new();
             tpl.add_partition(&topic, partition);
-            let committed = consumer
-                .committed_offsets(tpl, timeout)
-                .ok()
-                .and_then(|t| t.find_partition(&topic, partition).and_then(|p| p.offset().to_raw()));
+            let committed = consumer.committed_offsets(tpl, timeout).ok().and_then(|t| {
+                t.find_partition(&topic, partition)
+                    .and_then(|p| p.offset().to_raw())
+            });
             let start = committed.filter(|c| *c >= 0).unwrap_or(low);
             Some(if start >= high { 0 } else { high })
         })

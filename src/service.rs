@@ -58,12 +58,18 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
         parallel_min_bytes: config.parallel_min_bytes,
         until_end: config.until_end,
     });
-    let context = Context::new(config.source.clone(), shared, group_tx.clone(), config.drain_timeout);
+    let context = Context::new(
+        config.source.clone(),
+        shared,
+        group_tx.clone(),
+        config.drain_timeout,
+    );
     let mut consumer_config = config.consumer_config()?;
     if config.until_end {
         consumer_config.set("enable.partition.eof", "true");
     }
-    let consumer: Arc<StreamConsumer<Context>> = Arc::new(consumer_config.create_with_context(context)?);
+    let consumer: Arc<StreamConsumer<Context>> =
+        Arc::new(consumer_config.create_with_context(context)?);
     consumer.context().attach(&consumer);
     consumer.subscribe(&[&config.source])?;
     let (stop_main_queue, stop_rx) = watch::channel(false);
@@ -116,7 +122,12 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
         let topic = config.source.clone();
         tokio::task::spawn_blocking(move || {
             let drained = consumer.context().drain_all(deadline);
-            consumer::commit(&*consumer, &topic, &drained.exits, consumer.context().stats());
+            consumer::commit(
+                &*consumer,
+                &topic,
+                &drained.exits,
+                consumer.context().stats(),
+            );
             drained
         })
         .await
@@ -173,16 +184,25 @@ async fn wait_for_brokers(sink: &Arc<Sink>, config: &RunConfig) -> Result<(), Er
         let metadata = {
             let sink = sink.clone();
             tokio::task::spawn_blocking(move || {
-                sink.producer().client().fetch_metadata(None, attempt).map(|m| {
-                    m.topics().iter().map(|t| t.name().to_string()).collect::<HashSet<_>>()
-                })
+                sink.producer()
+                    .client()
+                    .fetch_metadata(None, attempt)
+                    .map(|m| {
+                        m.topics()
+                            .iter()
+                            .map(|t| t.name().to_string())
+                            .collect::<HashSet<_>>()
+                    })
             })
             .await
             .map_err(|e| Error::Fatal(format!("metadata task: {e}")))?
         };
         match metadata {
             Ok(topics) => {
-                for (flag, topic) in [("--source", &config.source), ("--destination", &config.destination)] {
+                for (flag, topic) in [
+                    ("--source", &config.source),
+                    ("--destination", &config.destination),
+                ] {
                     if !topics.contains(topic.as_str()) {
                         tracing::warn!(topic = %topic, flag, "topic does not exist yet");
                     }

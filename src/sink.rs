@@ -33,10 +33,13 @@ pub struct Sink {
 
 impl Sink {
     pub fn new(config: &RunConfig) -> Result<Self, ConfigError> {
-        let producer = config.producer_config()?.create().map_err(|e| ConfigError {
-            flag: "-X".into(),
-            message: format!("producer: {e}"),
-        })?;
+        let producer = config
+            .producer_config()?
+            .create()
+            .map_err(|e| ConfigError {
+                flag: "-X".into(),
+                message: format!("producer: {e}"),
+            })?;
         Ok(Sink {
             producer,
             destination: config.destination.clone(),
@@ -55,7 +58,8 @@ impl Sink {
         value: Option<&[u8]>,
     ) -> Result<DeliveryFuture, KafkaError> {
         let headers = input.headers().map(|h| h.detach());
-        self.send(&self.destination, input.key(), value, headers).await
+        self.send(&self.destination, input.key(), value, headers)
+            .await
     }
 
     /// Sends the input unchanged to the dead-letter topic, with the reason and origin in headers.
@@ -76,8 +80,14 @@ impl Sink {
             (headers::SOURCE_OFFSET, offset.as_str()),
         ]
         .into_iter()
-        .fold(base, |h, (key, value)| h.insert(Header { key, value: Some(value) }));
-        self.send(&self.dlq, input.key(), input.payload(), Some(headers)).await
+        .fold(base, |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value),
+            })
+        });
+        self.send(&self.dlq, input.key(), input.payload(), Some(headers))
+            .await
     }
 
     async fn send(

@@ -264,7 +264,10 @@ mod tests {
             t(r#"{"first_name":"Bonita","last_name":"Kautzer"}"#),
             r#"{"first_name":"Bonita","last_name":"Kautzer","hash":"b699b9921cc43491297671fc5233a96c"}"#
         );
-        assert_eq!(t(r#"{"a":1}"#), r#"{"a":1,"hash":"bb6cb5c68df4652941caf652a366f2d8"}"#);
+        assert_eq!(
+            t(r#"{"a":1}"#),
+            r#"{"a":1,"hash":"bb6cb5c68df4652941caf652a366f2d8"}"#
+        );
         assert_eq!(t("{}"), r#"{"hash":"99914b932bd37a50b983c5e7c90ae93b"}"#);
         assert_eq!(
             t(r#"{"name":"Zoë Núñez"}"#),
@@ -295,16 +298,25 @@ mod tests {
 
     #[test]
     fn empty_object_with_spaces() {
-        assert_eq!(t(" { } "), format!(" {{\"hash\":\"{}\" }} ", hex_of(" { } ")));
+        assert_eq!(
+            t(" { } "),
+            format!(" {{\"hash\":\"{}\" }} ", hex_of(" { } "))
+        );
     }
 
     #[test]
     fn existing_hash_member_is_replaced_and_moved_last() {
         let h = hex_of;
         let input = r#"{"hash":"old","a":1, "b":2}"#;
-        assert_eq!(t(input), format!(r#"{{"a":1, "b":2,"hash":"{}"}}"#, h(input)));
+        assert_eq!(
+            t(input),
+            format!(r#"{{"a":1, "b":2,"hash":"{}"}}"#, h(input))
+        );
         let input = r#"{"a":1,"hash":"old","b":2}"#;
-        assert_eq!(t(input), format!(r#"{{"a":1,"b":2,"hash":"{}"}}"#, h(input)));
+        assert_eq!(
+            t(input),
+            format!(r#"{{"a":1,"b":2,"hash":"{}"}}"#, h(input))
+        );
         let input = r#"{"a":1,"h\u0061sh":{"x":1}}"#;
         assert_eq!(t(input), format!(r#"{{"a":1,"hash":"{}"}}"#, h(input)));
         let input = r#"{"hash":1}"#;
@@ -330,7 +342,10 @@ mod tests {
         assert_eq!(reject(b"null"), RejectionKind::NotAnObject);
         assert_eq!(reject(b"true"), RejectionKind::NotAnObject);
         let r = transform(b"[1]").unwrap_err();
-        assert!(r.to_string().starts_with("not_an_object: invalid type"), "{r}");
+        assert!(
+            r.to_string().starts_with("not_an_object: invalid type"),
+            "{r}"
+        );
     }
 
     #[test]
@@ -342,9 +357,14 @@ mod tests {
 
     #[test]
     fn output_is_valid_json_with_right_hash() {
-        for input in [r#"{"a":"x"}"#, "{\n  \"a\": [1, 2],\n  \"b\": {}\n}", r#"{"e":1e300}"#] {
+        for input in [
+            r#"{"a":"x"}"#,
+            "{\n  \"a\": [1, 2],\n  \"b\": {}\n}",
+            r#"{"e":1e300}"#,
+        ] {
             let out = t(input);
-            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
+            let v: serde_json::Value =
+                serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
             let hash = v["hash"].as_str().unwrap();
             assert_eq!(hash.as_bytes(), md5_hex(input.as_bytes()));
         }

@@ -1,0 +1,339 @@
+//! `ktransform lag`: a consumer group's lag on a topic, its rates, and whether it keeps up.
+//!
+//! Two samples of log end offsets and committed offsets, `interval` apart, give the produce rate
+//! (growth of the log end) and the consume rate (growth of the committed offsets); the verdict
+//! compares them. Works on any group: it only reads offsets, it never joins the group.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::{ConfigError, KafkaArgs, Side};
+
+#[derive(Debug, Clone, Args)]
+pub struct LagConfig {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Consumer group to inspect.
+    #[arg(long, env = "KTRANSFORM_GROUP", default_value = "ktransform")]
+    pub group: String,
+
+    /// Topic the group consumes.
+    #[arg(long, env = "KTRANSFORM_SOURCE", default_value = "name_stream")]
+    pub topic: String,
+
+    /// Keep printing a fresh table every interval until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Window between the two samples that rates are computed from.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+
+    /// With --watch, stop after this long (default: until interrupted).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+/// Offsets of one partition at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub partition: i32,
+    pub committed: Option<i64>,
+    pub low: i64,
+    pub end: i64,
+}
+
+impl PartitionOffsets {
+    /// Records not yet committed by the group (all retained records when it never committed).
+    pub fn lag(&self) -> i64 {
+        (self.end - self.committed.unwrap_or(self.low).max(self.low)).max(0)
+    }
+}
+
+/// One sample of a group on a topic.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub at: Instant,
+    pub partitions: Vec<PartitionOffsets>,
+    pub members: usize,
+}
+
+impl Sample {
+    pub fn lag(&self) -> i64 {
+        self.partitions.iter().map(PartitionOffsets::lag).sum()
+    }
+    fn end(&self) -> i64 {
+        self.partitions.iter().map(|p| p.end).sum()
+    }
+    fn consumed(&self) -> i64 {
+        self.partitions.iter().map(|p| p.end - p.lag()).sum()
+    }
+}
+
+/// The answer to "can it keep up?".
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// No lag and nothing arriving faster than it is consumed.
+    CaughtUp,
+    /// Lag is there but does not grow: consumption matches production.
+    KeepingUp,
+    /// Lag shrinks; zero in about `eta`.
+    CatchingUp { eta: Duration },
+    /// Lag grows by this many records per second.
+    FallingBehind { per_sec: f64 },
+}
+
+/// Rates and verdict between two samples.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub produce_rate: f64,
+    pub consume_rate: f64,
+    pub verdict: Verdict,
+    /// Instances the group would need for the observed produce rate, if it is saturated.
+    pub instances_needed: Option<usize>,
+}
+
+pub fn assess(before: &Sample, after: &Sample) -> Report {
+    let secs = after.at.duration_since(before.at).as_secs_f64().max(1e-3);
+    let produce_rate = (after.end() - before.end()).max(0) as f64 / secs;
+    let consume_rate = (after.consumed() - before.consumed()).max(0) as f64 / secs;
+    let lag = after.lag();
+    let growth = (lag - before.lag()) as f64 / secs;
+    // Commits arrive in steps (auto-commit every few seconds): tolerate one step of noise.
+    let noise = (produce_rate * 0.05).max(1.0);
+    let verdict = if lag == 0 {
+        Verdict::CaughtUp
+    } else if growth > noise {
+        Verdict::FallingBehind { per_sec: growth }
+    } else if growth < -noise {
+        Verdict::CatchingUp {
+            eta: Duration::from_secs_f64(lag as f64 / -growth),
+        }
+    } else {
+        Verdict::KeepingUp
+    };
+    // Only a group that has work waiting shows its capacity in its consume rate.
+    let instances_needed = (lag > 0 && after.members > 0 && consume_rate > 0.0).then(|| {
+        (produce_rate / (consume_rate / after.members as f64))
+            .ceil()
+            .max(1.0) as usize
+    });
+    Report {
+        produce_rate,
+        consume_rate,
+        verdict,
+        instances_needed,
+    }
+}
+
+/// Reads committed offsets, watermarks and group membership.
+pub struct LagReader {
+    consumer: BaseConsumer,
+    group: String,
+    topic: String,
+}
+
+impl LagReader {
+    pub fn new(config: &LagConfig) -> Result<Self, ConfigError> {
+        let mut client = config
+            .kafka
+            .client_config(Side::Consumer, &[("client.id", "ktransform-lag")])?;
+        client.set("group.id", &config.group);
+        client.set("enable.auto.commit", "false");
+        let consumer = client.create().map_err(|e| ConfigError {
+            flag: "-X".into(),
+            message: format!("consumer: {e}"),
+        })?;
+        Ok(LagReader {
+            consumer,
+            group: config.group.clone(),
+            topic: config.topic.clone(),
+        })
+    }
+
+    /// Blocking; call from a plain thread or `spawn_blocking`.
+    pub fn sample(&self) -> Result<Sample, rdkafka::error::KafkaError> {
+        let timeout = Duration::from_secs(10);
+        let metadata = self.consumer.fetch_metadata(Some(&self.topic), timeout)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let mut tpl = TopicPartitionList::new();
+        for &p in &partitions {
+            tpl.add_partition(&self.topic, p);
+        }
+        let committed = self.consumer.committed_offsets(tpl, timeout)?;
+        let mut out = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            let (low, end) = self.consumer.fetch_watermarks(&self.topic, p, timeout)?;
+            let committed =
+                committed
+                    .find_partition(&self.topic, p)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+            out.push(PartitionOffsets {
+                partition: p,
+                committed,
+                low,
+                end,
+            });
+        }
+        out.sort_by_key(|p| p.partition);
+        let members = self
+            .consumer
+            .fetch_group_list(Some(&self.group), timeout)
+            .map(|l| l.groups().iter().map(|g| g.members().len()).sum())
+            .unwrap_or(0);
+        Ok(Sample {
+            at: Instant::now(),
+            partitions: out,
+            members,
+        })
+    }
+}
+
+/// The table and verdict as a person reads them.
+pub fn render(group: &str, topic: &str, sample: &Sample, report: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "group {group} on {topic}: {} member(s)", sample.members);
+    let _ = writeln!(
+        s,
+        "{:>9} {:>12} {:>12} {:>10}",
+        "partition", "committed", "end", "lag"
+    );
+    for p in &sample.partitions {
+        let committed = p.committed.map_or("-".to_string(), |c| c.to_string());
+        let _ = writeln!(
+            s,
+            "{:>9} {:>12} {:>12} {:>10}",
+            p.partition,
+            committed,
+            p.end,
+            p.lag()
+        );
+    }
+    let _ = writeln!(
+        s,
+        "total lag {}   produce {:.0}/s   consume {:.0}/s",
+        sample.lag(),
+        report.produce_rate,
+        report.consume_rate
+    );
+    let verdict = match &report.verdict {
+        Verdict::CaughtUp => "caught up".to_string(),
+        Verdict::KeepingUp if report.produce_rate > 0.0 => format!(
+            "keeping up (lag steady at ~{:.1} s of production)",
+            sample.lag() as f64 / report.produce_rate
+        ),
+        Verdict::KeepingUp => "keeping up (lag steady)".to_string(),
+        Verdict::CatchingUp { eta } => format!("catching up: lag zero in ~{}s", eta.as_secs()),
+        Verdict::FallingBehind { per_sec } => format!("falling behind by {per_sec:.0} records/s"),
+    };
+    let _ = writeln!(s, "verdict: {verdict}");
+    if let (Some(needed), Verdict::FallingBehind { .. }) =
+        (report.instances_needed, &report.verdict)
+    {
+        let partitions = sample.partitions.len();
+        let _ = write!(
+            s,
+            "advice: ~{needed} instance(s) needed at the observed per-instance rate"
+        );
+        if needed > partitions {
+            let _ = write!(
+                s,
+                "; {partitions} partitions cap the group at {partitions}: add partitions"
+            );
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Prints the report once (after one window), or every window with `--watch`. Blocking.
+pub fn print(config: &LagConfig) -> Result<(), crate::Error> {
+    use std::io::{IsTerminal, Write};
+    let reader = LagReader::new(config)?;
+    let started = Instant::now();
+    let mut before = reader.sample()?;
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        std::thread::sleep(config.interval);
+        let after = reader.sample()?;
+        let report = assess(&before, &after);
+        let text = render(&config.group, &config.topic, &after, &report);
+        let mut out = std::io::stdout().lock();
+        if config.watch && tty {
+            // Redraw in place, like a console page that refreshes.
+            let _ = write!(out, "\x1b[2J\x1b[H");
+        }
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+        let expired = config.duration.is_some_and(|d| started.elapsed() >= d);
+        if !config.watch || expired {
+            return Ok(());
+        }
+        before = after;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(at: Instant, committed: i64, end: i64, members: usize) -> Sample {
+        Sample {
+            at,
+            partitions: vec![PartitionOffsets {
+                partition: 0,
+                committed: Some(committed),
+                low: 0,
+                end,
+            }],
+            members,
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(
+            assess(&sample(t0, 100, 100, 1), &sample(t1, 200, 200, 1)).verdict,
+            Verdict::CaughtUp
+        );
+        let behind = assess(&sample(t0, 0, 1000, 1), &sample(t1, 1000, 3000, 1));
+        assert_eq!(behind.verdict, Verdict::FallingBehind { per_sec: 100.0 });
+        assert_eq!(behind.instances_needed, Some(2));
+        let catching = assess(&sample(t0, 0, 1000, 1), &sample(t1, 1500, 2000, 1));
+        assert_eq!(
+            catching.verdict,
+            Verdict::CatchingUp {
+                eta: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(
+            assess(&sample(t0, 0, 1000, 1), &sample(t1, 1000, 2000, 1)).verdict,
+            Verdict::KeepingUp
+        );
+    }
+
+    #[test]
+    fn never_committed_counts_all_retained() {
+        let p = PartitionOffsets {
+            partition: 0,
+            committed: None,
+            low: 5,
+            end: 10,
+        };
+        assert_eq!(p.lag(), 5);
+    }
+}
