@@ -16,6 +16,9 @@ pub const DEFAULT_BATCH_SIZE: usize = 1000;
 /// Records per partition produced but not yet acknowledged, at most: bounds memory and replay.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 20_000;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "10s";
+/// Kafka Streams' default commit interval under exactly-once.
+pub const DEFAULT_TRANSACTION_INTERVAL: &str = "100ms";
+pub const DEFAULT_TRANSACTION_RECORDS: usize = 50_000;
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
 pub const DEFAULT_CONNECT_TIMEOUT: &str = "30s";
 /// librdkafka's default `session.timeout.ms`.
@@ -51,13 +54,8 @@ pub struct KafkaArgs {
     pub brokers: String,
 
     /// librdkafka property, repeatable: `-X key=value` for both clients, `-X consumer.key=value`
-    /// or `-X producer.key=value` for one. Env: `KTRANSFORM_X`, comma-separated.
-    #[arg(
-        short = 'X',
-        value_name = "KEY=VALUE",
-        env = "KTRANSFORM_X",
-        value_delimiter = ','
-    )]
+    /// or `-X producer.key=value` for one. Values may contain commas (`-X debug=cgrp,topic`).
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
     pub rdkafka: Vec<String>,
 }
 
@@ -85,6 +83,29 @@ pub struct RunConfig {
     /// Dead-letter topic for records that are not JSON objects [default: <source>.dlq].
     #[arg(long, env = "KTRANSFORM_DLQ")]
     pub dlq: Option<String>,
+
+    /// Delivery guarantee.
+    #[arg(
+        long,
+        env = "KTRANSFORM_GUARANTEE",
+        value_enum,
+        default_value = "at-least-once"
+    )]
+    pub guarantee: Guarantee,
+
+    /// Exactly-once: commit the open transaction at least this often. Shorter: outputs visible
+    /// to read_committed readers sooner; longer: fewer commits, more throughput.
+    #[arg(long, env = "KTRANSFORM_TRANSACTION_INTERVAL", default_value = DEFAULT_TRANSACTION_INTERVAL, value_parser = humantime::parse_duration)]
+    pub transaction_interval: Duration,
+
+    /// Exactly-once: commit as soon as the open transaction holds this many records.
+    #[arg(long, env = "KTRANSFORM_TRANSACTION_RECORDS", default_value_t = DEFAULT_TRANSACTION_RECORDS)]
+    pub transaction_records: usize,
+
+    /// Exactly-once: a stable transactional id for this instance (unique per instance)
+    /// [default: ktransform-<group>-<random>].
+    #[arg(long, env = "KTRANSFORM_TRANSACTIONAL_ID")]
+    pub transactional_id: Option<String>,
 
     /// On SIGINT/SIGTERM, time allowed to finish in-flight work, flush and commit (e.g. 10s, 500ms).
     #[arg(long, env = "KTRANSFORM_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT, value_parser = humantime::parse_duration)]
@@ -124,6 +145,16 @@ pub struct RunConfig {
     /// Interval of the progress line in the log.
     #[arg(long, env = "KTRANSFORM_PROGRESS_INTERVAL", default_value = DEFAULT_PROGRESS_INTERVAL, value_parser = humantime::parse_duration)]
     pub progress_interval: Duration,
+}
+
+/// What a consumed record's output is promised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Guarantee {
+    /// Offsets stored after the output is acknowledged; a crash may produce a record twice.
+    AtLeastOnce,
+    /// Outputs and offsets committed in one Kafka transaction; `read_committed` readers see
+    /// every record once.
+    ExactlyOnce,
 }
 
 /// A configuration that cannot work; names the flag to change.
@@ -301,6 +332,14 @@ impl RunConfig {
                 ),
             ));
         }
+        if self.guarantee == Guarantee::ExactlyOnce {
+            if self.transaction_interval.is_zero() {
+                return Err(invalid("--transaction-interval", "must be more than 0"));
+            }
+            if self.transaction_records == 0 {
+                return Err(invalid("--transaction-records", "must be at least 1"));
+            }
+        }
         if self.progress_interval.is_zero() {
             return Err(invalid("--progress-interval", "must be more than 0"));
         }
@@ -335,6 +374,11 @@ impl RunConfig {
         )?;
         config.set("group.id", &self.group);
         config.set("enable.auto.offset.store", "false");
+        if self.guarantee == Guarantee::ExactlyOnce {
+            // Offsets are committed by the producer's transactions, never by the consumer.
+            config.set("enable.auto.commit", "false");
+            config.set("isolation.level", "read_committed");
+        }
         Ok(config)
     }
 
@@ -349,6 +393,25 @@ impl RunConfig {
             ],
         )?;
         config.set("enable.idempotence", "true");
+        if self.guarantee == Guarantee::ExactlyOnce {
+            let id = self.transactional_id.clone().unwrap_or_else(|| {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                format!(
+                    "ktransform-{}-{:x}{:x}",
+                    self.group,
+                    std::process::id(),
+                    nanos
+                )
+            });
+            config.set("transactional.id", id);
+            if config.get("transaction.timeout.ms").is_none() {
+                // An instance that dies with a transaction open blocks read_committed readers of
+                // the destination until the coordinator aborts it: keep that short.
+                config.set("transaction.timeout.ms", "30000");
+            }
+        }
         Ok(config)
     }
 }

@@ -184,7 +184,24 @@ impl Context {
                 .collect()
         };
         let drained = self.drain(handles, Instant::now() + self.drain_timeout);
-        commit(consumer, &self.topic, &drained.exits, self.stats());
+        match &self.shared.transactions {
+            None => {
+                commit(consumer, &self.topic, &drained.exits, self.stats());
+            }
+            Some(transactions) => {
+                // The revoked partitions' last records and offsets leave in one transaction,
+                // before the partitions do. An abandoned worker may have sent part of a batch
+                // whose offsets are not recorded: committing would duplicate it, so abort.
+                let result = if drained.abandoned > 0 || drained.exits.iter().any(|e| e.failed) {
+                    transactions.abort_blocking()
+                } else {
+                    transactions.commit_blocking()
+                };
+                if let Err(e) = result {
+                    let _ = self.group_events.send(GroupEvent::Fatal(e.to_string()));
+                }
+            }
+        }
         self.shared.stats.partitions_released(partitions.len());
         let _ = self.group_events.send(GroupEvent::Revoked(partitions));
     }
@@ -285,11 +302,11 @@ pub fn serve_main_queue(
     mut stop: watch::Receiver<bool>,
     events: mpsc::UnboundedSender<GroupEvent>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("ktransform-group".into())
         .spawn(move || {
-            runtime.block_on(async {
+            // Not a tokio runtime context: the revocation callback may block on a lock here.
+            futures::executor::block_on(async {
                 loop {
                     tokio::select! {
                         _ = stop.changed() => break,

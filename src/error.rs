@@ -50,6 +50,9 @@ pub enum Error {
 
     #[error("{0}")]
     Io(#[from] std::io::Error),
+
+    #[error(transparent)]
+    Transaction(#[from] crate::transaction::TxnError),
 }
 
 impl Error {
@@ -58,7 +61,11 @@ impl Error {
             Error::Config(_) => exit::CONFIG,
             Error::Unreachable { .. } => exit::UNREACHABLE,
             Error::ShutdownTimeout { .. } => exit::SHUTDOWN_TIMEOUT,
-            Error::Client(_) | Error::Worker { .. } | Error::Fatal(_) | Error::Io(_) => exit::FATAL,
+            Error::Client(_)
+            | Error::Worker { .. }
+            | Error::Fatal(_)
+            | Error::Io(_)
+            | Error::Transaction(_) => exit::FATAL,
         }
     }
 }

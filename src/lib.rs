@@ -13,6 +13,8 @@
 //!   await acknowledgements oldest first, store offsets contiguously.
 //! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out.
 //! - [`sink`]: the idempotent producer; output and dead-letter records.
+//! - [`transaction`]: exactly-once: the open transaction, its gate, periodic and revocation
+//!   commits (outputs and offsets together).
 //! - [`metrics`]: counters as named events, and the periodic progress line.
 //! - [`lag`]: `ktransform lag`, a group's lag, rates and keep-up verdict (reads offsets only).
 //! - [`error`]: what stops a run, and its exit code.
@@ -30,6 +32,7 @@ pub mod metrics;
 pub mod partition;
 pub mod service;
 pub mod sink;
+pub mod transaction;
 pub mod transform;
 
 pub use config::RunConfig;

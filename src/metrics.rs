@@ -20,6 +20,8 @@ pub struct Stats {
     replayable: AtomicU64,
     consumer_errors: AtomicU64,
     assigned: AtomicI64,
+    txn_commits: AtomicU64,
+    txn_aborts: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -36,6 +38,8 @@ pub struct Snapshot {
     pub replayable: u64,
     pub consumer_errors: u64,
     pub assigned_partitions: i64,
+    pub transactions_committed: u64,
+    pub transactions_aborted: u64,
 }
 
 impl Stats {
@@ -85,6 +89,15 @@ impl Stats {
         }
     }
 
+    pub fn transaction_committed(&self, records: usize) {
+        tracing::debug!(records, "transaction committed");
+        self.txn_commits.fetch_add(1, Relaxed);
+    }
+
+    pub fn transaction_aborted(&self) {
+        self.txn_aborts.fetch_add(1, Relaxed);
+    }
+
     pub fn consumer_error(&self) {
         self.consumer_errors.fetch_add(1, Relaxed);
     }
@@ -101,6 +114,8 @@ impl Stats {
             replayable: self.replayable.load(Relaxed),
             consumer_errors: self.consumer_errors.load(Relaxed),
             assigned_partitions: self.assigned.load(Relaxed),
+            transactions_committed: self.txn_commits.load(Relaxed),
+            transactions_aborted: self.txn_aborts.load(Relaxed),
         }
     }
 }

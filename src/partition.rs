@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 use crate::consumer::Context;
 use crate::metrics::Stats;
 use crate::sink::{self, Sink};
+use crate::transaction::Transactions;
 use crate::transform::{self, Rejection};
 
 /// Split queues can miss a wake-up (rust-rdkafka #665): never wait on one longer than this.
@@ -46,6 +47,8 @@ pub struct Shared {
     pub parallel_min_bytes: usize,
     /// Report [`WorkerEvent::ReachedEnd`] (for `--until-end`).
     pub until_end: bool,
+    /// Exactly-once: offsets go into the open transaction instead of the consumer's store.
+    pub transactions: Option<Arc<Transactions>>,
 }
 
 /// What a worker tells the coordinator while it runs.
@@ -191,6 +194,12 @@ impl PartitionWorker {
         }
         self.shared.stats.records_consumed(batch.len());
         self.in_flight.fetch_add(batch.len(), Relaxed);
+        let last = batch.last().expect("a batch has a first record").offset();
+        // Exactly-once: no commit may cut a batch in two.
+        let transaction = match &self.shared.transactions {
+            Some(t) => Some((t, t.enter().await)),
+            None => None,
+        };
 
         if bytes >= self.shared.parallel_min_bytes && batch.len() > 1 && can_block_in_place() {
             // Large batch: hash on the pool. block_in_place keeps the borrowed payloads valid
@@ -234,6 +243,9 @@ impl PartitionWorker {
                 };
                 state.pending.push_back(sent);
             }
+        }
+        if let Some((t, _guard)) = transaction {
+            t.sent(self.partition, last + 1, batch.len());
         }
         Ok(())
     }

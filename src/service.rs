@@ -16,12 +16,13 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::Producer;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::RunConfig;
+use crate::config::{Guarantee, RunConfig};
 use crate::consumer::{self, Context, GroupEvent};
 use crate::error::Error;
 use crate::metrics::{self, Snapshot, Stats};
 use crate::partition::{Shared, WorkerEvent};
 use crate::sink::Sink;
+use crate::transaction::{Transactions, TxnError};
 
 /// What a run did.
 #[derive(Debug, Clone)]
@@ -46,6 +47,22 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
         .thread_name(|i| format!("ktransform-hash-{i}"))
         .build()
         .map_err(|e| Error::Fatal(format!("cannot start the hashing pool: {e}")))?;
+    let transactions = match config.guarantee {
+        Guarantee::AtLeastOnce => None,
+        Guarantee::ExactlyOnce => {
+            let t = Arc::new(Transactions::new(
+                config.source.clone(),
+                sink.clone(),
+                stats.clone(),
+                config.transaction_records,
+            ));
+            let init = t.clone();
+            tokio::task::spawn_blocking(move || init.init())
+                .await
+                .map_err(|e| Error::Fatal(format!("transaction init task: {e}")))??;
+            Some(t)
+        }
+    };
     let (worker_tx, mut worker_events) = mpsc::unbounded_channel();
     let (group_tx, mut group_events) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
@@ -57,6 +74,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
         max_in_flight: config.max_in_flight,
         parallel_min_bytes: config.parallel_min_bytes,
         until_end: config.until_end,
+        transactions: transactions.clone(),
     });
     let context = Context::new(
         config.source.clone(),
@@ -71,10 +89,21 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
     let consumer: Arc<StreamConsumer<Context>> =
         Arc::new(consumer_config.create_with_context(context)?);
     consumer.context().attach(&consumer);
+    if let Some(t) = &transactions {
+        t.attach(&consumer);
+    }
     consumer.subscribe(&[&config.source])?;
     let (stop_main_queue, stop_rx) = watch::channel(false);
     let main_queue = consumer::serve_main_queue(consumer.clone(), stop_rx, group_tx)?;
     let progress = tokio::spawn(metrics::progress(stats.clone(), config.progress_interval));
+    let (txn_failed_tx, mut txn_failed) = mpsc::unbounded_channel();
+    let committer = transactions.clone().map(|t| {
+        tokio::spawn(commit_periodically(
+            t,
+            config.transaction_interval,
+            txn_failed_tx,
+        ))
+    });
     tracing::info!(
         source = %config.source,
         destination = %config.destination,
@@ -104,6 +133,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
                 }
                 GroupEvent::Fatal(reason) => break Err(Error::Fatal(reason)),
             },
+            Some(error) = txn_failed.recv() => break Err(error.into()),
         }
         if config.until_end && assigned_once {
             let assigned = consumer.context().assigned();
@@ -117,21 +147,28 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
     // Stop: drain, commit, flush, leave the group, all before the deadline.
     let deadline = Instant::now() + config.shutdown_timeout;
     consumer.context().close();
+    if let Some(committer) = committer {
+        committer.abort();
+    }
     let drained = {
         let consumer = consumer.clone();
-        let topic = config.source.clone();
-        tokio::task::spawn_blocking(move || {
-            let drained = consumer.context().drain_all(deadline);
-            consumer::commit(
-                &*consumer,
-                &topic,
-                &drained.exits,
-                consumer.context().stats(),
-            );
-            drained
-        })
-        .await
-        .map_err(|e| Error::Fatal(format!("drain task: {e}")))?
+        tokio::task::spawn_blocking(move || consumer.context().drain_all(deadline))
+            .await
+            .map_err(|e| Error::Fatal(format!("drain task: {e}")))?
+    };
+    let clean =
+        outcome.is_ok() && drained.abandoned == 0 && drained.exits.iter().all(|e| !e.failed);
+    let committed: Result<(), Error> = match &transactions {
+        None => {
+            consumer::commit(&*consumer, &config.source, &drained.exits, &stats);
+            Ok(())
+        }
+        Some(t) if clean => t.commit().await.map_err(Error::from),
+        // Committing after a failure could commit outputs whose offsets were not recorded.
+        Some(t) => match t.abort().await {
+            Err(TxnError::Abandoned) => Ok(()),
+            other => other.map_err(Error::from),
+        },
     };
     let _ = stop_main_queue.send(true);
     let remaining = deadline.saturating_duration_since(Instant::now());
@@ -165,6 +202,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
         "stopped"
     );
     outcome?;
+    committed?;
     if drained.abandoned > 0 {
         return Err(Error::ShutdownTimeout {
             timeout: config.shutdown_timeout,
@@ -221,6 +259,27 @@ async fn wait_for_brokers(sink: &Arc<Sink>, config: &RunConfig) -> Result<(), Er
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
+        }
+    }
+}
+
+/// Exactly-once: commits every `interval`, or sooner when the transaction is full. A failure is
+/// sent to the coordinator, which stops the process.
+async fn commit_periodically(
+    t: Arc<Transactions>,
+    interval: Duration,
+    failed: mpsc::UnboundedSender<TxnError>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = t.filled() => {}
+        }
+        if let Err(e) = t.commit().await {
+            let _ = failed.send(e);
+            return;
         }
     }
 }

@@ -1,0 +1,212 @@
+//! Exactly-once: outputs, dead letters and consumed offsets committed in one Kafka transaction.
+//!
+//! # Contract (`--guarantee exactly-once`)
+//! - One transactional producer per instance. Partition workers send inside the open transaction
+//!   and record, per partition, the next offset after the last record they sent.
+//! - A commit takes the gate exclusively, so no batch is half-sent, then sends those offsets to
+//!   the transaction with the consumer's group metadata and commits. A `read_committed` reader of
+//!   the destination therefore sees each source record's output exactly once: either the output
+//!   and its offset are committed together, or neither is and the record is consumed again.
+//! - Zombies are fenced by the group generation (KIP-447): offsets sent with a stale generation
+//!   are refused, so the transactional id only has to be unique per live instance. Each instance
+//!   takes `ktransform-<group>-<random>` unless `--transactional-id` gives a stable one; a stable
+//!   id also aborts a crashed predecessor's open transaction at once instead of after
+//!   `transaction.timeout.ms`.
+//! - Commits happen every `--transaction-interval`, when `--transaction-records` records are in
+//!   the open transaction, on revocation (before the partitions are released) and at shutdown.
+//! - A failed commit aborts the transaction and stops the process ([`TxnError`]): the aborted
+//!   outputs are invisible to `read_committed` readers and the restart resumes from the last
+//!   committed offsets.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::Producer;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{Notify, RwLock, RwLockReadGuard};
+
+use crate::consumer::Context;
+use crate::metrics::Stats;
+use crate::sink::Sink;
+
+/// Timeout of one transactional call (librdkafka retries inside it).
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TxnError {
+    #[error("initialising transactions failed: {0}")]
+    Init(KafkaError),
+    #[error("transaction commit failed and was aborted ({0}); the outputs since the last commit are discarded and will be produced again after a restart")]
+    Aborted(KafkaError),
+    #[error("transaction commit failed and could not be aborted: {0}")]
+    Fatal(KafkaError),
+    #[error("the open transaction was aborted (a partition could not finish its batch, or a commit failed); the process stops so that a restart resumes from the committed offsets")]
+    Abandoned,
+    #[error("the consumer is gone; cannot read its group metadata")]
+    NoConsumer,
+}
+
+/// The open transaction: who is sending into it and which offsets it will commit.
+pub struct Transactions {
+    topic: String,
+    sink: Arc<Sink>,
+    stats: Arc<Stats>,
+    consumer: OnceLock<Weak<StreamConsumer<Context>>>,
+    /// Held shared by a worker while it sends a batch, exclusively by a commit.
+    gate: RwLock<()>,
+    /// Next offset per partition, of records sent in the open transaction.
+    positions: Mutex<HashMap<i32, i64>>,
+    records: AtomicUsize,
+    max_records: usize,
+    /// Set once a transaction is aborted: every later commit fails, so the process stops.
+    broken: AtomicBool,
+    full: Notify,
+}
+
+impl Transactions {
+    pub fn new(topic: String, sink: Arc<Sink>, stats: Arc<Stats>, max_records: usize) -> Self {
+        Transactions {
+            topic,
+            sink,
+            stats,
+            consumer: OnceLock::new(),
+            gate: RwLock::new(()),
+            positions: Mutex::new(HashMap::new()),
+            records: AtomicUsize::new(0),
+            max_records,
+            broken: AtomicBool::new(false),
+            full: Notify::new(),
+        }
+    }
+
+    pub fn attach(&self, consumer: &Arc<StreamConsumer<Context>>) {
+        let _ = self.consumer.set(Arc::downgrade(consumer));
+    }
+
+    /// Registers the producer's transactional id with the coordinator (fencing older producers
+    /// with the same id) and opens the first transaction. Blocking.
+    pub fn init(&self) -> Result<(), TxnError> {
+        let producer = self.sink.producer();
+        producer
+            .init_transactions(TXN_CALL_TIMEOUT)
+            .map_err(TxnError::Init)?;
+        producer.begin_transaction().map_err(TxnError::Init)
+    }
+
+    /// Waits until no commit is running; hold the guard while sending a batch.
+    pub async fn enter(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().await
+    }
+
+    /// Records that `partition` sent everything before `next_offset` in the open transaction.
+    /// Call while holding the guard of [`enter`](Self::enter).
+    pub fn sent(&self, partition: i32, next_offset: i64, records: usize) {
+        self.positions
+            .lock()
+            .unwrap()
+            .insert(partition, next_offset);
+        if self.records.fetch_add(records, Relaxed) + records >= self.max_records {
+            self.full.notify_one();
+        }
+    }
+
+    /// Resolves when the open transaction holds `--transaction-records` records.
+    pub async fn filled(&self) {
+        self.full.notified().await
+    }
+
+    /// Commits from async code. The gate is taken on the blocking thread that commits, so a
+    /// cancelled caller can never release it while a commit is still running.
+    pub async fn commit(self: &Arc<Self>) -> Result<(), TxnError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.commit_blocking())
+            .await
+            .unwrap_or(Err(TxnError::NoConsumer))
+    }
+
+    /// Commits from a plain thread (the rebalance callback): not from inside a tokio runtime.
+    pub fn commit_blocking(&self) -> Result<(), TxnError> {
+        let _exclusive = self.gate.blocking_write();
+        self.commit_locked()
+    }
+
+    /// Aborts the open transaction (its outputs are never visible to read_committed readers) and
+    /// reports why the process must stop. From a plain thread, like `commit_blocking`.
+    pub fn abort_blocking(&self) -> Result<(), TxnError> {
+        let _exclusive = self.gate.blocking_write();
+        self.abort_locked()
+    }
+
+    /// Async form of [`abort_blocking`](Self::abort_blocking), for the stop sequence.
+    pub async fn abort(self: &Arc<Self>) -> Result<(), TxnError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.abort_blocking())
+            .await
+            .unwrap_or(Err(TxnError::NoConsumer))
+    }
+
+    fn abort_locked(&self) -> Result<(), TxnError> {
+        self.broken.store(true, Relaxed);
+        self.positions.lock().unwrap().clear();
+        let records = self.records.swap(0, Relaxed);
+        self.stats.transaction_aborted();
+        tracing::warn!(
+            records,
+            "transaction aborted; its records will be consumed again after a restart"
+        );
+        self.sink
+            .producer()
+            .abort_transaction(TXN_CALL_TIMEOUT)
+            .map_err(TxnError::Fatal)?;
+        Err(TxnError::Abandoned)
+    }
+
+    /// Commits the open transaction with its offsets and opens the next. Gate held by caller.
+    fn commit_locked(&self) -> Result<(), TxnError> {
+        if self.broken.load(Relaxed) {
+            // After an abort there is no open transaction and no offset to trust: stop.
+            return Err(TxnError::Abandoned);
+        }
+        let positions: Vec<(i32, i64)> = {
+            let mut positions = self.positions.lock().unwrap();
+            let out = positions.iter().map(|(p, o)| (*p, *o)).collect();
+            positions.clear();
+            out
+        };
+        let records = self.records.swap(0, Relaxed);
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let consumer = self
+            .consumer
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or(TxnError::NoConsumer)?;
+        let metadata = consumer.group_metadata().ok_or(TxnError::NoConsumer)?;
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in &positions {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*next))
+                .expect("a valid offset");
+        }
+        let producer = self.sink.producer();
+        let result = producer
+            .send_offsets_to_transaction(&tpl, &metadata, TXN_CALL_TIMEOUT)
+            .and_then(|()| producer.commit_transaction(TXN_CALL_TIMEOUT));
+        if let Err(error) = result {
+            self.broken.store(true, Relaxed);
+            self.stats.transaction_aborted();
+            tracing::error!(%error, records, "transaction commit failed; aborting");
+            return match producer.abort_transaction(TXN_CALL_TIMEOUT) {
+                Ok(()) => Err(TxnError::Aborted(error)),
+                Err(abort) => Err(TxnError::Fatal(abort)),
+            };
+        }
+        tracing::debug!(?positions, records, "transaction committed");
+        self.stats.transaction_committed(records);
+        producer.begin_transaction().map_err(TxnError::Fatal)
+    }
+}
