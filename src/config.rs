@@ -23,6 +23,8 @@ pub const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
 pub const DEFAULT_CONNECT_TIMEOUT: &str = "30s";
 /// librdkafka's default `session.timeout.ms`.
 const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
+/// The port registered for Prometheus exporters of this kind.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 pub const DEFAULT_PROGRESS_INTERVAL: &str = "10s";
 /// A batch at least this large (bytes of values) is hashed on the rayon pool; smaller ones inline.
 pub const DEFAULT_PARALLEL_MIN_BYTES: usize = 256 * 1024;
@@ -44,6 +46,9 @@ pub enum Command {
     Run(RunConfig),
     /// Show a consumer group's lag, produce and consume rates, and whether it keeps up.
     Lag(crate::lag::LagConfig),
+    /// Audit source against destination and dead-letter topic: lost, duplicated, changed,
+    /// forged and out-of-order records; exit 5 when the chosen guarantee does not hold.
+    Verify(crate::verify::VerifyConfig),
 }
 
 /// Connection settings shared by every subcommand.
@@ -141,6 +146,10 @@ pub struct RunConfig {
     /// huge value = never.
     #[arg(long, env = "KTRANSFORM_PARALLEL_MIN_BYTES", default_value_t = DEFAULT_PARALLEL_MIN_BYTES)]
     pub parallel_min_bytes: usize,
+
+    /// Address of `/metrics`, `/healthz` and `/readyz`; `none` turns them off.
+    #[arg(long, env = "KTRANSFORM_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR, value_parser = parse_metrics_addr)]
+    pub metrics_addr: MetricsAddr,
 
     /// Interval of the progress line in the log.
     #[arg(long, env = "KTRANSFORM_PROGRESS_INTERVAL", default_value = DEFAULT_PROGRESS_INTERVAL, value_parser = humantime::parse_duration)]
@@ -414,6 +423,22 @@ impl RunConfig {
         }
         Ok(config)
     }
+}
+
+/// `--metrics-addr`: a socket address, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAddr {
+    Off,
+    At(std::net::SocketAddr),
+}
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(MetricsAddr::Off);
+    }
+    s.parse()
+        .map(MetricsAddr::At)
+        .map_err(|e| format!("`{s}` is not host:port or `none` ({e})"))
 }
 
 fn check_topic_name(flag: &str, topic: &str) -> Result<(), ConfigError> {

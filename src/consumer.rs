@@ -16,13 +16,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
+use crate::logging::ClientLog;
 use crate::metrics::Stats;
 use crate::partition::{PartitionWorker, Shared, WorkerExit};
 
@@ -61,7 +63,7 @@ pub struct Context {
     workers: Mutex<HashMap<i32, WorkerHandle>>,
     closing: AtomicBool,
     drain_timeout: Duration,
-    errors: Mutex<ErrorLog>,
+    log: ClientLog,
 }
 
 impl Context {
@@ -80,7 +82,7 @@ impl Context {
             workers: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             drain_timeout,
-            errors: Mutex::new(ErrorLog::default()),
+            log: ClientLog::default(),
         }
     }
 
@@ -129,6 +131,7 @@ impl Context {
             partition,
             queue,
             consumer: consumer.clone(),
+            stats: self.shared.stats.partition(&self.topic, partition),
             shared: self.shared.clone(),
             drain: drain_rx,
             in_flight: in_flight.clone(),
@@ -202,7 +205,9 @@ impl Context {
                 }
             }
         }
-        self.shared.stats.partitions_released(partitions.len());
+        self.shared
+            .stats
+            .partitions_released(&self.topic, &partitions);
         let _ = self.group_events.send(GroupEvent::Revoked(partitions));
     }
 
@@ -247,8 +252,6 @@ pub fn commit<C: Consumer<Context>>(
 }
 
 impl ClientContext for Context {
-    /// librdkafka repeats errors such as "connection refused" every few seconds while a broker is
-    /// down: log the first, then a summary at most every [`ERROR_LOG_INTERVAL`].
     fn error(&self, error: KafkaError, reason: &str) {
         // End-of-partition is an event (`--until-end` asks for it), not an error.
         if matches!(
@@ -258,7 +261,15 @@ impl ClientContext for Context {
             return;
         }
         self.shared.stats.consumer_error();
-        self.errors.lock().unwrap().log(&error, reason);
+        self.log.error(&error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log(level, fac, message);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.shared.stats.observe_client(&statistics, &self.topic);
     }
 }
 
@@ -325,29 +336,4 @@ pub fn serve_main_queue(
                 }
             })
         })
-}
-
-use rdkafka::Message;
-
-const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Rate limit for repeated client errors.
-#[derive(Default)]
-struct ErrorLog {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl ErrorLog {
-    fn log(&mut self, error: &KafkaError, reason: &str) {
-        let now = Instant::now();
-        match self.last {
-            Some(last) if now.duration_since(last) < ERROR_LOG_INTERVAL => self.suppressed += 1,
-            _ => {
-                tracing::warn!(%error, reason, repeated = self.suppressed, "kafka client error");
-                self.last = Some(now);
-                self.suppressed = 0;
-            }
-        }
-    }
 }

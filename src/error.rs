@@ -19,6 +19,8 @@ pub mod exit {
     pub const SHUTDOWN_TIMEOUT: i32 = 3;
     /// The brokers could not be reached at start.
     pub const UNREACHABLE: i32 = 4;
+    /// `ktransform verify`: the audit found records that break the chosen guarantee.
+    pub const VERIFY_FAILED: i32 = 5;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,10 @@ pub enum Error {
     #[error("{0}")]
     Io(#[from] std::io::Error),
 
+    /// `ktransform verify` found records that break the guarantee; lists the broken rules.
+    #[error("audit failed: {0}")]
+    AuditFailed(String),
+
     #[error(transparent)]
     Transaction(#[from] crate::transaction::TxnError),
 }
@@ -61,6 +67,7 @@ impl Error {
             Error::Config(_) => exit::CONFIG,
             Error::Unreachable { .. } => exit::UNREACHABLE,
             Error::ShutdownTimeout { .. } => exit::SHUTDOWN_TIMEOUT,
+            Error::AuditFailed(_) => exit::VERIFY_FAILED,
             Error::Client(_)
             | Error::Worker { .. }
             | Error::Fatal(_)

@@ -15,8 +15,13 @@
 //! - [`sink`]: the idempotent producer; output and dead-letter records.
 //! - [`transaction`]: exactly-once: the open transaction, its gate, periodic and revocation
 //!   commits (outputs and offsets together).
-//! - [`metrics`]: counters as named events, and the periodic progress line.
+//! - [`metrics`]: counters as named events (run totals and the Prometheus registry), and the
+//!   periodic progress line.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`logging`]: librdkafka's errors and log lines, rate-limited.
 //! - [`lag`]: `ktransform lag`, a group's lag, rates and keep-up verdict (reads offsets only).
+//! - [`verify`]: `ktransform verify`, audits source against destination and dead-letter topic
+//!   (matched by content) for a guarantee.
 //! - [`error`]: what stops a run, and its exit code.
 //!
 //! A record flows: split partition queue → [`partition::PartitionWorker`] batch →
@@ -27,13 +32,16 @@
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod http;
 pub mod lag;
+pub mod logging;
 pub mod metrics;
 pub mod partition;
 pub mod service;
 pub mod sink;
 pub mod transaction;
 pub mod transform;
+pub mod verify;
 
 pub use config::RunConfig;
 pub use error::Error;

@@ -32,6 +32,11 @@ fn main() {
                     .await
                     .unwrap_or_else(|e| Err(ktransform::Error::Fatal(e.to_string())))
             }
+            Command::Verify(config) => {
+                tokio::task::spawn_blocking(move || ktransform::verify::print(&config))
+                    .await
+                    .unwrap_or_else(|e| Err(ktransform::Error::Fatal(e.to_string())))
+            }
         }
     });
     let code = match result {

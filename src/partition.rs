@@ -28,7 +28,7 @@ use rdkafka::Message;
 use tokio::sync::{mpsc, watch};
 
 use crate::consumer::Context;
-use crate::metrics::Stats;
+use crate::metrics::{PartitionStats, Stats};
 use crate::sink::{self, Sink};
 use crate::transaction::Transactions;
 use crate::transform::{self, Rejection};
@@ -92,6 +92,7 @@ pub struct PartitionWorker {
     pub partition: i32,
     pub queue: StreamPartitionQueue<Context>,
     pub consumer: Arc<StreamConsumer<Context>>,
+    pub stats: PartitionStats,
     pub shared: Arc<Shared>,
     pub drain: watch::Receiver<bool>,
     /// Unacknowledged records, readable by whoever gives up on this worker at a deadline.
@@ -175,6 +176,7 @@ impl PartitionWorker {
         first: BorrowedMessage<'_>,
         state: &mut State,
     ) -> Result<(), WorkerError> {
+        let started = std::time::Instant::now();
         let mut batch = Vec::with_capacity(self.shared.batch_size.min(1024));
         let mut bytes = first.payload_len();
         batch.push(first);
@@ -192,7 +194,7 @@ impl PartitionWorker {
                 _ => break,
             }
         }
-        self.shared.stats.records_consumed(batch.len());
+        self.stats.records_consumed(batch.len());
         self.in_flight.fetch_add(batch.len(), Relaxed);
         let last = batch.last().expect("a batch has a first record").offset();
         // Exactly-once: no commit may cut a batch in two.
@@ -247,6 +249,7 @@ impl PartitionWorker {
         if let Some((t, _guard)) = transaction {
             t.sent(self.partition, last + 1, batch.len());
         }
+        self.stats.batch_done(started.elapsed());
         Ok(())
     }
 
@@ -327,10 +330,11 @@ impl PartitionWorker {
         match ack {
             Ok(Ok(_)) => {}
             Ok(Err((source, _))) => {
+                self.stats.delivery_failed();
                 return Err(WorkerError::Delivery {
                     offset: done.offset,
                     source,
-                })
+                });
             }
             Err(_) => {
                 return Err(WorkerError::ProducerGone {
@@ -339,11 +343,8 @@ impl PartitionWorker {
             }
         }
         match done.dead_letter {
-            None => self.shared.stats.record_produced(),
-            Some(kind) => self
-                .shared
-                .stats
-                .record_dead_lettered(kind, self.partition, done.offset),
+            None => self.stats.record_produced(),
+            Some(kind) => self.stats.record_dead_lettered(kind, done.offset),
         }
         self.in_flight.fetch_sub(1, Relaxed);
         state.next_offset = Some(done.offset + 1);

@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,9 +17,10 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::Producer;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Guarantee, RunConfig};
+use crate::config::{ConfigError, Guarantee, MetricsAddr, RunConfig};
 use crate::consumer::{self, Context, GroupEvent};
 use crate::error::Error;
+use crate::http::{self, Health};
 use crate::metrics::{self, Snapshot, Stats};
 use crate::partition::{Shared, WorkerEvent};
 use crate::sink::Sink;
@@ -86,6 +88,25 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
     if config.until_end {
         consumer_config.set("enable.partition.eof", "true");
     }
+    let health = Arc::new(Health {
+        stats: stats.clone(),
+        stopping: AtomicBool::new(false),
+    });
+    let server = match config.metrics_addr {
+        MetricsAddr::Off => None,
+        MetricsAddr::At(addr) => {
+            let listener = http::bind(addr).await.map_err(|e| ConfigError {
+                flag: "--metrics-addr".into(),
+                message: format!("cannot listen on {addr}: {e}"),
+            })?;
+            if consumer_config.get("statistics.interval.ms").is_none() {
+                let ms = http::STATISTICS_INTERVAL.as_millis().to_string();
+                consumer_config.set("statistics.interval.ms", ms);
+            }
+            tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+            Some(tokio::spawn(http::serve(listener, health.clone())))
+        }
+    };
     let consumer: Arc<StreamConsumer<Context>> =
         Arc::new(consumer_config.create_with_context(context)?);
     consumer.context().attach(&consumer);
@@ -146,6 +167,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
 
     // Stop: drain, commit, flush, leave the group, all before the deadline.
     let deadline = Instant::now() + config.shutdown_timeout;
+    health.stopping.store(true, Ordering::Relaxed);
     consumer.context().close();
     if let Some(committer) = committer {
         committer.abort();
@@ -187,6 +209,9 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
     .await
     .map_err(|e| Error::Fatal(format!("closing the consumer: {e}")))?;
     progress.abort();
+    if let Some(server) = server {
+        server.abort();
+    }
 
     let summary = Summary {
         stats: stats.snapshot(),

@@ -12,6 +12,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::Message;
 
 use crate::config::{ConfigError, RunConfig};
+use crate::logging::QuietContext;
 
 /// Dead-letter headers. The original key, value and headers are kept as they were.
 pub mod headers {
@@ -26,7 +27,7 @@ pub mod headers {
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
 
 pub struct Sink {
-    producer: FutureProducer,
+    producer: FutureProducer<QuietContext>,
     destination: String,
     dlq: String,
 }
@@ -35,7 +36,7 @@ impl Sink {
     pub fn new(config: &RunConfig) -> Result<Self, ConfigError> {
         let producer = config
             .producer_config()?
-            .create()
+            .create_with_context(QuietContext::default())
             .map_err(|e| ConfigError {
                 flag: "-X".into(),
                 message: format!("producer: {e}"),
@@ -47,7 +48,7 @@ impl Sink {
         })
     }
 
-    pub fn producer(&self) -> &FutureProducer {
+    pub fn producer(&self) -> &FutureProducer<QuietContext> {
         &self.producer
     }
 
