@@ -48,7 +48,8 @@ pids+=($!)
 echo "== ktransform x$INSTANCES: $SOURCE -> $DESTINATION (group $GROUP)"
 for i in $(seq 1 "$INSTANCES"); do
   RUST_LOG=${RUST_LOG:-info} "$bin" run --source "$SOURCE" --destination "$DESTINATION" --group "$GROUP" \
-    --progress-interval 5s 2> >(sed -u "s/^/[ktransform-$i] /" >&2) &
+    --progress-interval 5s --metrics-addr "127.0.0.1:$((9463 + i))" \
+    2> >(sed -u "s/^/[ktransform-$i] /" >&2) &
   pids+=($!)
 done
 
