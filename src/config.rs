@@ -402,6 +402,11 @@ impl RunConfig {
             ],
         )?;
         config.set("enable.idempotence", "true");
+        if self.guarantee == Guarantee::AtLeastOnce && config.get("message.timeout.ms").is_none() {
+            // Retry a record until the broker takes it, however long an outage lasts: its offset
+            // stays unstored meanwhile, and SIGTERM still stops within --shutdown-timeout.
+            config.set("message.timeout.ms", "0");
+        }
         if self.guarantee == Guarantee::ExactlyOnce {
             let id = self.transactional_id.clone().unwrap_or_else(|| {
                 let nanos = std::time::SystemTime::now()

@@ -13,14 +13,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::Producer;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{ConfigError, Guarantee, MetricsAddr, RunConfig};
+use crate::config::{ConfigError, Guarantee, MetricsAddr, RunConfig, Side};
 use crate::consumer::{self, Context, GroupEvent};
 use crate::error::Error;
 use crate::http::{self, Health};
+use crate::logging::QuietContext;
 use crate::metrics::{self, Snapshot, Stats};
 use crate::partition::{Shared, WorkerEvent};
 use crate::sink::Sink;
@@ -41,8 +42,14 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
     config.validate()?;
     let started = Instant::now();
     let stats = Stats::new();
-    let sink = Arc::new(Sink::new(&config)?);
-    wait_for_brokers(&sink, &config).await?;
+    let admin: AdminClient<QuietContext> = config
+        .kafka
+        .client_config(Side::Producer, &[])?
+        .create_with_context(QuietContext::default())?;
+    let admin = Arc::new(admin);
+    wait_for_brokers(&admin, &config).await?;
+    let limit = destination_max_bytes(&admin, &config.destination).await;
+    let sink = Arc::new(Sink::new(&config, limit)?);
 
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(config.hash_threads())
@@ -239,23 +246,23 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
 
 /// Waits for a metadata answer, with backoff, up to `--connect-timeout`; warns about missing
 /// topics (the source may be created later; the destination needs broker auto-creation).
-async fn wait_for_brokers(sink: &Arc<Sink>, config: &RunConfig) -> Result<(), Error> {
+async fn wait_for_brokers(
+    admin: &Arc<AdminClient<QuietContext>>,
+    config: &RunConfig,
+) -> Result<(), Error> {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(200);
     loop {
         let attempt = Duration::from_secs(5).min(config.connect_timeout);
         let metadata = {
-            let sink = sink.clone();
+            let admin = admin.clone();
             tokio::task::spawn_blocking(move || {
-                sink.producer()
-                    .client()
-                    .fetch_metadata(None, attempt)
-                    .map(|m| {
-                        m.topics()
-                            .iter()
-                            .map(|t| t.name().to_string())
-                            .collect::<HashSet<_>>()
-                    })
+                admin.inner().fetch_metadata(None, attempt).map(|m| {
+                    m.topics()
+                        .iter()
+                        .map(|t| t.name().to_string())
+                        .collect::<HashSet<_>>()
+                })
             })
             .await
             .map_err(|e| Error::Fatal(format!("metadata task: {e}")))?
@@ -286,6 +293,26 @@ async fn wait_for_brokers(sink: &Arc<Sink>, config: &RunConfig) -> Result<(), Er
             }
         }
     }
+}
+
+/// The destination's `max.message.bytes`, if it exists and says so. The producer is capped to it
+/// so that an output too large for the topic is refused locally (and dead-lettered with its
+/// input) rather than by the broker after the input is gone.
+async fn destination_max_bytes(admin: &AdminClient<QuietContext>, topic: &str) -> Option<usize> {
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+        .await
+        .ok()?;
+    let resource = results.into_iter().next()?.ok()?;
+    let bytes = resource
+        .get("max.message.bytes")?
+        .value
+        .as_deref()?
+        .parse()
+        .ok()?;
+    tracing::debug!(topic, bytes, "destination max.message.bytes");
+    Some(bytes)
 }
 
 /// Exactly-once: commits every `interval`, or sooner when the transaction is full. A failure is

@@ -23,6 +23,9 @@ pub mod headers {
     pub const SOURCE_OFFSET: &str = "ktransform.source.offset";
 }
 
+/// librdkafka's default `message.max.bytes`.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
 /// How long to wait before retrying a send refused because librdkafka's queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
 
@@ -33,9 +36,21 @@ pub struct Sink {
 }
 
 impl Sink {
-    pub fn new(config: &RunConfig) -> Result<Self, ConfigError> {
-        let producer = config
-            .producer_config()?
+    /// `destination_max_bytes`: the destination topic's `max.message.bytes`, when known.
+    pub fn new(
+        config: &RunConfig,
+        destination_max_bytes: Option<usize>,
+    ) -> Result<Self, ConfigError> {
+        let mut client = config.producer_config()?;
+        let configured = client
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(LIBRDKAFKA_MESSAGE_MAX_BYTES);
+        if let Some(limit) = destination_max_bytes.filter(|l| *l < configured) {
+            // librdkafka's minimum is 1000; a topic limit below it cannot be honoured anyway.
+            client.set("message.max.bytes", limit.max(1000).to_string());
+        }
+        let producer = client
             .create_with_context(QuietContext::default())
             .map_err(|e| ConfigError {
                 flag: "-X".into(),
