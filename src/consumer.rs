@@ -186,10 +186,17 @@ impl Context {
                 .filter_map(|p| workers.remove(p).map(|h| (*p, h)))
                 .collect()
         };
-        let drained = self.drain(handles, Instant::now() + self.drain_timeout);
+        let deadline = Instant::now() + self.drain_timeout;
+        let drained = self.drain(handles, deadline);
         match &self.shared.transactions {
             None => {
-                commit(consumer, &self.topic, &drained.exits, self.stats());
+                commit(
+                    consumer,
+                    &self.topic,
+                    &drained.exits,
+                    self.stats(),
+                    deadline,
+                );
             }
             Some(transactions) => {
                 // The revoked partitions' last records and offsets leave in one transaction,
@@ -222,11 +229,15 @@ impl Context {
 
 /// Commits the offsets that drained workers stored, synchronously. Returns whether it succeeded
 /// (nothing to commit counts as success).
+///
+/// A commit refused while the group rebalances (or its coordinator moves) succeeds once that is
+/// over, so it is retried until `deadline`. Blocking: call from a plain or blocking thread.
 pub fn commit<C: Consumer<Context>>(
     consumer: &C,
     topic: &str,
     exits: &[WorkerExit],
     stats: &Stats,
+    deadline: Instant,
 ) -> bool {
     let mut tpl = TopicPartitionList::new();
     for exit in exits {
@@ -238,18 +249,32 @@ pub fn commit<C: Consumer<Context>>(
     if tpl.count() == 0 {
         return true;
     }
-    match consumer.commit(&tpl, CommitMode::Sync) {
-        Ok(()) => {
-            stats.committed(true);
-            true
-        }
-        Err(error) => {
-            stats.committed(false);
-            tracing::warn!(%error, "commit failed; records after the last committed offset will be consumed again");
-            false
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => {
+                stats.committed(true);
+                if attempts > 1 {
+                    tracing::info!(attempts, "commit succeeded after retries");
+                }
+                return true;
+            }
+            Err(error) if Instant::now() + COMMIT_RETRY_BACKOFF < deadline => {
+                tracing::debug!(%error, attempts, "commit refused; retrying");
+                std::thread::sleep(COMMIT_RETRY_BACKOFF);
+            }
+            Err(error) => {
+                stats.committed(false);
+                tracing::warn!(%error, attempts, "commit failed; records after the last committed offset will be consumed again");
+                return false;
+            }
         }
     }
 }
+
+/// Pause between attempts of a refused synchronous commit.
+const COMMIT_RETRY_BACKOFF: Duration = Duration::from_millis(200);
 
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {

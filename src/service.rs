@@ -189,7 +189,15 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
         outcome.is_ok() && drained.abandoned == 0 && drained.exits.iter().all(|e| !e.failed);
     let committed: Result<(), Error> = match &transactions {
         None => {
-            consumer::commit(&*consumer, &config.source, &drained.exits, &stats);
+            let consumer = consumer.clone();
+            let topic = config.source.clone();
+            let exits = drained.exits.clone();
+            tokio::task::spawn_blocking(move || {
+                let stats = consumer.context().stats();
+                consumer::commit(&*consumer, &topic, &exits, stats, deadline)
+            })
+            .await
+            .map_err(|e| Error::Fatal(format!("commit task: {e}")))?;
             Ok(())
         }
         Some(t) if clean => t.commit().await.map_err(Error::from),
