@@ -42,6 +42,7 @@ struct WorkerHandle {
     drain: watch::Sender<bool>,
     exit: std_mpsc::Receiver<WorkerExit>,
     in_flight: Arc<AtomicUsize>,
+    at_end: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -104,11 +105,14 @@ impl Context {
         &self.shared.stats
     }
 
-    /// Partitions that currently have a worker.
-    pub fn assigned(&self) -> Vec<i32> {
-        let mut partitions: Vec<i32> = self.workers.lock().unwrap().keys().copied().collect();
+    /// Whether every partition that has a worker reached its end offset (`--until-end`), and
+    /// which partitions those are. Read from the workers' own flags, so no event order matters.
+    pub fn all_at_end(&self) -> (bool, Vec<i32>) {
+        let workers = self.workers.lock().unwrap();
+        let done = workers.values().all(|h| h.at_end.load(Relaxed));
+        let mut partitions: Vec<i32> = workers.keys().copied().collect();
         partitions.sort_unstable();
-        partitions
+        (done, partitions)
     }
 
     /// Takes every worker out of the registry and drains them before `deadline` (blocking).
@@ -126,6 +130,7 @@ impl Context {
         let (drain, drain_rx) = watch::channel(false);
         let (exit_tx, exit) = std_mpsc::sync_channel(1);
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let at_end = Arc::new(AtomicBool::new(false));
         let worker = PartitionWorker {
             topic: self.topic.clone(),
             partition,
@@ -135,6 +140,7 @@ impl Context {
             shared: self.shared.clone(),
             drain: drain_rx,
             in_flight: in_flight.clone(),
+            at_end: at_end.clone(),
         };
         let task = self.runtime.spawn(async move {
             let _ = exit_tx.send(worker.run().await);
@@ -143,6 +149,7 @@ impl Context {
             drain,
             exit,
             in_flight,
+            at_end,
             task,
         };
         if let Some(old) = self.workers.lock().unwrap().insert(partition, handle) {
@@ -177,7 +184,7 @@ impl Context {
         drained
     }
 
-    fn revoke(&self, consumer: &BaseConsumer<Context>, tpl: &TopicPartitionList) {
+    fn revoke(&self, tpl: &TopicPartitionList) {
         let partitions = self.partitions_of(tpl);
         let handles: Vec<_> = {
             let mut workers = self.workers.lock().unwrap();
@@ -190,13 +197,13 @@ impl Context {
         let drained = self.drain(handles, deadline);
         match &self.shared.transactions {
             None => {
-                commit(
-                    consumer,
-                    &self.topic,
-                    &drained.exits,
-                    self.stats(),
-                    deadline,
-                );
+                match self.consumer.get().and_then(Weak::upgrade) {
+                    Some(consumer) => {
+                        commit(&consumer, &self.topic, &drained.exits, deadline);
+                    }
+                    // Closing: librdkafka commits the stored offsets itself on the way out.
+                    None => tracing::debug!("consumer closing; stored offsets left to librdkafka"),
+                }
             }
             Some(transactions) => {
                 // The revoked partitions' last records and offsets leave in one transaction,
@@ -227,16 +234,16 @@ impl Context {
     }
 }
 
-/// Commits the offsets that drained workers stored, synchronously. Returns whether it succeeded
-/// (nothing to commit counts as success).
+/// Commits the offsets that drained workers stored, synchronously, and says whether they are
+/// committed (nothing to commit counts as success).
 ///
 /// A commit refused while the group rebalances (or its coordinator moves) succeeds once that is
-/// over, so it is retried until `deadline`. Blocking: call from a plain or blocking thread.
-pub fn commit<C: Consumer<Context>>(
-    consumer: &C,
+/// over, so it is retried. A synchronous commit can also wait behind the member's pending join,
+/// so the attempts run on their own thread and the caller waits only until `deadline`.
+pub fn commit(
+    consumer: &Arc<StreamConsumer<Context>>,
     topic: &str,
     exits: &[WorkerExit],
-    stats: &Stats,
     deadline: Instant,
 ) -> bool {
     let mut tpl = TopicPartitionList::new();
@@ -249,12 +256,35 @@ pub fn commit<C: Consumer<Context>>(
     if tpl.count() == 0 {
         return true;
     }
+    let (done, result) = std_mpsc::sync_channel(1);
+    let committer = consumer.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ktransform-commit".into())
+        .spawn(move || {
+            let _ = done.send(commit_until(&committer, &tpl, deadline));
+        });
+    let committed = spawned.is_ok()
+        && result
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or(false);
+    let stats = consumer.context().stats();
+    stats.committed(committed);
+    if !committed {
+        tracing::warn!("offsets not committed before the deadline; records after the last committed offset will be consumed again");
+    }
+    committed
+}
+
+fn commit_until(
+    consumer: &StreamConsumer<Context>,
+    tpl: &TopicPartitionList,
+    deadline: Instant,
+) -> bool {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        match consumer.commit(&tpl, CommitMode::Sync) {
+        match consumer.commit(tpl, CommitMode::Sync) {
             Ok(()) => {
-                stats.committed(true);
                 if attempts > 1 {
                     tracing::info!(attempts, "commit succeeded after retries");
                 }
@@ -265,8 +295,7 @@ pub fn commit<C: Consumer<Context>>(
                 std::thread::sleep(COMMIT_RETRY_BACKOFF);
             }
             Err(error) => {
-                stats.committed(false);
-                tracing::warn!(%error, attempts, "commit failed; records after the last committed offset will be consumed again");
+                tracing::warn!(%error, attempts, "commit failed");
                 return false;
             }
         }
@@ -299,7 +328,7 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
-    fn pre_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, _base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 if self.is_closing() {
@@ -321,7 +350,7 @@ impl ConsumerContext for Context {
                 if !partitions.is_empty() {
                     tracing::info!(topic = %self.topic, ?partitions, "partitions revoked; draining");
                 }
-                self.revoke(base, tpl);
+                self.revoke(tpl);
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
         }

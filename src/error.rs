@@ -50,6 +50,9 @@ pub enum Error {
         uncommitted: usize,
     },
 
+    #[error("offsets could not be committed within the {timeout:?} shutdown deadline; records after the last committed offset will be consumed again")]
+    NotCommitted { timeout: Duration },
+
     #[error("{0}")]
     Io(#[from] std::io::Error),
 
@@ -66,7 +69,7 @@ impl Error {
         match self {
             Error::Config(_) => exit::CONFIG,
             Error::Unreachable { .. } => exit::UNREACHABLE,
-            Error::ShutdownTimeout { .. } => exit::SHUTDOWN_TIMEOUT,
+            Error::ShutdownTimeout { .. } | Error::NotCommitted { .. } => exit::SHUTDOWN_TIMEOUT,
             Error::AuditFailed(_) => exit::VERIFY_FAILED,
             Error::Client(_)
             | Error::Worker { .. }

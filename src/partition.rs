@@ -13,7 +13,7 @@
 //!   offset or any later one: the record will be consumed again by whoever owns the partition.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,6 +97,8 @@ pub struct PartitionWorker {
     pub drain: watch::Receiver<bool>,
     /// Unacknowledged records, readable by whoever gives up on this worker at a deadline.
     pub in_flight: Arc<AtomicUsize>,
+    /// Set once everything up to the end offset at assignment is acknowledged (`--until-end`).
+    pub at_end: Arc<AtomicBool>,
 }
 
 impl PartitionWorker {
@@ -250,6 +252,9 @@ impl PartitionWorker {
             t.sent(self.partition, last + 1, batch.len());
         }
         self.stats.batch_done(started.elapsed());
+        // A batch of sends that are all accepted at once never yields; let the signal handler
+        // and the other partitions run between batches.
+        tokio::task::yield_now().await;
         Ok(())
     }
 
@@ -376,6 +381,7 @@ impl PartitionWorker {
         if reached {
             state.at_end = true;
             tracing::debug!(partition = self.partition, "reached end");
+            self.at_end.store(true, Relaxed);
             let _ = self.shared.events.send(WorkerEvent::ReachedEnd {
                 partition: self.partition,
             });

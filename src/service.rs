@@ -142,7 +142,6 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
 
     // Run until something says stop.
     tokio::pin!(shutdown);
-    let mut ended: HashSet<i32> = HashSet::new();
     let mut assigned_once = false;
     let outcome: Result<(), Error> = loop {
         tokio::select! {
@@ -151,21 +150,18 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
                 break Ok(());
             }
             Some(event) = worker_events.recv() => match event {
-                WorkerEvent::ReachedEnd { partition } => { ended.insert(partition); }
+                WorkerEvent::ReachedEnd { .. } => {}
                 WorkerEvent::Failed { partition, error } => break Err(Error::Worker { partition, error }),
             },
             Some(event) = group_events.recv() => match event {
-                GroupEvent::Assigned(partitions) | GroupEvent::Revoked(partitions) => {
-                    assigned_once = true;
-                    for p in partitions { ended.remove(&p); }
-                }
+                GroupEvent::Assigned(_) | GroupEvent::Revoked(_) => assigned_once = true,
                 GroupEvent::Fatal(reason) => break Err(Error::Fatal(reason)),
             },
             Some(error) = txn_failed.recv() => break Err(error.into()),
         }
         if config.until_end && assigned_once {
-            let assigned = consumer.context().assigned();
-            if assigned.iter().all(|p| ended.contains(p)) {
+            let (done, assigned) = consumer.context().all_at_end();
+            if done {
                 tracing::info!(partitions = ?assigned, "every assigned partition processed to its end offset");
                 break Ok(());
             }
@@ -192,13 +188,18 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
             let consumer = consumer.clone();
             let topic = config.source.clone();
             let exits = drained.exits.clone();
-            tokio::task::spawn_blocking(move || {
-                let stats = consumer.context().stats();
-                consumer::commit(&*consumer, &topic, &exits, stats, deadline)
+            let committed = tokio::task::spawn_blocking(move || {
+                consumer::commit(&consumer, &topic, &exits, deadline)
             })
             .await
             .map_err(|e| Error::Fatal(format!("commit task: {e}")))?;
-            Ok(())
+            if committed {
+                Ok(())
+            } else {
+                Err(Error::NotCommitted {
+                    timeout: config.shutdown_timeout,
+                })
+            }
         }
         Some(t) if clean => t.commit().await.map_err(Error::from),
         // Committing after a failure could commit outputs whose offsets were not recorded.
