@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rayon::prelude::*;
-use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::consumer::{stream_consumer::StreamPartitionQueue, MessageStream};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
@@ -138,6 +138,8 @@ impl PartitionWorker {
 
     async fn consume(&self, state: &mut State) -> Result<(), WorkerError> {
         let mut drain = self.drain.clone();
+        // One stream for the worker's life: each `recv()` would register and drop a waker.
+        let mut stream = self.queue.stream();
         loop {
             self.settle(state, None)?;
             self.check_end(state);
@@ -151,10 +153,11 @@ impl PartitionWorker {
                 ack = front(&mut state.pending), if !state.pending.is_empty() => {
                     self.settle(state, Some(ack))?;
                 }
-                received = tokio::time::timeout(RECV_WAKE, self.queue.recv()), if room => {
+                received = tokio::time::timeout(RECV_WAKE, stream.next()), if room => {
+                    let received = received.map(|r| r.expect("kafka streams never end"));
                     match received {
                         Err(_) => {}
-                        Ok(Ok(first)) => self.process_batch(first, state).await?,
+                        Ok(Ok(first)) => self.process_batch(first, &mut stream, state).await?,
                         Ok(Err(KafkaError::PartitionEOF(_))) => state.eof = true,
                         Ok(Err(e)) => {
                             self.shared.stats.consumer_error();
@@ -176,6 +179,7 @@ impl PartitionWorker {
     async fn process_batch(
         &self,
         first: BorrowedMessage<'_>,
+        stream: &mut MessageStream<'_, Context>,
         state: &mut State,
     ) -> Result<(), WorkerError> {
         let started = std::time::Instant::now();
@@ -184,7 +188,7 @@ impl PartitionWorker {
         batch.push(first);
         state.eof = false;
         while batch.len() < self.shared.batch_size {
-            match self.queue.recv().now_or_never() {
+            match stream.next().now_or_never().flatten() {
                 Some(Ok(m)) => {
                     bytes += m.payload_len();
                     batch.push(m);

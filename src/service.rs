@@ -110,6 +110,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
                 let ms = http::STATISTICS_INTERVAL.as_millis().to_string();
                 consumer_config.set("statistics.interval.ms", ms);
             }
+            let addr = listener.local_addr().unwrap_or(addr);
             tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
             Some(tokio::spawn(http::serve(listener, health.clone())))
         }
