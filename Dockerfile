@@ -22,7 +22,8 @@ FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
 # rdkafka-sys (default features) builds the bundled librdkafka with its
 # mklove ./configure + make: needs a C/C++ toolchain, make, bash, pkg-config,
 # and zlib headers (feature `libz`, linked dynamically against the system zlib).
-# No cmake (only for the `cmake-build` feature), no OpenSSL/SASL (not enabled).
+# No cmake (only for the `cmake-build` feature). OpenSSL is built from source by the
+# `ssl-vendored` feature (needs perl and make, both in this image).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
         build-essential \

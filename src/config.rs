@@ -1,13 +1,18 @@
-//! Command-line and environment configuration, checked at start-up.
+//! Command-line, environment and config-file configuration, checked at start-up.
 //!
-//! Every flag is also an environment variable `KTRANSFORM_<NAME>`. Anything librdkafka knows goes
-//! through `-X key=value` (`-X consumer.key=value` / `-X producer.key=value` for one side only);
-//! the few properties that the delivery contract depends on are refused there, with the reason.
+//! Every flag is also an environment variable `KTRANSFORM_<NAME>` and a key of the `--config`
+//! file ([`crate::config_file`]); precedence is flag > env > file > default. Anything librdkafka
+//! knows goes through `-X key=value` or the file's `[rdkafka]` tables ([`crate::properties`]).
+//! `Debug` output of these structs masks secret property values ([`crate::redact`]).
 
+use std::ffi::OsString;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use rdkafka::ClientConfig;
+
+use crate::config_file::{self, CliError};
+pub use crate::properties::{KafkaArgs, Origin, Override, Property, Side, OWNED_PROPERTIES};
 
 /// The broker of `make up`.
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
@@ -49,19 +54,6 @@ pub enum Command {
     /// Audit source against destination and dead-letter topic: lost, duplicated, changed,
     /// forged and out-of-order records; exit 5 when the chosen guarantee does not hold.
     Verify(crate::verify::VerifyConfig),
-}
-
-/// Connection settings shared by every subcommand.
-#[derive(Debug, Clone, Args)]
-pub struct KafkaArgs {
-    /// Bootstrap brokers, comma-separated host:port.
-    #[arg(long, env = "KTRANSFORM_BROKERS", default_value = DEFAULT_BROKERS)]
-    pub brokers: String,
-
-    /// librdkafka property, repeatable: `-X key=value` for both clients, `-X consumer.key=value`
-    /// or `-X producer.key=value` for one. Values may contain commas (`-X debug=cgrp,topic`).
-    #[arg(short = 'X', value_name = "KEY=VALUE")]
-    pub rdkafka: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -154,6 +146,11 @@ pub struct RunConfig {
     /// Interval of the progress line in the log.
     #[arg(long, env = "KTRANSFORM_PROGRESS_INTERVAL", default_value = DEFAULT_PROGRESS_INTERVAL, value_parser = humantime::parse_duration)]
     pub progress_interval: Duration,
+
+    /// Print the effective configuration (settings, then every consumer and producer property)
+    /// as TOML with secrets shown as "***", and exit without connecting.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 /// What a consumed record's output is promised.
@@ -174,103 +171,62 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn invalid(flag: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(flag: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {
         flag: flag.into(),
         message: message.into(),
     }
 }
 
-/// librdkafka properties that ktransform sets itself because its guarantees depend on them.
-const OWNED_PROPERTIES: &[(&str, &str)] = &[
-    ("bootstrap.servers", "use --brokers"),
-    ("group.id", "use --group"),
-    (
-        "enable.auto.offset.store",
-        "offsets are stored only after delivery; that is the at-least-once contract",
-    ),
-    (
-        "enable.idempotence",
-        "the idempotent producer keeps retries from duplicating or reordering output",
-    ),
-];
-
-/// Which client a `-X` property is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Consumer,
-    Producer,
+impl Cli {
+    /// Parses the command line as the binary does: flags, env vars, then the `--config` file.
+    pub fn try_parse_with_file<I, T>(args: I) -> Result<Cli, CliError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let argv: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let (matches, file) = config_file::matches(Cli::command(), argv)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        if let Some(file) = file {
+            cli.command.kafka_mut().file_rdkafka = file.rdkafka;
+        }
+        Ok(cli)
+    }
 }
 
-impl KafkaArgs {
-    /// Parses `-X` into (side, key, value); `None` side means both.
-    pub fn overrides(&self) -> Result<Vec<(Option<Side>, String, String)>, ConfigError> {
-        let mut out = Vec::new();
-        for raw in &self.rdkafka {
-            let (key, value) = raw
-                .split_once('=')
-                .ok_or_else(|| invalid("-X", format!("`{raw}` is not key=value")))?;
-            let key = key.trim();
-            let (side, key) = if let Some(k) = key.strip_prefix("consumer.") {
-                (Some(Side::Consumer), k)
-            } else if let Some(k) = key.strip_prefix("producer.") {
-                (Some(Side::Producer), k)
-            } else {
-                (None, key)
-            };
-            if key.is_empty() {
-                return Err(invalid("-X", format!("`{raw}` has an empty key")));
-            }
-            if let Some((_, why)) = OWNED_PROPERTIES.iter().find(|(k, _)| *k == key) {
-                return Err(invalid(
-                    format!("-X {key}"),
-                    format!("set by ktransform: {why}"),
-                ));
-            }
-            out.push((side, key.to_string(), value.to_string()));
+impl Command {
+    pub fn kafka_mut(&mut self) -> &mut KafkaArgs {
+        match self {
+            Command::Run(c) => &mut c.kafka,
+            Command::Lag(c) => &mut c.kafka,
+            Command::Verify(c) => &mut c.kafka,
         }
-        Ok(out)
-    }
-
-    /// A base client config for `side`: brokers plus the matching `-X` overrides, applied last.
-    pub fn client_config(
-        &self,
-        side: Side,
-        defaults: &[(&str, &str)],
-    ) -> Result<ClientConfig, ConfigError> {
-        if self.brokers.trim().is_empty() {
-            return Err(invalid("--brokers", "is empty; give host:port[,host:port]"));
-        }
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.brokers);
-        for (k, v) in defaults {
-            config.set(*k, *v);
-        }
-        for (s, k, v) in self.overrides()? {
-            if s.is_none() || s == Some(side) {
-                config.set(k, v);
-            }
-        }
-        Ok(config)
     }
 }
 
 impl RunConfig {
     /// Parses the flags of `ktransform run` (without the program and subcommand names), with
-    /// environment fallbacks, as the binary does: for embedding and tests.
-    pub fn from_args<I, T>(args: I) -> Result<RunConfig, clap::Error>
+    /// environment and `--config` file fallbacks, as the binary does: for embedding and tests.
+    pub fn from_args<I, T>(args: I) -> Result<RunConfig, CliError>
     where
         I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
+        T: Into<OsString> + Clone,
     {
         #[derive(Parser)]
         struct Run {
             #[command(flatten)]
             config: RunConfig,
         }
-        let argv = std::iter::once(std::ffi::OsString::from("ktransform-run"))
-            .chain(args.into_iter().map(Into::into));
-        Run::try_parse_from(argv).map(|r| r.config)
+        let argv = std::iter::once(OsString::from("ktransform-run"))
+            .chain(args.into_iter().map(Into::into))
+            .collect();
+        let (matches, file) = config_file::matches(Run::command(), argv)?;
+        let mut config = Run::from_arg_matches(&matches)?.config;
+        if let Some(file) = file {
+            config.kafka.file_rdkafka = file.rdkafka;
+        }
+        Ok(config)
     }
 
     pub fn dlq_topic(&self) -> String {
@@ -354,12 +310,10 @@ impl RunConfig {
         }
         self.kafka.overrides()?;
         // Let librdkafka judge the properties now, so a typo fails at start with its name.
-        self.consumer_config()?
-            .create::<rdkafka::consumer::BaseConsumer>()
-            .map_err(|e| invalid("-X", format!("consumer: {e}")))?;
-        self.producer_config()?
-            .create::<rdkafka::producer::BaseProducer>()
-            .map_err(|e| invalid("-X", format!("producer: {e}")))?;
+        self.kafka
+            .create::<rdkafka::consumer::BaseConsumer>(&self.consumer_config()?, "consumer")?;
+        self.kafka
+            .create::<rdkafka::producer::BaseProducer>(&self.producer_config()?, "producer")?;
         Ok(())
     }
 
@@ -377,8 +331,13 @@ impl RunConfig {
                 ("auto.offset.reset", "earliest"),
                 // Incremental rebalances: partitions that stay are not stopped when others move.
                 ("partition.assignment.strategy", "cooperative-sticky"),
-                // librdkafka's default prefetch (64 MiB) is more than a small service needs.
-                ("queued.max.messages.kbytes", "16384"),
+                // Prefetch is per partition with split queues: librdkafka's defaults (100k
+                // records, 64 MiB) times 12 partitions made a 2M-record drain peak at 560 MB.
+                ("queued.min.messages", "5000"),
+                ("queued.max.messages.kbytes", "8192"),
+                // With small queues the fetcher hits them often; librdkafka's default 1 s pause
+                // after a full queue would starve a fast worker.
+                ("fetch.queue.backoff.ms", "10"),
             ],
         )?;
         config.set("group.id", &self.group);

@@ -3,6 +3,9 @@
 //! Two samples of log end offsets and committed offsets, `interval` apart, give the produce rate
 //! (growth of the log end) and the consume rate (growth of the committed offsets); the verdict
 //! compares them. Works on any group: it only reads offsets, it never joins the group.
+//!
+//! `--json` prints one JSON object per report (one per window with `--watch`) instead of the
+//! table, for scripts and alerting: see [`JsonReport`].
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -10,6 +13,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
 
 use crate::config::{ConfigError, KafkaArgs, Side};
 
@@ -37,6 +41,10 @@ pub struct LagConfig {
     /// With --watch, stop after this long (default: until interrupted).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+
+    /// Print one JSON object per report (per window with --watch) instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Offsets of one partition at one moment.
@@ -145,10 +153,7 @@ impl LagReader {
             .client_config(Side::Consumer, &[("client.id", "ktransform-lag")])?;
         client.set("group.id", &config.group);
         client.set("enable.auto.commit", "false");
-        let consumer = client.create().map_err(|e| ConfigError {
-            flag: "-X".into(),
-            message: format!("consumer: {e}"),
-        })?;
+        let consumer = config.kafka.create(&client, "consumer")?;
         Ok(LagReader {
             consumer,
             group: config.group.clone(),
@@ -258,20 +263,123 @@ pub fn render(group: &str, topic: &str, sample: &Sample, report: &Report) -> Str
     s
 }
 
+/// The machine-readable report of `ktransform lag --json`; every field is always present (null
+/// when it does not apply), so a reader can rely on the shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct JsonReport<'a> {
+    pub group: &'a str,
+    pub topic: &'a str,
+    /// When the second sample was taken, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Seconds between the two samples the rates come from.
+    pub window_secs: f64,
+    pub members: usize,
+    pub partitions: Vec<JsonPartition>,
+    /// Sums over the partitions; `committed` counts never-committed partitions as 0.
+    pub total: JsonTotal,
+    pub produce_per_sec: f64,
+    pub consume_per_sec: f64,
+    /// `caught_up`, `keeping_up`, `catching_up` or `falling_behind`.
+    pub verdict: &'static str,
+    /// With `falling_behind`: how fast the lag grows.
+    pub falling_behind_per_sec: Option<f64>,
+    /// With `catching_up`: seconds until the lag is zero at the observed rates.
+    pub eta_secs: Option<f64>,
+    /// With a lag: instances the observed produce rate needs at the observed per-instance rate.
+    pub instances_needed: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JsonPartition {
+    pub partition: i32,
+    /// Null when the group never committed on this partition.
+    pub committed: Option<i64>,
+    pub end: i64,
+    pub lag: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JsonTotal {
+    pub committed: i64,
+    pub end: i64,
+    pub lag: i64,
+}
+
+impl<'a> JsonReport<'a> {
+    pub fn new(
+        group: &'a str,
+        topic: &'a str,
+        before: &Sample,
+        after: &Sample,
+        report: &Report,
+    ) -> Self {
+        let (verdict, falling_behind_per_sec, eta_secs) = match &report.verdict {
+            Verdict::CaughtUp => ("caught_up", None, None),
+            Verdict::KeepingUp => ("keeping_up", None, None),
+            Verdict::CatchingUp { eta } => ("catching_up", None, Some(eta.as_secs_f64())),
+            Verdict::FallingBehind { per_sec } => ("falling_behind", Some(*per_sec), None),
+        };
+        let partitions: Vec<JsonPartition> = after
+            .partitions
+            .iter()
+            .map(|p| JsonPartition {
+                partition: p.partition,
+                committed: p.committed,
+                end: p.end,
+                lag: p.lag(),
+            })
+            .collect();
+        JsonReport {
+            group,
+            topic,
+            timestamp_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            window_secs: after.at.duration_since(before.at).as_secs_f64(),
+            members: after.members,
+            total: JsonTotal {
+                committed: partitions.iter().filter_map(|p| p.committed).sum(),
+                end: after.end(),
+                lag: after.lag(),
+            },
+            partitions,
+            produce_per_sec: report.produce_rate,
+            consume_per_sec: report.consume_rate,
+            verdict,
+            falling_behind_per_sec,
+            eta_secs,
+            instances_needed: report.instances_needed,
+        }
+    }
+}
+
 /// Prints the report once (after one window), or every window with `--watch`. Blocking.
 pub fn print(config: &LagConfig) -> Result<(), crate::Error> {
     use std::io::{IsTerminal, Write};
     let reader = LagReader::new(config)?;
     let started = Instant::now();
     let mut before = reader.sample()?;
+    if before.partitions.is_empty() {
+        // Otherwise a typo in the topic name would read as "caught up".
+        return Err(ConfigError {
+            flag: "--topic".into(),
+            message: format!("topic `{}` does not exist", config.topic),
+        }
+        .into());
+    }
     let tty = std::io::stdout().is_terminal();
     loop {
         std::thread::sleep(config.interval);
         let after = reader.sample()?;
         let report = assess(&before, &after);
-        let text = render(&config.group, &config.topic, &after, &report);
+        let text = if config.json {
+            let json = JsonReport::new(&config.group, &config.topic, &before, &after, &report);
+            serde_json::to_string(&json).map_err(|e| crate::Error::Fatal(e.to_string()))?
+        } else {
+            render(&config.group, &config.topic, &after, &report)
+        };
         let mut out = std::io::stdout().lock();
-        if config.watch && tty {
+        if config.watch && tty && !config.json {
             // Redraw in place, like a console page that refreshes.
             let _ = write!(out, "\x1b[2J\x1b[H");
         }
@@ -324,6 +432,29 @@ mod tests {
             assess(&sample(t0, 0, 1000, 1), &sample(t1, 1000, 2000, 1)).verdict,
             Verdict::KeepingUp
         );
+    }
+
+    #[test]
+    fn json_report_is_machine_readable() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(10);
+        let (before, after) = (sample(t0, 0, 1000, 1), sample(t1, 1000, 3000, 1));
+        let report = assess(&before, &after);
+        let json = JsonReport::new("g", "t", &before, &after, &report);
+        let v = serde_json::to_value(&json).unwrap();
+        assert_eq!(v["verdict"], "falling_behind");
+        assert_eq!(v["falling_behind_per_sec"], 100.0);
+        assert_eq!(v["instances_needed"], 2);
+        assert!(v["eta_secs"].is_null());
+        assert_eq!(v["partitions"][0]["committed"], 1000);
+        assert_eq!(v["partitions"][0]["lag"], 2000);
+        assert_eq!(v["total"]["lag"], 2000);
+        assert_eq!(v["window_secs"], 10.0);
+        let catching = sample(t1, 1500, 2000, 1);
+        let json = JsonReport::new("g", "t", &before, &catching, &assess(&before, &catching));
+        let v = serde_json::to_value(&json).unwrap();
+        assert_eq!(v["verdict"], "catching_up");
+        assert_eq!(v["eta_secs"], 10.0);
     }
 
     #[test]

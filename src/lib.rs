@@ -3,7 +3,11 @@
 //! per partition, bad records to a dead-letter topic.
 //!
 //! # Layout
-//! - [`config`]: flags and env vars (clap), `-X` librdkafka pass-through, start-up checks.
+//! - [`config`]: flags and env vars (clap), start-up checks, the clients' configurations.
+//! - [`config_file`]: the `--config` TOML file, under flags and env vars.
+//! - [`print_config`]: `run --print-config`, the effective configuration as TOML.
+//! - [`properties`]: librdkafka pass-through (`-X`, the file's `[rdkafka]` tables), owned keys.
+//! - [`redact`]: which property values are secrets, and masking them wherever config is shown.
 //! - [`service`]: [`run`], which wires everything and owns the stop sequence (drain, commit,
 //!   flush, leave the group within the deadline).
 //! - [`consumer`]: the group member; its rebalance callbacks split each assigned partition into
@@ -30,6 +34,7 @@
 //! and synchronously on revocation and shutdown.
 
 pub mod config;
+pub mod config_file;
 pub mod consumer;
 pub mod error;
 pub mod http;
@@ -37,6 +42,9 @@ pub mod lag;
 pub mod logging;
 pub mod metrics;
 pub mod partition;
+pub mod print_config;
+pub mod properties;
+pub mod redact;
 pub mod service;
 pub mod sink;
 pub mod transaction;

@@ -1,12 +1,32 @@
 //! The `ktransform` binary: parse flags, set up logging and signals, call the library.
 
-use clap::Parser;
 use ktransform::config::{Cli, Command};
+use ktransform::config_file::CliError;
 use ktransform::error::exit;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse_with_file(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(CliError::Clap(e)) => e.exit(),
+        Err(CliError::File(e)) => {
+            eprintln!("error: {e}");
+            std::process::exit(exit::CONFIG);
+        }
+    };
+    if let Command::Run(config) = &cli.command {
+        if config.print_config {
+            // Before logging and the runtime: nothing connects, only the TOML is printed.
+            match ktransform::print_config::render(config) {
+                Ok(text) => print!("{text}"),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(exit::CONFIG);
+                }
+            }
+            std::process::exit(exit::OK);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

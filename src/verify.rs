@@ -152,12 +152,9 @@ impl VerifyConfig {
                 "source, destination and dead-letter topic must differ".into(),
             ));
         }
-        for (_, key, _) in self.kafka.overrides()? {
-            if let Some((_, why)) = OWNED_PROPERTIES.iter().find(|(k, _)| *k == key) {
-                return Err(invalid(
-                    &format!("-X {key}"),
-                    format!("set by verify: {why}"),
-                ));
+        for o in self.kafka.overrides()? {
+            if let Some((_, why)) = OWNED_PROPERTIES.iter().find(|(k, _)| *k == o.key) {
+                return Err(invalid(&o.name(), format!("set by verify: {why}")));
             }
         }
         Ok(())

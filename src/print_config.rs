@@ -1,0 +1,71 @@
+//! `ktransform run --print-config`: the configuration a run would use, as TOML, secrets masked.
+//!
+//! The settings part uses the config file's keys, so it is itself a valid `--config` file; the
+//! `[rdkafka.consumer]` and `[rdkafka.producer]` tables list every property the clients get,
+//! ktransform's defaults and owned properties included.
+
+use toml::{Table, Value};
+
+use crate::config::{ConfigError, MetricsAddr, RunConfig};
+use crate::config_file::RDKAFKA;
+use crate::redact;
+
+/// `ktransform run --print-config`: the settings (keys as in the file) and every property of both
+/// clients, as TOML, secrets masked. Checks the configuration first, as `run` would.
+pub fn render(config: &RunConfig) -> Result<String, ConfigError> {
+    config.validate()?;
+    let duration =
+        |d: std::time::Duration| Value::String(humantime::format_duration(d).to_string());
+    let string = |s: &str| Value::String(s.to_string());
+    let int = |n: usize| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+    let c = config;
+    let guarantee = clap::ValueEnum::to_possible_value(&c.guarantee)
+        .map_or_else(String::new, |v| v.get_name().to_string());
+    let metrics_addr = match c.metrics_addr {
+        MetricsAddr::Off => "none".to_string(),
+        MetricsAddr::At(addr) => addr.to_string(),
+    };
+    let mut t = Table::new();
+    t.insert("brokers".into(), string(&c.kafka.brokers));
+    t.insert("source".into(), string(&c.source));
+    t.insert("destination".into(), string(&c.destination));
+    t.insert("group".into(), string(&c.group));
+    t.insert("dlq".into(), string(&c.dlq_topic()));
+    t.insert("guarantee".into(), string(&guarantee));
+    t.insert(
+        "transaction_interval".into(),
+        duration(c.transaction_interval),
+    );
+    t.insert("transaction_records".into(), int(c.transaction_records));
+    if let Some(id) = &c.transactional_id {
+        t.insert("transactional_id".into(), string(id));
+    }
+    t.insert("shutdown_timeout".into(), duration(c.shutdown_timeout));
+    t.insert("drain_timeout".into(), duration(c.drain_timeout));
+    t.insert("connect_timeout".into(), duration(c.connect_timeout));
+    t.insert("until_end".into(), Value::Boolean(c.until_end));
+    t.insert("batch_size".into(), int(c.batch_size));
+    t.insert("max_in_flight".into(), int(c.max_in_flight));
+    t.insert("hash_threads".into(), int(c.hash_threads()));
+    t.insert("parallel_min_bytes".into(), int(c.parallel_min_bytes));
+    t.insert("metrics_addr".into(), string(&metrics_addr));
+    t.insert("progress_interval".into(), duration(c.progress_interval));
+    let properties = |config: rdkafka::ClientConfig| {
+        let shown = redact::client_config(&config).into_iter();
+        Value::Table(shown.map(|(k, v)| (k, Value::String(v))).collect())
+    };
+    let mut clients = Table::new();
+    clients.insert("consumer".into(), properties(c.consumer_config()?));
+    clients.insert("producer".into(), properties(c.producer_config()?));
+    t.insert(RDKAFKA.into(), Value::Table(clients));
+    let body = toml::to_string(&t).map_err(|e| ConfigError {
+        flag: "--print-config".into(),
+        message: e.to_string(),
+    })?;
+    Ok(format!(
+        "# ktransform run: effective configuration (flag > env > file > default); secrets are \"{}\".\n\
+         # [rdkafka.*] list every property the clients get, including those ktransform owns,\n\
+         # which a --config file may not set.\n{body}",
+        redact::MASK
+    ))
+}
