@@ -27,6 +27,9 @@ use crate::partition::{Shared, WorkerEvent};
 use crate::sink::Sink;
 use crate::transaction::{Transactions, TxnError};
 
+/// `--until-end`: how long an empty assignment must last before this member counts as done.
+const EMPTY_ASSIGNMENT_GRACE: Duration = Duration::from_secs(10);
+
 /// What a run did.
 #[derive(Debug, Clone)]
 pub struct Summary {
@@ -143,9 +146,12 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
 
     // Run until something says stop.
     tokio::pin!(shutdown);
-    let mut assigned_once = false;
+    // `--until-end`: when the group last changed this member's assignment.
+    let mut last_rebalance: Option<Instant> = None;
+    let mut recheck = tokio::time::interval(Duration::from_secs(1));
     let outcome: Result<(), Error> = loop {
         tokio::select! {
+            _ = recheck.tick(), if config.until_end => {}
             _ = &mut shutdown => {
                 tracing::info!("shutdown requested; draining in-flight records");
                 break Ok(());
@@ -155,14 +161,18 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
                 WorkerEvent::Failed { partition, error } => break Err(Error::Worker { partition, error }),
             },
             Some(event) = group_events.recv() => match event {
-                GroupEvent::Assigned(_) | GroupEvent::Revoked(_) => assigned_once = true,
+                GroupEvent::Assigned(_) | GroupEvent::Revoked(_) => last_rebalance = Some(Instant::now()),
                 GroupEvent::Fatal(reason) => break Err(Error::Fatal(reason)),
             },
             Some(error) = txn_failed.recv() => break Err(error.into()),
         }
-        if config.until_end && assigned_once {
+        if let (true, Some(rebalanced)) = (config.until_end, last_rebalance) {
             let (done, assigned) = consumer.context().all_at_end();
-            if done {
+            // Under cooperative rebalancing a joining member's first assignment is often empty,
+            // with its partitions following in a second round: an empty assignment only means
+            // "nothing to do" once it has been stable for a while.
+            let settled = !assigned.is_empty() || rebalanced.elapsed() >= EMPTY_ASSIGNMENT_GRACE;
+            if done && settled {
                 tracing::info!(partitions = ?assigned, "every assigned partition processed to its end offset");
                 break Ok(());
             }
