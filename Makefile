@@ -8,7 +8,7 @@
 
 KAFKA_SH := scripts/kafka.sh
 
-.PHONY: help up down logs broker-status demo build test lint bench-transform
+.PHONY: help up down logs broker-status demo build test lint bench-transform bench scale-test
 
 ##@ General
 
@@ -38,6 +38,12 @@ lint: ## rustfmt and clippy, as CI runs them
 
 bench-transform: ## The transform alone (criterion, no broker): records/s for 50 B and 1 KB records
 	cargo bench --bench transform
+
+bench: ## Raw copy, ktransform, Python and Kafka Streams on the local broker -> bench/results/<date>.md (BENCH_ARGS="--quick")
+	python3 bench/run.py $(BENCH_ARGS)
+
+scale-test: ## ktransform drain rate over partitions x instances, and a keep-up check -> bench/results/<date>-scale-* (SCALE_ARGS=...)
+	python3 bench/scale.py $(SCALE_ARGS)
 
 ##@ Local Kafka broker (127.0.0.1:9092, see scripts/kafka.sh for settings)
 
