@@ -53,6 +53,12 @@ for i in $(seq 1 "$INSTANCES"); do
   pids+=($!)
 done
 
+# The generator creates the topic; `lag` refuses a topic that does not exist yet.
+for _ in $(seq 1 30); do
+  "$bin" lag --group "$GROUP" --topic "$SOURCE" --interval 100ms >/dev/null 2>&1 && break
+  sleep 1
+done
+
 echo "== lag of group $GROUP, every 5 s for ${SECONDS_TO_RUN}s"
 "$bin" lag --group "$GROUP" --topic "$SOURCE" --watch --interval 5s --duration "${SECONDS_TO_RUN}s" \
   | sed -u 's/^/[lag] /'
