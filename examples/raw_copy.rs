@@ -28,6 +28,12 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
+// The same allocator as the `ktransform` binary (feature `jemalloc`, on by default), so that
+// the comparison is of the work done, not of malloc.
+#[cfg(all(feature = "jemalloc", unix, not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(about = "Copy a topic's records (key, value, headers) up to its end offsets at start")]
 struct Args {

@@ -153,6 +153,11 @@ impl LagReader {
             .client_config(Side::Consumer, &[("client.id", "ktransform-lag")])?;
         client.set("group.id", &config.group);
         client.set("enable.auto.commit", "false");
+        // librdkafka's default `read_committed` makes OffsetFetch ask for stable offsets, which
+        // the coordinator refuses while an exactly-once member's transaction holds offsets
+        // pending (up to `transaction.timeout.ms` after a crash). Lag wants the last committed
+        // offsets as they are now.
+        client.set("isolation.level", "read_uncommitted");
         let consumer = config.kafka.create(&client, "consumer")?;
         Ok(LagReader {
             consumer,

@@ -14,9 +14,11 @@
 //!   its own queue and start a worker, and on revocation drain and commit before release. Serves
 //!   the main queue on its own thread.
 //! - [`partition`]: the per-partition worker: batches from the split queue, transform, produce,
-//!   await acknowledgements oldest first, store offsets contiguously.
+//!   await acknowledgements batch by batch, oldest first, store offsets contiguously.
 //! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out.
-//! - [`sink`]: the idempotent producer; output and dead-letter records.
+//! - [`sink`]: the idempotent producer; output and dead-letter records; the destination's size
+//!   limit.
+//! - [`ack`]: delivery reports counted per batch (the producer's delivery callback).
 //! - [`transaction`]: exactly-once: the open transaction, its gate, periodic and revocation
 //!   commits (outputs and offsets together).
 //! - [`metrics`]: counters as named events (run totals and the Prometheus registry), and the
@@ -33,6 +35,7 @@
 //! acknowledgement → offset stored → committed by librdkafka's auto-commit of stored offsets,
 //! and synchronously on revocation and shutdown.
 
+pub mod ack;
 pub mod config;
 pub mod config_file;
 pub mod consumer;

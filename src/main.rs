@@ -5,6 +5,10 @@ use ktransform::config_file::CliError;
 use ktransform::error::exit;
 use tracing_subscriber::EnvFilter;
 
+#[cfg(all(feature = "jemalloc", unix, not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let cli = match Cli::try_parse_with_file(std::env::args_os()) {
         Ok(cli) => cli,

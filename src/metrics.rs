@@ -334,12 +334,12 @@ impl PartitionStats {
         self.stats.in_flight.inc_by(n as i64);
     }
 
-    pub fn record_produced(&self) {
+    pub fn records_produced(&self, n: usize) {
         let t = &self.stats.totals;
-        t.produced.fetch_add(1, Relaxed);
-        t.in_flight.fetch_sub(1, Relaxed);
-        self.produced.inc();
-        self.stats.in_flight.dec();
+        t.produced.fetch_add(n as u64, Relaxed);
+        t.in_flight.fetch_sub(n as i64, Relaxed);
+        self.produced.inc_by(n as u64);
+        self.stats.in_flight.dec_by(n as i64);
     }
 
     pub fn record_dead_lettered(&self, kind: &str, offset: i64) {

@@ -5,7 +5,8 @@
 //! - Records of a partition are produced in offset order (one task, sends in order, idempotent
 //!   producer), so per-partition and per-key order hold in the output.
 //! - The offset stored is always `last + 1` where every record up to `last` has been acknowledged
-//!   by the destination or the dead-letter topic: acknowledgements are awaited oldest first.
+//!   by the destination or the dead-letter topic: acknowledgements are counted per batch
+//!   ([`Acks`]) and batches are settled oldest first.
 //! - At most `max_in_flight` records are unacknowledged; past that the worker stops reading.
 //! - On drain (revocation or shutdown) the worker reads nothing more, waits for what it has in
 //!   flight, stores the last offset and reports it in [`WorkerExit`].
@@ -23,10 +24,10 @@ use rdkafka::consumer::{stream_consumer::StreamPartitionQueue, MessageStream};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::DeliveryFuture;
 use rdkafka::Message;
 use tokio::sync::{mpsc, watch};
 
+use crate::ack::Acks;
 use crate::consumer::Context;
 use crate::metrics::{PartitionStats, Stats};
 use crate::sink::{self, Sink};
@@ -64,8 +65,6 @@ pub enum WorkerEvent {
 pub enum WorkerError {
     #[error("delivery of offset {offset} failed: {source}")]
     Delivery { offset: i64, source: KafkaError },
-    #[error("producer closed before offset {offset} was acknowledged")]
-    ProducerGone { offset: i64 },
     #[error("storing offset {offset} failed: {source}")]
     Store { offset: i64, source: KafkaError },
 }
@@ -80,11 +79,36 @@ pub struct WorkerExit {
     pub failed: bool,
 }
 
-/// One produced record awaiting its acknowledgement.
-struct InFlight {
-    offset: i64,
-    delivery: DeliveryFuture,
-    dead_letter: Option<&'static str>,
+/// One sent batch awaiting its acknowledgements.
+struct Batch {
+    acks: Arc<Acks>,
+    /// Offset of its first record.
+    first: i64,
+    /// Offset after its last record.
+    next: i64,
+    /// Records sent to the destination.
+    produced: usize,
+    /// Records sent to the dead-letter topic, with their reason.
+    dead: Vec<(&'static str, i64)>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.produced + self.dead.len()
+    }
+
+    fn count(&mut self, sent: Sent, offset: i64) {
+        match sent {
+            Sent::Output => self.produced += 1,
+            Sent::DeadLetter(kind) => self.dead.push((kind, offset)),
+        }
+    }
+}
+
+/// Where one record went.
+enum Sent {
+    Output,
+    DeadLetter(&'static str),
 }
 
 pub struct PartitionWorker {
@@ -105,6 +129,7 @@ impl PartitionWorker {
     pub async fn run(self) -> WorkerExit {
         let mut state = State {
             pending: VecDeque::new(),
+            in_flight: 0,
             next_offset: None,
             end_target: None,
             at_end: false,
@@ -146,11 +171,11 @@ impl PartitionWorker {
             if *drain.borrow() {
                 break;
             }
-            let room = state.pending.len() + self.shared.batch_size <= self.shared.max_in_flight;
+            let room = state.in_flight + self.shared.batch_size <= self.shared.max_in_flight;
             tokio::select! {
                 biased;
                 _ = drain.changed() => {}
-                ack = front(&mut state.pending), if !state.pending.is_empty() => {
+                ack = front(&state.pending), if !state.pending.is_empty() => {
                     self.settle(state, Some(ack))?;
                 }
                 received = tokio::time::timeout(RECV_WAKE, stream.next()), if room => {
@@ -169,7 +194,7 @@ impl PartitionWorker {
         }
         // Drain: nothing more is read; wait for what is in flight, oldest first.
         while !state.pending.is_empty() {
-            let ack = front(&mut state.pending).await;
+            let ack = front(&state.pending).await;
             self.settle(state, Some(ack))?;
         }
         Ok(())
@@ -209,6 +234,13 @@ impl PartitionWorker {
             None => None,
         };
 
+        let mut sent = Batch {
+            acks: Acks::open(),
+            first: batch[0].offset(),
+            next: last + 1,
+            produced: 0,
+            dead: Vec::new(),
+        };
         if bytes >= self.shared.parallel_min_bytes && batch.len() > 1 && can_block_in_place() {
             // Large batch: hash on the pool. block_in_place keeps the borrowed payloads valid
             // without copying them, and lets tokio move other tasks off this thread meanwhile.
@@ -222,36 +254,39 @@ impl PartitionWorker {
                     })
                 });
             for (message, result) in batch.iter().zip(results) {
-                let sent = match result {
-                    None => self.send_output(message, None).await?,
-                    Some(Ok(out)) => self.send_output(message, Some(&out)).await?,
+                let outcome = match result {
+                    None => self.send_output(message, None, &sent.acks).await?,
+                    Some(Ok(out)) => self.send_output(message, Some(&out), &sent.acks).await?,
                     Some(Err(r)) => {
-                        self.send_dead_letter(message, r.kind.as_str(), &r.message)
+                        self.send_dead_letter(message, r.kind.as_str(), &r.message, &sent.acks)
                             .await?
                     }
                 };
-                state.pending.push_back(sent);
+                sent.count(outcome, message.offset());
             }
         } else {
             for message in &batch {
-                let sent = match message.payload() {
-                    None => self.send_output(message, None).await?,
+                let outcome = match message.payload() {
+                    None => self.send_output(message, None, &sent.acks).await?,
                     Some(value) => match transform::transform_into(value, &mut state.buf) {
                         Ok(()) => {
                             let out = std::mem::take(&mut state.buf);
-                            let sent = self.send_output(message, Some(&out)).await;
+                            let outcome = self.send_output(message, Some(&out), &sent.acks).await;
                             state.buf = out;
-                            sent?
+                            outcome?
                         }
                         Err(r) => {
-                            self.send_dead_letter(message, r.kind.as_str(), &r.message)
+                            self.send_dead_letter(message, r.kind.as_str(), &r.message, &sent.acks)
                                 .await?
                         }
                     },
                 };
-                state.pending.push_back(sent);
+                sent.count(outcome, message.offset());
             }
         }
+        sent.acks.sealed();
+        state.in_flight += sent.len();
+        state.pending.push_back(sent);
         if let Some((t, _guard)) = transaction {
             t.sent(self.partition, last + 1, batch.len());
         }
@@ -266,16 +301,18 @@ impl PartitionWorker {
         &self,
         message: &BorrowedMessage<'_>,
         value: Option<&[u8]>,
-    ) -> Result<InFlight, WorkerError> {
-        match self.shared.sink.send_output(message, value).await {
-            Ok(delivery) => Ok(InFlight {
-                offset: message.offset(),
-                delivery,
-                dead_letter: None,
-            }),
-            // Too large for the producer once the hash is added: the record's own fault.
+        acks: &Arc<Acks>,
+    ) -> Result<Sent, WorkerError> {
+        if let Some(reason) = value.and_then(|v| self.shared.sink.output_too_large(message, v)) {
+            return self
+                .send_dead_letter(message, "output_too_large", &reason, acks)
+                .await;
+        }
+        match self.shared.sink.send_output(message, value, acks).await {
+            Ok(()) => Ok(Sent::Output),
+            // Too large for the producer (`message.max.bytes`) once the hash is added.
             Err(e) if sink::is_record_error(&e) => {
-                self.send_dead_letter(message, "output_too_large", &e.to_string())
+                self.send_dead_letter(message, "output_too_large", &e.to_string(), acks)
                     .await
             }
             Err(source) => Err(WorkerError::Delivery {
@@ -290,18 +327,15 @@ impl PartitionWorker {
         message: &BorrowedMessage<'_>,
         kind: &'static str,
         reason: &str,
-    ) -> Result<InFlight, WorkerError> {
+        acks: &Arc<Acks>,
+    ) -> Result<Sent, WorkerError> {
         match self
             .shared
             .sink
-            .send_dead_letter(message, kind, reason)
+            .send_dead_letter(message, kind, reason, acks)
             .await
         {
-            Ok(delivery) => Ok(InFlight {
-                offset: message.offset(),
-                delivery,
-                dead_letter: Some(kind),
-            }),
+            Ok(()) => Ok(Sent::DeadLetter(kind)),
             Err(source) => Err(WorkerError::Delivery {
                 offset: message.offset(),
                 source,
@@ -309,17 +343,13 @@ impl PartitionWorker {
         }
     }
 
-    /// Settles `first` (the front's acknowledgement) and every later one already in, then
+    /// Settles `first` (the front batch's outcome) and every later batch already complete, then
     /// stores the offset once. What was acknowledged before an error is stored too.
     fn settle(&self, state: &mut State, first: Option<Ack>) -> Result<(), WorkerError> {
         let before = state.next_offset;
         let mut result = first.map_or(Ok(()), |ack| self.acknowledge(state, ack));
         while result.is_ok() {
-            let Some(ack) = state
-                .pending
-                .front_mut()
-                .and_then(|f| (&mut f.delivery).now_or_never())
-            else {
+            let Some(ack) = state.pending.front().and_then(|b| b.acks.outcome()) else {
                 break;
             };
             result = self.acknowledge(state, ack);
@@ -330,33 +360,26 @@ impl PartitionWorker {
         result
     }
 
-    /// Pops the front record with its acknowledgement; an error leaves `next_offset` before it.
+    /// Pops the front batch with its outcome; an error leaves `next_offset` before the batch.
     fn acknowledge(&self, state: &mut State, ack: Ack) -> Result<(), WorkerError> {
         let done = state
             .pending
             .pop_front()
-            .expect("an ack comes from the front");
-        match ack {
-            Ok(Ok(_)) => {}
-            Ok(Err((source, _))) => {
-                self.stats.delivery_failed();
-                return Err(WorkerError::Delivery {
-                    offset: done.offset,
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(WorkerError::ProducerGone {
-                    offset: done.offset,
-                })
-            }
+            .expect("an outcome comes from the front");
+        if let Err(source) = ack {
+            self.stats.delivery_failed();
+            return Err(WorkerError::Delivery {
+                offset: done.first,
+                source,
+            });
         }
-        match done.dead_letter {
-            None => self.stats.record_produced(),
-            Some(kind) => self.stats.record_dead_lettered(kind, done.offset),
+        self.stats.records_produced(done.produced);
+        for (kind, offset) in &done.dead {
+            self.stats.record_dead_lettered(kind, *offset);
         }
-        self.in_flight.fetch_sub(1, Relaxed);
-        state.next_offset = Some(done.offset + 1);
+        state.in_flight -= done.len();
+        self.in_flight.fetch_sub(done.len(), Relaxed);
+        state.next_offset = Some(done.next);
         Ok(())
     }
 
@@ -414,10 +437,12 @@ impl PartitionWorker {
     }
 }
 
-type Ack = <DeliveryFuture as std::future::Future>::Output;
+type Ack = Result<(), KafkaError>;
 
 struct State {
-    pending: VecDeque<InFlight>,
+    pending: VecDeque<Batch>,
+    /// Records in `pending`.
+    in_flight: usize,
     next_offset: Option<i64>,
     end_target: Option<i64>,
     at_end: bool,
@@ -426,8 +451,13 @@ struct State {
     buf: Vec<u8>,
 }
 
-async fn front(pending: &mut VecDeque<InFlight>) -> Ack {
-    (&mut pending.front_mut().expect("guarded by is_empty").delivery).await
+async fn front(pending: &VecDeque<Batch>) -> Ack {
+    pending
+        .front()
+        .expect("guarded by is_empty")
+        .acks
+        .done()
+        .await
 }
 
 fn can_block_in_place() -> bool {

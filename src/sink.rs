@@ -1,18 +1,19 @@
 //! The producing side: transformed records to the destination, rejected ones to the dead-letter
 //! topic, both through one idempotent producer.
 //!
-//! Sends never block and never drop: a full local queue is waited out here, and every send
-//! returns a [`DeliveryFuture`] that the partition worker awaits in offset order.
+//! Sends never block and never drop: a full local queue is waited out here. Every record sent
+//! counts into its batch's [`Acks`], which the partition worker awaits batch by batch.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::Message;
 
+use crate::ack::{Acks, SinkContext};
 use crate::config::{ConfigError, RunConfig};
-use crate::logging::QuietContext;
 
 /// Dead-letter headers. The original key, value and headers are kept as they were.
 pub mod headers {
@@ -23,35 +24,50 @@ pub mod headers {
     pub const SOURCE_OFFSET: &str = "ktransform.source.offset";
 }
 
-/// librdkafka's default `message.max.bytes`.
-const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// librdkafka's default `batch.size`.
+const LIBRDKAFKA_BATCH_SIZE: usize = 1_000_000;
+
+/// Bytes of a v2 record batch's header (baseOffset .. recordCount), counted by the broker
+/// against the topic's `max.message.bytes` with the records.
+const BATCH_HEADER_BYTES: usize = 61;
 
 /// How long to wait before retrying a send refused because librdkafka's queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
 
 pub struct Sink {
-    producer: FutureProducer<QuietContext>,
+    producer: ThreadedProducer<SinkContext>,
     destination: String,
     dlq: String,
+    /// The destination's `max.message.bytes`, when known.
+    destination_max_bytes: Option<usize>,
 }
 
 impl Sink {
     /// `destination_max_bytes`: the destination topic's `max.message.bytes`, when known.
+    ///
+    /// The broker refuses a whole batch larger than that limit, after the input is gone, so the
+    /// limit is enforced here instead: batches are capped below it (`batch.size`), and an output
+    /// that would not fit even alone is refused before it is sent ([`Sink::output_too_large`]),
+    /// to be dead-lettered with its input. The dead-letter topic keeps librdkafka's limits.
     pub fn new(
         config: &RunConfig,
         destination_max_bytes: Option<usize>,
     ) -> Result<Self, ConfigError> {
         let mut client = config.producer_config()?;
-        let configured = client
-            .get("message.max.bytes")
+        let batch_size = client
+            .get("batch.size")
             .and_then(|v| v.parse().ok())
-            .unwrap_or(LIBRDKAFKA_MESSAGE_MAX_BYTES);
-        if let Some(limit) = destination_max_bytes.filter(|l| *l < configured) {
-            // librdkafka's minimum is 1000; a topic limit below it cannot be honoured anyway.
-            client.set("message.max.bytes", limit.max(1000).to_string());
+            .unwrap_or(LIBRDKAFKA_BATCH_SIZE);
+        if let Some(limit) = destination_max_bytes {
+            // A batch's size as librdkafka counts it includes the batch header and the request's
+            // own prefix before it, so this keeps every multi-record batch under the limit.
+            let cap = limit.saturating_sub(BATCH_HEADER_BYTES).max(1);
+            if cap < batch_size {
+                client.set("batch.size", cap.to_string());
+            }
         }
         let producer = client
-            .create_with_context(QuietContext::default())
+            .create_with_context(SinkContext::default())
             .map_err(|e| ConfigError {
                 flag: "-X".into(),
                 message: format!("producer: {e}"),
@@ -60,10 +76,42 @@ impl Sink {
             producer,
             destination: config.destination.clone(),
             dlq: config.dlq_topic(),
+            destination_max_bytes,
         })
     }
 
-    pub fn producer(&self) -> &FutureProducer<QuietContext> {
+    /// Why `value`, sent with `input`'s key and headers, cannot go to the destination: a batch of
+    /// that one record would be over the destination's `max.message.bytes`.
+    pub fn output_too_large(&self, input: &BorrowedMessage<'_>, value: &[u8]) -> Option<String> {
+        let limit = self.destination_max_bytes?;
+        let key = input.key().map(<[u8]>::len);
+        // Quick answer for the usual case: far below the limit even with every header at most
+        // 5 + 5 bytes of lengths.
+        let headers_upper: usize = input.headers().map_or(0, |h| {
+            h.iter()
+                .map(|h| 10 + h.key.len() + h.value.map_or(0, <[u8]>::len))
+                .sum()
+        });
+        let upper = BATCH_HEADER_BYTES + 40 + key.unwrap_or(0) + value.len() + headers_upper;
+        if upper <= limit {
+            return None;
+        }
+        let headers: Vec<(usize, Option<usize>)> = input.headers().map_or(Vec::new(), |h| {
+            h.iter()
+                .map(|h| (h.key.len(), h.value.map(<[u8]>::len)))
+                .collect()
+        });
+        let size = single_record_batch_size(key, Some(value.len()), &headers);
+        (size > limit).then(|| {
+            format!(
+                "output of {} bytes makes a {size}-byte record batch, over the destination's \
+                 max.message.bytes of {limit}",
+                value.len()
+            )
+        })
+    }
+
+    pub fn producer(&self) -> &ThreadedProducer<SinkContext> {
         &self.producer
     }
 
@@ -72,9 +120,10 @@ impl Sink {
         &self,
         input: &BorrowedMessage<'_>,
         value: Option<&[u8]>,
-    ) -> Result<DeliveryFuture, KafkaError> {
+        acks: &Arc<Acks>,
+    ) -> Result<(), KafkaError> {
         let headers = input.headers().map(|h| h.detach());
-        self.send(&self.destination, input.key(), value, headers)
+        self.send(&self.destination, input.key(), value, headers, acks)
             .await
     }
 
@@ -84,7 +133,8 @@ impl Sink {
         input: &BorrowedMessage<'_>,
         kind: &str,
         message: &str,
-    ) -> Result<DeliveryFuture, KafkaError> {
+        acks: &Arc<Acks>,
+    ) -> Result<(), KafkaError> {
         let base = input.headers().map(|h| h.detach()).unwrap_or_default();
         let partition = input.partition().to_string();
         let offset = input.offset().to_string();
@@ -102,7 +152,7 @@ impl Sink {
                 value: Some(value),
             })
         });
-        self.send(&self.dlq, input.key(), input.payload(), Some(headers))
+        self.send(&self.dlq, input.key(), input.payload(), Some(headers), acks)
             .await
     }
 
@@ -112,19 +162,24 @@ impl Sink {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
-    ) -> Result<DeliveryFuture, KafkaError> {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+        acks: &Arc<Acks>,
+    ) -> Result<(), KafkaError> {
+        let mut record: BaseRecord<'_, [u8], [u8], Arc<Acks>> =
+            BaseRecord::with_opaque_to(topic, acks.expect_one());
         record.key = key;
         record.payload = value;
         record.headers = headers;
         loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => return Ok(delivery),
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                 }
-                Err((e, _)) => return Err(e),
+                Err((e, back)) => {
+                    back.delivery_opaque.withdraw();
+                    return Err(e);
+                }
             }
         }
     }
@@ -140,6 +195,38 @@ impl Sink {
     }
 }
 
+/// Bytes of a v2 record batch holding one record with these key, value and header lengths
+/// (`None`: null), as the broker measures it against `max.message.bytes`.
+pub fn single_record_batch_size(
+    key: Option<usize>,
+    value: Option<usize>,
+    headers: &[(usize, Option<usize>)],
+) -> usize {
+    let field = |len: Option<usize>| match len {
+        Some(n) => varint_len(n as i64) + n,
+        None => varint_len(-1),
+    };
+    let headers_bytes: usize = headers
+        .iter()
+        .map(|(k, v)| varint_len(*k as i64) + k + field(*v))
+        .sum();
+    // attributes, timestampDelta 0, offsetDelta 0, key, value, header count, headers.
+    let body =
+        1 + 1 + 1 + field(key) + field(value) + varint_len(headers.len() as i64) + headers_bytes;
+    BATCH_HEADER_BYTES + varint_len(body as i64) + body
+}
+
+/// Length of the zig-zag varint encoding of `n`, as Kafka's record format uses.
+fn varint_len(n: i64) -> usize {
+    let mut z = ((n << 1) ^ (n >> 63)) as u64;
+    let mut len = 1;
+    while z >= 0x80 {
+        z >>= 7;
+        len += 1;
+    }
+    len
+}
+
 /// Whether a local send error means this record can never be produced (it goes to the DLQ)
 /// rather than that the producer is unusable.
 pub fn is_record_error(e: &KafkaError) -> bool {
@@ -147,4 +234,31 @@ pub fn is_record_error(e: &KafkaError) -> bool {
         e,
         KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints() {
+        assert_eq!(varint_len(0), 1);
+        assert_eq!(varint_len(-1), 1);
+        assert_eq!(varint_len(63), 1);
+        assert_eq!(varint_len(64), 2);
+        assert_eq!(varint_len(8191), 2);
+        assert_eq!(varint_len(8192), 3);
+    }
+
+    #[test]
+    fn batch_of_one_record() {
+        // Key "k", 10-byte value, no headers: body 1+1+1+(1+1)+(1+10)+1 = 17, length 1, header 61.
+        assert_eq!(single_record_batch_size(Some(1), Some(10), &[]), 79);
+        // A null key costs one byte; a header "h" = "vv" costs 1+1+1+2.
+        assert_eq!(single_record_batch_size(None, Some(10), &[]), 78);
+        assert_eq!(
+            single_record_batch_size(Some(1), Some(10), &[(1, Some(2))]),
+            84
+        );
+    }
 }
