@@ -8,7 +8,7 @@
 
 KAFKA_SH := scripts/kafka.sh
 
-.PHONY: help up down logs broker-status demo build test lint bench-transform bench scale-test
+.PHONY: help up down logs broker-status demo build test lint chaos bench-transform bench scale-test
 
 ##@ General
 
@@ -28,11 +28,18 @@ build: ## Build the release binary and the generator
 ##@ Tests
 
 test: up ## Start the broker if needed, then run every test (unit + integration against it)
+	@rm -f target/fault-figures.txt
 	cargo test
+	@echo "fault suite figures (target/fault-figures.txt):"; cat target/fault-figures.txt 2>/dev/null || true
 
 lint: ## rustfmt and clippy, as CI runs them
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+
+chaos: up ## Long fault soak (KTRANSFORM_CHAOS=1; about 13 min): kills, broker restarts, 3-node cluster, rebalance storms, poison, fuzzing
+	@rm -f target/fault-figures.txt
+	KTRANSFORM_CHAOS=1 cargo test --no-fail-fast --test faults --test transform_props -- --nocapture
+	@echo "fault suite figures (target/fault-figures.txt):"; cat target/fault-figures.txt 2>/dev/null || true
 
 ##@ Benchmarks
 

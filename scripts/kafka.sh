@@ -3,11 +3,14 @@
 # A real Apache Kafka broker for local development and tests: one KRaft node (broker and
 # controller in one JVM) on 127.0.0.1, run from the jars Maven Central serves, so that
 # neither Docker nor a Kafka tarball is needed -- only java and (once) mvn. Linux only.
+# With KAFKA_NODES=3, a three-node cluster instead (replication 3, min.insync.replicas 2)
+# for broker-failure tests, on other ports and in another state directory.
 #
-# Usage: scripts/kafka.sh up | down | status | logs [-f] | fetch   (see usage below)
+# Usage: scripts/kafka.sh up | down | status | logs [-f] | fetch
+#                       | kill-node N | stop-node N | start-node N   (see usage below)
 #
-# Every per-node step takes the node's directory and ports as arguments, so that a
-# multi-node cluster (for broker-failure tests) can reuse them with other values.
+# Every per-node step takes the node's directory and ports as arguments, so that the
+# single node and the cluster's nodes share them.
 
 set -euo pipefail
 
@@ -23,30 +26,58 @@ readonly LOG4J_CONFIG=$SCRIPT_DIR/kafka/log4j2.properties
 readonly LIBS_DIR=${KTRANSFORM_CACHE:-$HOME/.cache/ktransform}/kafka-$KAFKA_VERSION/libs
 # Written last by fetch_jars. It holds the pom's checksum, so editing the pom refetches.
 readonly LIBS_STAMP=$LIBS_DIR/.complete
-readonly STATE_DIR=${KAFKA_STATE_DIR:-$HOME/.cache/ktransform/broker}
+readonly NODES=${KAFKA_NODES:-1}
+if [[ $NODES == 1 ]]; then
+  readonly STATE_DIR=${KAFKA_STATE_DIR:-$HOME/.cache/ktransform/broker}
+else
+  readonly STATE_DIR=${KAFKA_STATE_DIR:-$HOME/.cache/ktransform/cluster}
+fi
 readonly CLIENT_PORT=${KAFKA_PORT:-9092}
 readonly CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+# Cluster mode: node N's client port; its controller port is the next one.
+read -r -a CLUSTER_PORTS <<<"${KAFKA_CLUSTER_PORTS:-19092 29092 39092}"
+readonly CLUSTER_PORTS
 readonly READY_TIMEOUT=${KAFKA_READY_TIMEOUT:-90}
 readonly STOP_TIMEOUT=30
+# Cluster mode: a node that stops heartbeating is fenced after this long (Kafka's default
+# is 9 s with heartbeats every 2 s). Not much lower: on a busy 2-core machine a live node
+# that misses its heartbeats would be fenced too.
+readonly CLUSTER_BROKER_SESSION_MS=6000
+readonly CLUSTER_BROKER_HEARTBEAT_MS=1000
 
 usage() {
   cat <<EOF
 Usage: scripts/kafka.sh COMMAND
+       KAFKA_NODES=3 scripts/kafka.sh COMMAND
 
-  up        start a single-node Kafka $KAFKA_VERSION on $HOST:$CLIENT_PORT with fresh, empty
-            storage and wait until it serves clients (does nothing if it already runs;
-            the first run downloads the jars with mvn)
-  down      stop it (SIGTERM, then SIGKILL after ${STOP_TIMEOUT}s)
-  status    exit 0 if it runs and serves clients, 1 otherwise
-  logs [-f] print the end of the broker log; -f follows it
-  fetch     only download the jars
+  up            start a single-node Kafka $KAFKA_VERSION on $HOST:$CLIENT_PORT with fresh, empty
+                storage and wait until it serves clients (does nothing if it already runs;
+                the first run downloads the jars with mvn)
+  down          stop it (SIGTERM, then SIGKILL after ${STOP_TIMEOUT}s)
+  status        exit 0 if it runs and serves clients, 1 otherwise
+  logs [-f]     print the end of the broker log; -f follows it
+  fetch         only download the jars
+
+  For failure tests (N is 1 for the single node, 1-3 in a cluster):
+  kill-node N   SIGKILL node N (a crash); its data stays
+  stop-node N   stop node N cleanly (SIGTERM); its data stays
+  start-node N  start node N again on the data it has and wait until it serves
+
+With KAFKA_NODES=3 the same commands manage a three-node cluster: nodes 1-3 on client
+ports ${CLUSTER_PORTS[*]} (controller port: client port + 1), each broker and controller,
+one cluster id, replication factor 3 and min.insync.replicas 2 for every topic including
+the internal ones, and a ${CLUSTER_BROKER_SESSION_MS} ms broker session so that a killed node is
+fenced (and its partitions move) quickly. 'up' starts missing nodes of a partly running
+cluster on their data; with no node running it formats fresh storage for all three.
 
 Environment:
   KTRANSFORM_CACHE       jar cache root (now: ${KTRANSFORM_CACHE:-$HOME/.cache/ktransform})
-  KAFKA_STATE_DIR        data, logs, pid file (now: $STATE_DIR)
-  KAFKA_PORT             client port (now: $CLIENT_PORT)
-  KAFKA_CONTROLLER_PORT  KRaft controller port (now: $CONTROLLER_PORT)
-  KAFKA_READY_TIMEOUT    seconds 'up' waits for the broker (now: $READY_TIMEOUT)
+  KAFKA_NODES            1 (default) or 3 (now: $NODES)
+  KAFKA_STATE_DIR        data, logs, pid files (now: $STATE_DIR)
+  KAFKA_PORT             single node: client port (now: $CLIENT_PORT)
+  KAFKA_CONTROLLER_PORT  single node: KRaft controller port (now: $CONTROLLER_PORT)
+  KAFKA_CLUSTER_PORTS    cluster: the three client ports (now: ${CLUSTER_PORTS[*]})
+  KAFKA_READY_TIMEOUT    seconds 'up' and 'start-node' wait for a broker (now: $READY_TIMEOUT)
 EOF
 }
 
@@ -158,10 +189,11 @@ kafka_tool() {
 }
 
 # Write the broker config of node $2 into dir $1, listening on client port $3 and
-# controller port $4.
+# controller port $4. $5: a cluster's controller.quorum.voters; none for a single node.
 write_properties() {
-  local dir=$1 id=$2 client_port=$3 controller_port=$4
-  cat >"$dir/server.properties" <<EOF
+  local dir=$1 id=$2 client_port=$3 controller_port=$4 voters=${5:-}
+  {
+    cat <<EOF
 # Written by scripts/kafka.sh on each 'up'; edit the script, not this file.
 process.roles=broker,controller
 node.id=$id
@@ -171,8 +203,11 @@ advertised.listeners=PLAINTEXT://$HOST:$client_port,CONTROLLER://$HOST:$controll
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-controller.quorum.bootstrap.servers=$HOST:$controller_port
 log.dirs=$dir/data
+EOF
+    if [[ -z $voters ]]; then
+      cat <<EOF
+controller.quorum.bootstrap.servers=$HOST:$controller_port
 
 # One replica of everything: the internal topics default to 3 replicas (and transactions
 # to 2 in-sync ones), with which groups and transactions never get a coordinator here.
@@ -184,6 +219,30 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
+EOF
+    else
+      cat <<EOF
+controller.quorum.voters=$voters
+
+# Three replicas of everything, internal topics included, and two in sync for a write to
+# succeed (producers with acks=all): any one node can die without losing an acknowledged
+# record or stopping writes.
+num.partitions=1
+default.replication.factor=3
+min.insync.replicas=2
+offsets.topic.replication.factor=3
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+share.coordinator.state.topic.replication.factor=3
+share.coordinator.state.topic.min.isr=2
+unclean.leader.election.enable=false
+# A killed node leads its partitions until the controller fences it: see
+# CLUSTER_BROKER_SESSION_MS in scripts/kafka.sh.
+broker.session.timeout.ms=$CLUSTER_BROKER_SESSION_MS
+broker.heartbeat.interval.ms=$CLUSTER_BROKER_HEARTBEAT_MS
+EOF
+    fi
+    cat <<EOF
 
 # Fast tests: no delay before the first rebalance, and fewer internal partitions to
 # create (and elect leaders for) on the first group join and the first transaction.
@@ -198,6 +257,7 @@ auto.create.topics.enable=true
 # storage is thrown away on the next 'up' anyway.
 log.retention.ms=-1
 EOF
+  } >"$dir/server.properties"
 }
 
 # Empty node dir $1's data and logs. Data is throw-away, and starting empty gives every
@@ -269,28 +329,236 @@ wait_until_serving() {
   done
 }
 
-# Stop the broker of node dir $1. SIGTERM makes it shut down cleanly; SIGKILL only if
-# that takes longer than STOP_TIMEOUT. Nothing to stop is not an error.
+# Stop the broker of node dir $1 (named $2 in messages, "kafka" by default). SIGTERM
+# makes it shut down cleanly; SIGKILL only if that takes longer than STOP_TIMEOUT.
+# Nothing to stop is not an error.
 stop_node() {
-  local dir=$1 pid
+  local dir=$1 name=${2:-kafka} pid
   pid=$(node_pid "$dir")
   if [[ -z $pid ]] || ! is_node_process "$pid" "$dir"; then
     rm -f "$dir/kafka.pid"
-    say "kafka is not running"
+    say "$name is not running"
     return 0
   fi
   kill -TERM "$pid" 2>/dev/null || true
+  await_stop "$dir" "$name" "$pid"
+}
+
+# Wait until broker $3 of node dir $1 (named $2), sent SIGTERM, is gone; SIGKILL it if that
+# takes longer than STOP_TIMEOUT.
+await_stop() {
+  local dir=$1 name=$2 pid=$3
   local deadline=$((SECONDS + STOP_TIMEOUT))
   while is_node_process "$pid" "$dir"; do
     if ((SECONDS >= deadline)); then
-      say "kafka (pid $pid) still running ${STOP_TIMEOUT}s after SIGTERM; sending SIGKILL"
+      say "$name (pid $pid) still running ${STOP_TIMEOUT}s after SIGTERM; sending SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
       break
     fi
     sleep 0.5
   done
   rm -f "$dir/kafka.pid"
-  say "kafka stopped (pid $pid)"
+  say "$name stopped (pid $pid)"
+}
+
+# --- Nodes of a cluster, and node commands ----------------------------------------------
+# Cluster mode is KAFKA_NODES=3; kill-node, stop-node and start-node work in both modes.
+
+node_ids() { seq 1 "$NODES"; }
+
+node_name() {
+  if ((NODES == 1)); then say "kafka"; else say "node $1"; fi
+}
+
+# Node $1's client port, and its controller port.
+client_port_of() {
+  if ((NODES == 1)); then say "$CLIENT_PORT"; else say "${CLUSTER_PORTS[$1 - 1]}"; fi
+}
+controller_port_of() {
+  if ((NODES == 1)); then say "$CONTROLLER_PORT"; else say $((CLUSTER_PORTS[$1 - 1] + 1)); fi
+}
+
+# The cluster's controller.quorum.voters: every node is a controller.
+quorum_voters() {
+  local n voters=()
+  for n in $(node_ids); do
+    voters+=("$n@$HOST:$(controller_port_of "$n")")
+  done
+  local IFS=,
+  say "${voters[*]}"
+}
+
+# The client port in node dir $1's server.properties: a node restarts on the ports it was
+# formatted with, whatever the environment says now.
+configured_client_port() {
+  sed -nE 's|^listeners=PLAINTEXT://[^:]+:([0-9]+),.*|\1|p' "$1/server.properties"
+}
+
+# True if node $1 has a live broker process.
+node_running() {
+  local dir pid
+  dir=$(node_dir "$1")
+  pid=$(node_pid "$dir")
+  [[ -n $pid ]] && is_node_process "$pid" "$dir"
+}
+
+# Fail unless $1 names a node of this mode.
+require_node_id() {
+  if ! [[ ${1:-} =~ ^[0-9]+$ ]] || (($1 < 1 || $1 > NODES)); then
+    die "no node '${1:-}': the nodes are 1-$NODES (KAFKA_NODES=$NODES)"
+  fi
+}
+
+cmd_cluster_up() {
+  require_command java "install a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)"
+  lock_state_dir
+  local n dir pid port cluster_id running=0
+  for n in $(node_ids); do
+    if node_running "$n"; then running=$((running + 1)); fi
+  done
+  if ((running == 0)); then
+    for n in $(node_ids); do
+      require_port_free "$(client_port_of "$n")" KAFKA_CLUSTER_PORTS
+      require_port_free "$(controller_port_of "$n")" KAFKA_CLUSTER_PORTS
+    done
+    fetch_jars
+    for n in $(node_ids); do
+      reset_node_dir "$(node_dir "$n")"
+    done
+    cluster_id=$(kafka_tool "$(node_dir 1)" kafka.tools.StorageTool random-uuid)
+    for n in $(node_ids); do
+      dir=$(node_dir "$n")
+      write_properties "$dir" "$n" "$(client_port_of "$n")" "$(controller_port_of "$n")" \
+        "$(quorum_voters)"
+      # Static voters: every node formatted with the one cluster id, none --standalone.
+      format_storage "$dir" "$cluster_id"
+    done
+  elif ((running < NODES)); then
+    say "$running of $NODES nodes running; starting the others on their data"
+  fi
+  # Every node starts before any is waited for: a broker serves only once a majority of
+  # the controllers has elected a leader.
+  for n in $(node_ids); do
+    dir=$(node_dir "$n")
+    if ! node_running "$n"; then
+      [[ -f $dir/data/meta.properties ]] ||
+        die "node $n has no formatted storage in $dir; stop the cluster ('down') and run 'up' again"
+      require_port_free "$(configured_client_port "$dir")" KAFKA_CLUSTER_PORTS
+      start_node "$dir"
+    fi
+  done
+  for n in $(node_ids); do
+    dir=$(node_dir "$n")
+    pid=$(node_pid "$dir")
+    port=$(configured_client_port "$dir")
+    wait_until_serving "$dir" "$pid" "$port"
+    say "node $n up on $HOST:$port (pid $pid, logs: $dir/logs/server.log)"
+  done
+}
+
+# SIGTERM to every node first, then wait for each: a node shutting down waits for the
+# controller quorum, which the others stopping one after another would break first.
+cmd_cluster_down() {
+  lock_state_dir
+  local n dir pid pids=()
+  for n in $(node_ids); do
+    dir=$(node_dir "$n")
+    pid=$(node_pid "$dir")
+    if [[ -n $pid ]] && is_node_process "$pid" "$dir"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      pids[n]=$pid
+    else
+      rm -f "$dir/kafka.pid"
+      say "node $n is not running"
+    fi
+  done
+  for n in "${!pids[@]}"; do
+    await_stop "$(node_dir "$n")" "node $n" "${pids[n]}"
+  done
+}
+
+cmd_cluster_status() {
+  local n dir pid port serving=0
+  for n in $(node_ids); do
+    dir=$(node_dir "$n")
+    pid=$(node_pid "$dir")
+    port=$(client_port_of "$n")
+    if [[ -z $pid ]] || ! is_node_process "$pid" "$dir"; then
+      say "node $n is not running"
+    elif ! port_answers "$port"; then
+      say "node $n (pid $pid) is running but not serving on $HOST:$port"
+    else
+      say "node $n running on $HOST:$port (pid $pid)"
+      serving=$((serving + 1))
+    fi
+  done
+  ((serving == NODES))
+}
+
+cmd_cluster_logs() {
+  local n log logs=()
+  for n in $(node_ids); do
+    log=$(node_dir "$n")/logs/server.log
+    if [[ -f $log ]]; then logs+=("$log"); fi
+  done
+  ((${#logs[@]})) ||
+    die "no broker logs in $STATE_DIR yet; start the cluster with: KAFKA_NODES=$NODES scripts/kafka.sh up"
+  case ${1:-} in
+    "") tail -n 50 "${logs[@]}" ;;
+    -f | --follow) exec tail -n 50 -F "${logs[@]}" ;;
+    *) die "usage: scripts/kafka.sh logs [-f]" ;;
+  esac
+}
+
+# SIGKILL node $1, as a crash would; its data stays for start-node.
+cmd_kill_node() {
+  require_node_id "${1:-}"
+  lock_state_dir
+  local n=$1 dir pid
+  dir=$(node_dir "$n")
+  pid=$(node_pid "$dir")
+  if [[ -z $pid ]] || ! is_node_process "$pid" "$dir"; then
+    die "$(node_name "$n") is not running"
+  fi
+  kill -KILL "$pid"
+  local deadline=$((SECONDS + STOP_TIMEOUT))
+  while is_node_process "$pid" "$dir"; do
+    ((SECONDS < deadline)) || die "$(node_name "$n") (pid $pid) still alive ${STOP_TIMEOUT}s after SIGKILL"
+    sleep 0.1
+  done
+  rm -f "$dir/kafka.pid"
+  say "$(node_name "$n") killed (pid $pid); its data is kept"
+}
+
+cmd_stop_node() {
+  require_node_id "${1:-}"
+  lock_state_dir
+  stop_node "$(node_dir "$1")" "$(node_name "$1")"
+}
+
+# Start node $1 again on the storage it has (unlike 'up', which formats fresh storage
+# when nothing runs), and wait until it serves.
+cmd_start_node() {
+  require_node_id "${1:-}"
+  require_command java "install a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)"
+  lock_state_dir
+  local n=$1 dir pid port
+  dir=$(node_dir "$n")
+  [[ -f $dir/server.properties && -f $dir/data/meta.properties ]] ||
+    die "$(node_name "$n") has no formatted storage in $dir; start with: scripts/kafka.sh up"
+  port=$(configured_client_port "$dir")
+  if node_running "$n"; then
+    pid=$(node_pid "$dir")
+    port_answers "$port" || wait_until_serving "$dir" "$pid" "$port"
+    say "$(node_name "$n") already running on $HOST:$port (pid $pid)"
+    return 0
+  fi
+  require_port_free "$port" KAFKA_PORT
+  fetch_jars
+  start_node "$dir"
+  pid=$(node_pid "$dir")
+  wait_until_serving "$dir" "$pid" "$port"
+  say "$(node_name "$n") up on $HOST:$port (pid $pid, logs: $dir/logs/server.log)"
 }
 
 # --- Commands -------------------------------------------------------------------------
@@ -358,6 +626,21 @@ main() {
   if (($#)); then
     shift
   fi
+  case $NODES in
+    1) ;;
+    3)
+      if ((${#CLUSTER_PORTS[@]} != 3)) || ! [[ "${CLUSTER_PORTS[*]}" =~ ^[0-9\ ]+$ ]]; then
+        die "KAFKA_CLUSTER_PORTS must be three client ports, not '${CLUSTER_PORTS[*]}'"
+      fi
+      case $command in
+        up) cmd_cluster_up; return ;;
+        down) cmd_cluster_down; return ;;
+        status) cmd_cluster_status; return ;;
+        logs) cmd_cluster_logs "$@"; return ;;
+      esac
+      ;;
+    *) die "KAFKA_NODES must be 1 or 3, not '$NODES'" ;;
+  esac
   case $command in
     up) cmd_up ;;
     down)
@@ -366,6 +649,9 @@ main() {
       ;;
     status) cmd_status ;;
     logs) cmd_logs "$@" ;;
+    kill-node) cmd_kill_node "$@" ;;
+    stop-node) cmd_stop_node "$@" ;;
+    start-node) cmd_start_node "$@" ;;
     fetch)
       fetch_jars
       say "Kafka $KAFKA_VERSION jars in $LIBS_DIR"

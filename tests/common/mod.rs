@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod data;
+pub mod faults;
 pub mod kafka;
 pub mod run;
 

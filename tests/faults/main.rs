@@ -1,0 +1,30 @@
+//! The fault suite ("Failure semantics"): ktransform against real brokers while things break.
+//! Each scenario prints one line of figures,
+//! `scenario=… records=… faults=… lost=… duplicated=…` (then scenario-specific `key=value`s),
+//! and `ktransform verify` judges the outcome.
+//!
+//! - [`kill`]: the binary SIGKILLed at random moments and restarted, both guarantees.
+//! - [`broker`]: the only broker stopped and restarted on its data under a running service.
+//! - [`cluster`]: a partition leader SIGKILLed in a three-node cluster, both guarantees.
+//! - [`rebalance`]: instances joining and leaving every few seconds, cooperative and eager.
+//! - [`poison`]: 1% bad records of every kind, under exactly-once with kills.
+//! - [`fenced`]: the transactional producer fenced by a twin with the same id.
+//! - [`lag`]: `ktransform lag` on a group with transactional offsets pending.
+//!
+//! The transform alone is fuzzed in `tests/transform_props.rs`.
+//!
+//! `cargo test --test faults -- --nocapture` runs the short versions (about 3-4 min in a debug
+//! build on 2 cores, two scenarios at a time); `make chaos` (`KTRANSFORM_CHAOS=1`) the long
+//! ones. The shared broker (`make up`) must run; [`broker`] and [`cluster`] start their own
+//! through `scripts/kafka.sh`, which needs java.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod broker;
+mod cluster;
+mod fenced;
+mod kill;
+mod lag;
+mod poison;
+mod rebalance;

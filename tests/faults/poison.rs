@@ -1,0 +1,151 @@
+//! Fault: poison in the stream. 1% of the records are bad, of every kind the transform rejects
+//! (truncated and trailing-garbage JSON, invalid UTF-8, an array, a number, a string, JSON
+//! `null`), interleaved with good ones and tombstones, under exactly-once while the binary is
+//! SIGKILLed and restarted: every bad record lands in the dead-letter topic exactly once with
+//! its reason, every good one in the destination exactly once, and nothing stalls (the final
+//! `--until-end` run ends, lag 0). The clean at-least-once run over the same mix, byte by
+//! byte, is `tests/pipeline.rs`.
+//!
+//! Also the last kind, an object whose output is too large for the destination once the hash
+//! is added: it must be dead-lettered as `output_too_large`, not stop the service.
+//!
+//! Short (default): 30,000 records, 3 kills: under 1 min in a debug build.
+//! `KTRANSFORM_CHAOS=1`: 200,000 records, 10 kills: about 3 min. Sizes: env
+//! `KTRANSFORM_FAULT_POISON_RECORDS`, `KTRANSFORM_FAULT_POISON_KILLS`.
+
+use crate::common::data::{self, Expect, Mix};
+use crate::common::faults::{self, assert_passed, audit_on, create_topic_on, Figures};
+use crate::common::{brokers, consume_all, finish, prepare, produce, run_in_process, Names};
+use crate::common::{IDLE, KEYS, THROTTLE};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_mix_exactly_once_with_kills() {
+    let scenario = "poison-mix/exactly-once";
+    let n = faults::scaled("KTRANSFORM_FAULT_POISON_RECORDS", 30_000, 200_000);
+    let kills = faults::scaled("KTRANSFORM_FAULT_POISON_KILLS", 3, 10);
+    let test = prepare("poison", 6, n, Mix::Poisoned).await;
+    let names = &test.names;
+    let transactional_id = format!("ktr-{}", names.group);
+    let flags = [
+        "--guarantee",
+        "exactly-once",
+        "--transactional-id",
+        &transactional_id,
+        "--drain-timeout",
+        "3s",
+        "-X",
+        "consumer.session.timeout.ms=6000",
+    ];
+    let args = names.args(&[THROTTLE, &flags].concat());
+    let done = faults::kill_restart_drain(names, &args, kills, n).await;
+
+    let lag = faults::settled_lag(&brokers(), &names.group, &names.source).await;
+    let report = audit_on(&brokers(), names, "exactly-once").await;
+    let expected_dead = test
+        .records
+        .iter()
+        .filter(|r| matches!(r.expect, Expect::DeadLetter(_)))
+        .count();
+    let dead = consume_all(&names.dlq, expected_dead, IDLE).await;
+    let dlq = faults::check_dead_letters(&test.records, &dead);
+    Figures::from_report(scenario, &report, done.kills)
+        .with("dead_letters", dlq.expected)
+        .with("dlq_lost", dlq.lost)
+        .with("dlq_duplicated", dlq.duplicated)
+        .with("wrong_reason", dlq.wrong_reason)
+        .with("kinds", format!("{:?}", dlq.kinds))
+        .with("lag", lag)
+        .with("seed", test.seed)
+        .print();
+    assert_passed(scenario, &report);
+    assert_eq!(
+        dlq.lost, 0,
+        "bad records missing from the dead-letter topic"
+    );
+    assert_eq!(dlq.duplicated, 0, "bad records dead-lettered twice");
+    assert_eq!(dlq.wrong_reason, 0, "dead letters with the wrong reason");
+    assert_eq!(dlq.unexpected, 0, "good records in the dead-letter topic");
+    assert_eq!(lag, 0, "group lag after the --until-end run");
+}
+
+/// The destination's `max.message.bytes` in the test below.
+const LIMIT: usize = 4000;
+
+/// Objects whose output is too large for the destination, among normal ones: each goes to the
+/// dead-letter topic as `output_too_large` and the run goes on to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_too_large_is_dead_lettered() {
+    let scenario = "poison-output-too-large/at-least-once";
+    let names = Names::new("too-large");
+    let bootstrap = brokers();
+    let limit = LIMIT.to_string();
+    create_topic_on(&bootstrap, &names.source, 2, 1, &[]).await;
+    create_topic_on(
+        &bootstrap,
+        &names.destination,
+        2,
+        1,
+        &[("max.message.bytes", &limit)],
+    )
+    .await;
+    create_topic_on(&bootstrap, &names.dlq, 2, 1, &[]).await;
+    let seed = data::seed();
+    let mut records = data::generate(500, KEYS, Mix::Clean, seed);
+    for r in records.iter_mut().filter(|r| r.id % 50 == 25) {
+        r.value = Some(just_fitting(r));
+        r.expect = Expect::DeadLetter("output_too_large");
+    }
+    produce(&names.source, &records).await;
+
+    let (handle, _stop) = run_in_process(&names.args(&["--until-end"]));
+    let result = finish(handle).await;
+
+    let report = audit_on(&bootstrap, &names, "at-least-once").await;
+    let figures = Figures::from_report(scenario, &report, 0).with("seed", seed);
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e) => {
+            figures.with("run", format!("{e:?}")).print();
+            panic!(
+                "the --until-end run failed ({e}); an output too large for the destination \
+                 must be dead-lettered as output_too_large (README: \"What it does to a \
+                 record\"), not stop the service"
+            );
+        }
+    };
+    let expected_dead = records
+        .iter()
+        .filter(|r| matches!(r.expect, Expect::DeadLetter(_)))
+        .count();
+    let dead = consume_all(&names.dlq, expected_dead, IDLE).await;
+    let dlq = faults::check_dead_letters(&records, &dead);
+    figures
+        .with("dead_letters", dlq.expected)
+        .with("dlq_lost", dlq.lost)
+        .with("dlq_duplicated", dlq.duplicated)
+        .with("wrong_reason", dlq.wrong_reason)
+        .print();
+    assert_passed(scenario, &report);
+    assert_eq!(
+        dlq.lost, 0,
+        "too-large records missing from the dead-letter topic"
+    );
+    assert_eq!(dlq.duplicated, 0, "too-large records dead-lettered twice");
+    assert_eq!(dlq.wrong_reason, 0, "dead letters with the wrong reason");
+    assert_eq!(summary.stats.dead_lettered as usize, expected_dead);
+}
+
+/// A JSON object for `r` (same key and headers) whose record is about 20 bytes under [`LIMIT`]
+/// as librdkafka counts it (value, key, headers and at most 36 bytes of record overhead), so
+/// the output, 43 bytes longer (`,"hash":"<32 hex>"`), is over it.
+fn just_fitting(r: &data::TestRecord) -> Vec<u8> {
+    let headers: usize = r
+        .headers
+        .iter()
+        .map(|(k, v)| 2 + k.len() + v.as_ref().map_or(0, Vec::len))
+        .sum();
+    let size = LIMIT - 20 - 36 - r.key.len() - headers;
+    let head = format!(r#"{{"id":{},"blob":""#, r.id);
+    let pad = size - head.len() - 2;
+    format!("{head}{}\"}}", "x".repeat(pad)).into_bytes()
+}
