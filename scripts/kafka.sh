@@ -251,7 +251,7 @@ offsets.topic.num.partitions=4
 transaction.state.log.num.partitions=4
 # Let tests use short consumer session timeouts to detect a dead consumer quickly.
 group.min.session.timeout.ms=1000
-auto.create.topics.enable=true
+auto.create.topics.enable=${KAFKA_AUTO_CREATE_TOPICS:-true}
 
 # Never delete records by age: tests may write records with old timestamps, and the
 # storage is thrown away on the next 'up' anyway.

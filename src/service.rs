@@ -278,17 +278,33 @@ async fn wait_for_brokers(
             let admin = admin.clone();
             tokio::task::spawn_blocking(move || {
                 admin.inner().fetch_metadata(None, attempt).map(|m| {
-                    m.topics()
+                    let topics = m
+                        .topics()
                         .iter()
                         .map(|t| t.name().to_string())
-                        .collect::<HashSet<_>>()
+                        .collect::<HashSet<_>>();
+                    (topics, m.brokers().first().map(|b| b.id()))
                 })
             })
             .await
             .map_err(|e| Error::Fatal(format!("metadata task: {e}")))?
         };
         match metadata {
-            Ok(topics) => {
+            Ok((topics, broker)) => {
+                let missing = !topics.contains(config.destination.as_str());
+                if let (true, Some(id)) = (missing, broker) {
+                    if !auto_creates_topics(admin, id).await {
+                        // Every output would wait for the topic forever (at-least-once) or time out.
+                        return Err(Error::Config(crate::config::ConfigError {
+                            flag: "--destination".into(),
+                            message: format!(
+                                "topic {} does not exist and the brokers do not create topics \
+                             (auto.create.topics.enable=false); create it first",
+                                config.destination
+                            ),
+                        }));
+                    }
+                }
                 for (flag, topic) in [
                     ("--source", &config.source),
                     ("--destination", &config.destination),
@@ -313,6 +329,27 @@ async fn wait_for_brokers(
             }
         }
     }
+}
+
+/// Whether broker `id` creates topics on first use (`auto.create.topics.enable`); true when
+/// it cannot tell, so that only a definite "no" stops the start.
+async fn auto_creates_topics(admin: &AdminClient<QuietContext>, id: i32) -> bool {
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let Ok(results) = admin
+        .describe_configs([&ResourceSpecifier::Broker(id)], &options)
+        .await
+    else {
+        return true;
+    };
+    let value = results
+        .into_iter()
+        .next()
+        .and_then(Result::ok)
+        .and_then(|r| {
+            r.get("auto.create.topics.enable")
+                .and_then(|e| e.value.clone())
+        });
+    value.as_deref() != Some("false")
 }
 
 /// The destination's `max.message.bytes`, if it exists and says so. The producer is capped to it

@@ -197,6 +197,12 @@ impl Brokers {
     /// A single-node broker of this test's own on two free ports, with fresh storage in a
     /// scratch directory; stopped and deleted when dropped. Never the shared broker.
     pub fn single(name: &str) -> Self {
+        Self::single_with(name, &[])
+    }
+
+    /// [`Brokers::single`] with more `scripts/kafka.sh` settings in `extra` (env, e.g.
+    /// `KAFKA_AUTO_CREATE_TOPICS=false`).
+    pub fn single_with(name: &str, extra: &[(&'static str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(super::unique(&format!("ktransform-{name}")));
         let (client, controller) = (free_port(), free_port());
         let env = vec![
@@ -205,6 +211,10 @@ impl Brokers {
             ("KAFKA_PORT", client.to_string()),
             ("KAFKA_CONTROLLER_PORT", controller.to_string()),
         ];
+        let env = env
+            .into_iter()
+            .chain(extra.iter().map(|(k, v)| (*k, v.to_string())))
+            .collect();
         let brokers = Brokers {
             bootstrap: format!("127.0.0.1:{client}"),
             env,

@@ -81,3 +81,47 @@ async fn broker_restart_mid_stream() {
     assert_passed("broker-restart", &report);
     assert_eq!(report.counts.lost, 0, "records lost");
 }
+
+/// Fatal at start: the destination does not exist and the broker does not create topics
+/// (`auto.create.topics.enable=false`). Every output would wait for the topic forever; the run
+/// must refuse to start instead, naming `--destination` (exit code 2). About 20 s, most of it
+/// the broker's start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_destination_without_auto_creation_is_fatal() {
+    let broker = tokio::task::spawn_blocking(|| {
+        Brokers::single_with("no-auto-create", &[("KAFKA_AUTO_CREATE_TOPICS", "false")])
+    })
+    .await
+    .unwrap();
+    let bootstrap = broker.bootstrap.clone();
+    let names = Names::new("missing-destination");
+    faults::create_topic_on(&bootstrap, &names.source, 2, 1, &[]).await;
+    let records = data::generate(100, KEYS, Mix::Clean, data::seed());
+    faults::produce_on(&bootstrap, &names.source, &records, None).await;
+
+    let (handle, _shutdown) = faults::run_on(&bootstrap, &names.args(&["--until-end"]));
+    let result = tokio::time::timeout(faults::EXIT_CAP, handle)
+        .await
+        .expect("the run must stop by itself")
+        .unwrap();
+    println!(
+        "scenario=missing-destination records=100 faults=1 lost=0 duplicated=0 result={:?}",
+        result.as_ref().err()
+    );
+    match result {
+        Err(ktransform::Error::Config(e)) => {
+            assert_eq!(e.flag, "--destination", "{e}");
+            assert!(e.message.contains("does not exist"), "{e}");
+        }
+        other => panic!("expected a --destination configuration error, got {other:?}"),
+    }
+    assert_eq!(
+        ktransform::Error::Config(ktransform::config::ConfigError {
+            flag: "--destination".into(),
+            message: String::new(),
+        })
+        .exit_code(),
+        2
+    );
+    drop(broker);
+}
