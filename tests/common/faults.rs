@@ -100,6 +100,9 @@ impl Figures {
         // `make test` and `make chaos` print this file at the end.
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fault-figures.txt");
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
         if let Ok(mut file) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -104,10 +104,18 @@ async fn missing_destination_without_auto_creation_is_fatal() {
         .await
         .expect("the run must stop by itself")
         .unwrap();
-    println!(
-        "scenario=missing-destination records=100 faults=1 lost=0 duplicated=0 result={:?}",
-        result.as_ref().err()
-    );
+    Figures {
+        scenario: "missing-destination/no-auto-create".into(),
+        records: 100,
+        faults: 1,
+        lost: 0,
+        duplicated: 0,
+        extra: vec![(
+            "exit_code",
+            format!("{:?}", result.as_ref().err().map(|e| e.exit_code())),
+        )],
+    }
+    .print();
     match result {
         Err(ktransform::Error::Config(e)) => {
             assert_eq!(e.flag, "--destination", "{e}");
