@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use super::data::TestRecord;
@@ -55,45 +54,7 @@ pub async fn create_topic(name: &str, partitions: i32) {
 /// Produces `records` in order (idempotent, so order holds per partition) and waits for every
 /// delivery; returns each record's (partition, offset).
 pub async fn produce(topic: &str, records: &[TestRecord]) -> Vec<(i32, i64)> {
-    let producer: FutureProducer =
-        client_config(&[("enable.idempotence", "true"), ("linger.ms", "20")])
-            .create()
-            .expect("producer");
-    let mut deliveries = Vec::with_capacity(records.len());
-    for r in records {
-        let headers = r
-            .headers
-            .iter()
-            .fold(OwnedHeaders::new(), |h, (key, value)| {
-                h.insert(Header {
-                    key: key.as_str(),
-                    value: value.as_deref(),
-                })
-            });
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-            .key(&r.key)
-            .headers(headers);
-        record.payload = r.value.as_deref();
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => break deliveries.push(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => panic!("producing to {topic}: {e}"),
-            }
-        }
-    }
-    let mut positions = Vec::with_capacity(records.len());
-    for (i, delivery) in deliveries.into_iter().enumerate() {
-        match delivery.await {
-            Ok(Ok(d)) => positions.push((d.partition, d.offset)),
-            Ok(Err((e, _))) => panic!("record {i} to {topic} not delivered: {e}"),
-            Err(_) => panic!("record {i} to {topic}: producer dropped"),
-        }
-    }
-    positions
+    super::faults::produce_on(&brokers(), topic, records, None).await
 }
 
 /// A record read back, owned.
