@@ -78,6 +78,10 @@ Environment:
   KAFKA_CONTROLLER_PORT  single node: KRaft controller port (now: $CONTROLLER_PORT)
   KAFKA_CLUSTER_PORTS    cluster: the three client ports (now: ${CLUSTER_PORTS[*]})
   KAFKA_READY_TIMEOUT    seconds 'up' and 'start-node' wait for a broker (now: $READY_TIMEOUT)
+  KAFKA_AUTO_CREATE_TOPICS  false: the broker does not create topics on first use
+  KAFKA_SASL_PORT        single node, for auth tests: also a SASL_PLAINTEXT (PLAIN) listener
+                         on this port, where user alice (password alice-secret) may do
+                         nothing; ANONYMOUS on the other listeners is a super user
 EOF
 }
 
@@ -191,20 +195,35 @@ kafka_tool() {
 # Write the broker config of node $2 into dir $1, listening on client port $3 and
 # controller port $4. $5: a cluster's controller.quorum.voters; none for a single node.
 write_properties() {
-  local dir=$1 id=$2 client_port=$3 controller_port=$4 voters=${5:-}
+  local dir=$1 id=$2 client_port=$3 controller_port=$4 voters=${5:-} sasl_listener=
+  if [[ -n ${KAFKA_SASL_PORT:-} && -z $voters ]]; then
+    sasl_listener=",SASL_PLAINTEXT://$HOST:$KAFKA_SASL_PORT"
+  fi
   {
     cat <<EOF
 # Written by scripts/kafka.sh on each 'up'; edit the script, not this file.
 process.roles=broker,controller
 node.id=$id
 # 127.0.0.1 rather than localhost, so that clients (librdkafka) do not try ::1 first.
-listeners=PLAINTEXT://$HOST:$client_port,CONTROLLER://$HOST:$controller_port
-advertised.listeners=PLAINTEXT://$HOST:$client_port,CONTROLLER://$HOST:$controller_port
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://$HOST:$client_port,CONTROLLER://$HOST:$controller_port$sasl_listener
+advertised.listeners=PLAINTEXT://$HOST:$client_port,CONTROLLER://$HOST:$controller_port$sasl_listener
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 log.dirs=$dir/data
 EOF
+    if [[ -n $sasl_listener ]]; then
+      # Auth tests: on the SASL port one user, alice (password alice-secret), who may do
+      # nothing (no ACLs, and no ACL means deny); the PLAINTEXT and controller listeners'
+      # ANONYMOUS principal is a super user, so that the broker and the tests' setup work.
+      cat <<EOF
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_alice="alice-secret";
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
+EOF
+    fi
     if [[ -z $voters ]]; then
       cat <<EOF
 controller.quorum.bootstrap.servers=$HOST:$controller_port

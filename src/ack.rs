@@ -115,6 +115,14 @@ pub struct SinkContext {
     log: ClientLog,
 }
 
+impl SinkContext {
+    pub fn raising(fatal: std::sync::Arc<crate::logging::FatalErrors>) -> Self {
+        SinkContext {
+            log: ClientLog::raising(fatal),
+        }
+    }
+}
+
 impl ClientContext for SinkContext {
     fn error(&self, error: KafkaError, reason: &str) {
         self.log.error(&error, reason);

@@ -24,7 +24,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
-use crate::logging::ClientLog;
+use crate::logging::{ClientLog, FatalErrors};
 use crate::metrics::Stats;
 use crate::partition::{PartitionWorker, Shared, WorkerExit};
 
@@ -73,6 +73,7 @@ impl Context {
         shared: Arc<Shared>,
         group_events: mpsc::UnboundedSender<GroupEvent>,
         drain_timeout: Duration,
+        fatal: Arc<FatalErrors>,
     ) -> Self {
         Context {
             topic,
@@ -83,7 +84,7 @@ impl Context {
             workers: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             drain_timeout,
-            log: ClientLog::default(),
+            log: ClientLog::raising(fatal),
         }
     }
 

@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{BaseProducer, Producer};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{ConfigError, Guarantee, MetricsAddr, RunConfig, Side};
 use crate::consumer::{self, Context, GroupEvent};
 use crate::error::Error;
 use crate::http::{self, Health};
-use crate::logging::QuietContext;
+use crate::logging::{FatalErrors, QuietContext};
 use crate::metrics::{self, Snapshot, Stats};
 use crate::partition::{Shared, WorkerEvent};
 use crate::sink::Sink;
@@ -45,14 +46,15 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
     config.validate()?;
     let started = Instant::now();
     let stats = Stats::new();
+    let fatal = Arc::new(FatalErrors::default());
     let admin: AdminClient<QuietContext> = config
         .kafka
         .client_config(Side::Producer, &[])?
         .create_with_context(QuietContext::default())?;
     let admin = Arc::new(admin);
-    wait_for_brokers(&admin, &config).await?;
+    wait_for_brokers(&admin, &config, &fatal).await?;
     let limit = destination_max_bytes(&admin, &config.destination).await;
-    let sink = Arc::new(Sink::new(&config, limit)?);
+    let sink = Arc::new(Sink::new(&config, limit, fatal.clone())?);
 
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(config.hash_threads())
@@ -93,6 +95,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
         shared,
         group_tx.clone(),
         config.drain_timeout,
+        fatal.clone(),
     );
     let mut consumer_config = config.consumer_config()?;
     if config.until_end {
@@ -165,6 +168,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
                 GroupEvent::Fatal(reason) => break Err(Error::Fatal(reason)),
             },
             Some(error) = txn_failed.recv() => break Err(error.into()),
+            message = fatal.wait() => break Err(Error::Fatal(message)),
         }
         if let (true, Some(rebalanced)) = (config.until_end, last_rebalance) {
             let (done, assigned) = consumer.context().all_at_end();
@@ -266,18 +270,31 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
 
 /// Waits for a metadata answer, with backoff, up to `--connect-timeout`; warns about missing
 /// topics (the source may be created later; the destination needs broker auto-creation).
+///
+/// The metadata comes from a probe client whose errors are served here (the admin client's are
+/// not), so that refused credentials stop the start at once, named, rather than looking like
+/// an unreachable broker.
 async fn wait_for_brokers(
     admin: &Arc<AdminClient<QuietContext>>,
     config: &RunConfig,
+    fatal: &Arc<FatalErrors>,
 ) -> Result<(), Error> {
+    let probe: Arc<BaseProducer<QuietContext>> = Arc::new(
+        config
+            .kafka
+            .client_config(Side::Producer, &[])?
+            .create_with_context(QuietContext::raising(fatal.clone()))?,
+    );
     let started = Instant::now();
     let mut backoff = Duration::from_millis(200);
     loop {
         let attempt = Duration::from_secs(5).min(config.connect_timeout);
         let metadata = {
-            let admin = admin.clone();
+            let probe = probe.clone();
             tokio::task::spawn_blocking(move || {
-                admin.inner().fetch_metadata(None, attempt).map(|m| {
+                let metadata = probe.client().fetch_metadata(None, attempt);
+                probe.poll(Duration::ZERO);
+                metadata.map(|m| {
                     let topics = m
                         .topics()
                         .iter()
@@ -289,6 +306,9 @@ async fn wait_for_brokers(
             .await
             .map_err(|e| Error::Fatal(format!("metadata task: {e}")))?
         };
+        if let Some(message) = fatal.get() {
+            return Err(Error::Fatal(message));
+        }
         match metadata {
             Ok((topics, broker)) => {
                 let missing = !topics.contains(config.destination.as_str());

@@ -14,6 +14,7 @@ use rdkafka::Message;
 
 use crate::ack::{Acks, SinkContext};
 use crate::config::{ConfigError, RunConfig};
+use crate::logging::FatalErrors;
 
 /// Dead-letter headers. The original key, value and headers are kept as they were.
 pub mod headers {
@@ -52,6 +53,7 @@ impl Sink {
     pub fn new(
         config: &RunConfig,
         destination_max_bytes: Option<usize>,
+        fatal: Arc<FatalErrors>,
     ) -> Result<Self, ConfigError> {
         let mut client = config.producer_config()?;
         let batch_size = client
@@ -67,7 +69,7 @@ impl Sink {
             }
         }
         let producer = client
-            .create_with_context(SinkContext::default())
+            .create_with_context(SinkContext::raising(fatal))
             .map_err(|e| ConfigError {
                 flag: "-X".into(),
                 message: format!("producer: {e}"),

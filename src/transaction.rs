@@ -17,6 +17,12 @@
 //! - A failed commit aborts the transaction and stops the process ([`TxnError`]): the aborted
 //!   outputs are invisible to `read_committed` readers and the restart resumes from the last
 //!   committed offsets.
+//! - Every commit and abort runs on its own thread under a watchdog ([`TXN_WATCHDOG`]).
+//!   librdkafka's `send_offsets_to_transaction` can block past its timeout when the group
+//!   coordinator's broker disappears (librdkafka issues #5456 and #5511, open in 2.12): rather
+//!   than hang, the process then stops with [`TxnError::Stuck`], having committed nothing past
+//!   the stuck transaction, which the broker aborts after `transaction.timeout.ms` (at once
+//!   when the restart reuses a stable `--transactional-id`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -36,6 +42,10 @@ use crate::sink::Sink;
 /// Timeout of one transactional call (librdkafka retries inside it).
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a commit or abort (at most two transactional calls, plus the wait for the gate) may
+/// take before it counts as stuck in librdkafka.
+pub const TXN_WATCHDOG: Duration = Duration::from_secs(2 * 30 + 15);
+
 #[derive(Debug, thiserror::Error)]
 pub enum TxnError {
     #[error("initialising transactions failed: {0}")]
@@ -48,6 +58,8 @@ pub enum TxnError {
     Abandoned,
     #[error("the consumer is gone; cannot read its group metadata")]
     NoConsumer,
+    #[error("a transaction {0} did not return within {TXN_WATCHDOG:?} (librdkafka blocks when the group coordinator's broker disappears); stopping without committing it")]
+    Stuck(&'static str),
 }
 
 /// The open transaction: who is sending into it and which offsets it will commit.
@@ -64,6 +76,8 @@ pub struct Transactions {
     max_records: usize,
     /// Set once a transaction is aborted: every later commit fails, so the process stops.
     broken: AtomicBool,
+    /// Set once a commit or abort outlived [`TXN_WATCHDOG`]: its thread still holds the gate.
+    stuck: AtomicBool,
     full: Notify,
 }
 
@@ -79,6 +93,7 @@ impl Transactions {
             records: AtomicUsize::new(0),
             max_records,
             broken: AtomicBool::new(false),
+            stuck: AtomicBool::new(false),
             full: Notify::new(),
         }
     }
@@ -119,8 +134,7 @@ impl Transactions {
         self.full.notified().await
     }
 
-    /// Commits from async code. The gate is taken on the blocking thread that commits, so a
-    /// cancelled caller can never release it while a commit is still running.
+    /// Commits from async code, without occupying a runtime thread for longer than the watchdog.
     pub async fn commit(self: &Arc<Self>) -> Result<(), TxnError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.commit_blocking())
@@ -129,16 +143,14 @@ impl Transactions {
     }
 
     /// Commits from a plain thread (the rebalance callback): not from inside a tokio runtime.
-    pub fn commit_blocking(&self) -> Result<(), TxnError> {
-        let _exclusive = self.gate.blocking_write();
-        self.commit_locked()
+    pub fn commit_blocking(self: &Arc<Self>) -> Result<(), TxnError> {
+        self.watched("commit", |this| this.commit_locked())
     }
 
     /// Aborts the open transaction (its outputs are never visible to read_committed readers) and
     /// reports why the process must stop. From a plain thread, like `commit_blocking`.
-    pub fn abort_blocking(&self) -> Result<(), TxnError> {
-        let _exclusive = self.gate.blocking_write();
-        self.abort_locked()
+    pub fn abort_blocking(self: &Arc<Self>) -> Result<(), TxnError> {
+        self.watched("abort", |this| this.abort_locked())
     }
 
     /// Async form of [`abort_blocking`](Self::abort_blocking), for the stop sequence.
@@ -147,6 +159,39 @@ impl Transactions {
         tokio::task::spawn_blocking(move || this.abort_blocking())
             .await
             .unwrap_or(Err(TxnError::NoConsumer))
+    }
+
+    /// Runs `call` with the gate held exclusively on a thread of its own, so a cancelled caller
+    /// can never release the gate while librdkafka is still committing, and waits for it at most
+    /// [`TXN_WATCHDOG`]. Past that the thread is left behind (it keeps the gate, so nothing more
+    /// is sent into the transaction) and every later call fails at once.
+    fn watched(
+        self: &Arc<Self>,
+        what: &'static str,
+        call: fn(&Self) -> Result<(), TxnError>,
+    ) -> Result<(), TxnError> {
+        if self.stuck.load(Relaxed) {
+            return Err(TxnError::Stuck(what));
+        }
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name(format!("ktransform-txn-{what}"))
+            .spawn(move || {
+                let _exclusive = this.gate.blocking_write();
+                let _ = done.send(call(&this));
+            })
+            .map_err(|_| TxnError::Stuck(what))?;
+        result.recv_timeout(TXN_WATCHDOG).unwrap_or_else(|_| {
+            self.stuck.store(true, Relaxed);
+            self.broken.store(true, Relaxed);
+            tracing::error!(
+                call = what,
+                watchdog = ?TXN_WATCHDOG,
+                "transactional call stuck in librdkafka; stopping"
+            );
+            Err(TxnError::Stuck(what))
+        })
     }
 
     fn abort_locked(&self) -> Result<(), TxnError> {

@@ -317,7 +317,7 @@ impl Drop for Brokers {
 }
 
 /// A TCP port nothing listens on now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -873,6 +873,8 @@ pub fn coordinator_on(bootstrap: &str, internal_topic: &str, key: &str) -> Optio
         .encode_utf16()
         .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
     let leaders = leaders_on(bootstrap, internal_topic);
-    let partition = (hash & 0x7fff_ffff) % i32::try_from(leaders.len()).ok().filter(|&n| n > 0)?;
+    // Kafka's Utils.abs: Math.abs, except that i32::MIN maps to 0.
+    let abs = if hash == i32::MIN { 0 } else { hash.abs() };
+    let partition = abs % i32::try_from(leaders.len()).ok().filter(|&n| n > 0)?;
     leaders.get(&partition).copied()
 }

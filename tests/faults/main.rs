@@ -9,6 +9,7 @@
 //! - [`rebalance`]: instances joining and leaving every few seconds, cooperative and eager.
 //! - [`poison`]: 1% bad records of every kind, under exactly-once with kills.
 //! - [`fenced`]: the transactional producer fenced by a twin with the same id.
+//! - [`auth`]: refused credentials and denied operations stop the run at once, exit 1.
 //! - [`lag`]: `ktransform lag` on a group with transactional offsets pending.
 //!
 //! The transform alone is fuzzed in `tests/transform_props.rs`.
@@ -21,6 +22,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod auth;
 mod broker;
 mod cluster;
 mod fenced;
