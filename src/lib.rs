@@ -24,7 +24,8 @@
 //! - [`metrics`]: counters as named events (run totals and the Prometheus registry), and the
 //!   periodic progress line.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`logging`]: librdkafka's errors and log lines, rate-limited.
+//! - [`logging`]: librdkafka's errors and log lines, rate-limited; the unrecoverable ones
+//!   (credentials, ACLs, fatal) raised to stop the run.
 //! - [`lag`]: `ktransform lag`, a group's lag, rates and keep-up verdict (reads offsets only).
 //! - [`verify`]: `ktransform verify`, audits source against destination and dead-letter topic
 //!   (matched by content) for a guarantee.
