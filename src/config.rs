@@ -19,7 +19,7 @@ pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
 /// Records taken from a partition queue per batch, at most.
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
 /// Records per partition produced but not yet acknowledged, at most: bounds memory and replay.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 20_000;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 5_000;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "10s";
 /// Kafka Streams' default commit interval under exactly-once.
 /// Each commit stalls every partition for the broker's EndTxn and marker round (tens of ms on
@@ -334,13 +334,29 @@ impl RunConfig {
                 ("auto.offset.reset", "earliest"),
                 // Incremental rebalances: partitions that stay are not stopped when others move.
                 ("partition.assignment.strategy", "cooperative-sticky"),
-                // Prefetch is per partition with split queues: librdkafka's defaults (100k
-                // records, 64 MiB) times 12 partitions made a 2M-record drain peak at 560 MB.
+                // Memory (bench/ab.py, 2M-record drains of 12 partitions; peak RSS). Prefetch
+                // is per partition with split queues: librdkafka's defaults (100k records,
+                // 64 MiB) times 12 partitions peaked at 560 MB. And every record of a fetch
+                // response keeps the whole response alive (up to 50 MiB, 1 MiB per partition),
+                // so smaller responses are what bounds memory: 4 MiB / 256 KiB (with
+                // --max-in-flight 5000) took the peak from 235 MB to 112 MB at the same drain
+                // rate within the machine's noise. Smaller queues (1000 records, 1 MiB) reach
+                // 95 MB but doubled the p99 latency (23 -> 46 ms at 247k records/s): a
+                // partition whose queue is full is left out of the next fetch.
+                ("fetch.max.bytes", "4194304"),
+                ("max.partition.fetch.bytes", "262144"),
                 ("queued.min.messages", "5000"),
                 ("queued.max.messages.kbytes", "8192"),
                 // With small queues the fetcher hits them often; librdkafka's default 1 s pause
                 // after a full queue would starve a fast worker.
                 ("fetch.queue.backoff.ms", "10"),
+                // One fetch per broker is in flight at a time. A fetch for partitions with no
+                // new data waits at the broker up to this long, and a partition that became
+                // fetchable meanwhile waits with it: at librdkafka's 500 ms default that was the
+                // p99 end-to-end latency (275-549 ms at 247k records/s; 20 ms with 5 ms,
+                // 44 ms with 100 ms). The price: an idle consumer asks each broker up to 200
+                // times a second.
+                ("fetch.wait.max.ms", "5"),
             ],
         )?;
         config.set("group.id", &self.group);
