@@ -36,7 +36,7 @@ lint: ## rustfmt and clippy, as CI runs them
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
-chaos: up ## Long fault soak (KTRANSFORM_CHAOS=1; about 13 min): kills, broker restarts, 3-node cluster, rebalance storms, poison, fuzzing
+chaos: up ## Long fault soak (KTRANSFORM_CHAOS=1; about 11 min after the build): kills, broker restarts, 3-node cluster, rebalance storms, poison, fuzzing
 	@rm -f target/fault-figures.txt
 	KTRANSFORM_CHAOS=1 cargo test --no-fail-fast --test faults --test transform_props -- --nocapture --include-ignored
 	@echo "fault suite figures (target/fault-figures.txt):"; cat target/fault-figures.txt 2>/dev/null || true

@@ -12,6 +12,7 @@
 pub mod data;
 pub mod faults;
 pub mod kafka;
+pub mod nodes;
 pub mod run;
 
 use std::future::Future;

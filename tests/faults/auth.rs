@@ -10,12 +10,13 @@
 use ktransform::error::exit;
 
 use crate::common::data::{self, Mix};
-use crate::common::faults::{self, assert_passed, audit_on, Brokers, Figures};
+use crate::common::faults::{self, assert_passed, audit_on, Figures};
+use crate::common::nodes::{self, Brokers};
 use crate::common::{Names, KEYS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_and_denied_operations_are_fatal() {
-    let sasl_port = faults::free_port();
+    let sasl_port = nodes::free_port();
     let broker = tokio::task::spawn_blocking(move || {
         Brokers::single_with("auth", &[("KAFKA_SASL_PORT", &sasl_port.to_string())])
     })

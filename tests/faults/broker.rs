@@ -15,7 +15,8 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::common::data::{self, Mix};
-use crate::common::faults::{self, assert_passed, audit_on, Brokers, Figures};
+use crate::common::faults::{self, assert_passed, audit_on, Figures};
+use crate::common::nodes::Brokers;
 use crate::common::{stop, Names, KEYS, THROTTLE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::data::{self, Mix};
-use crate::common::faults::{self, assert_passed, audit_on, Brokers, Figures};
+use crate::common::faults::{self, assert_passed, audit_on, Figures};
+use crate::common::nodes::Brokers;
 use crate::common::{stop, Names, CAP, KEYS, THROTTLE};
 
 const PARTITIONS: i32 = 6;
