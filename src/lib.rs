@@ -3,7 +3,8 @@
 //! per partition, bad records to a dead-letter topic.
 //!
 //! # Layout
-//! - [`config`]: flags and env vars (clap), start-up checks, the clients' configurations.
+//! - [`config`]: flags and env vars (clap), start-up checks.
+//! - [`clients`]: the consumer's and producer's librdkafka settings, each with its reason.
 //! - [`config_file`]: the `--config` TOML file, under flags and env vars.
 //! - [`print_config`]: `run --print-config`, the effective configuration as TOML.
 //! - [`properties`]: librdkafka pass-through (`-X`, the file's `[rdkafka]` tables), owned keys.
@@ -37,6 +38,7 @@
 //! and synchronously on revocation and shutdown.
 
 pub mod ack;
+pub mod clients;
 pub mod config;
 pub mod config_file;
 pub mod consumer;

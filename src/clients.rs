@@ -1,0 +1,96 @@
+//! The librdkafka settings ktransform chooses for its consumer and producer, each with the
+//! measurement or reason behind it; `-X`, the config file and the environment override them
+//! (see [`crate::properties`]), except the ones ktransform owns.
+
+use rdkafka::ClientConfig;
+
+use crate::config::{ConfigError, Guarantee, RunConfig, Side};
+
+impl RunConfig {
+    pub fn consumer_config(&self) -> Result<ClientConfig, ConfigError> {
+        let mut config = self.kafka.client_config(
+            Side::Consumer,
+            &[
+                ("client.id", "ktransform"),
+                // The offset of a record is stored by us once its output is acknowledged; the
+                // background auto-commit then only ever commits acknowledged work.
+                ("enable.auto.commit", "true"),
+                // librdkafka's default is 5 s; 1 s keeps the group's visible lag (and the replay
+                // after a crash) small for the price of one commit request a second.
+                ("auto.commit.interval.ms", "1000"),
+                ("auto.offset.reset", "earliest"),
+                // Incremental rebalances: partitions that stay are not stopped when others move.
+                ("partition.assignment.strategy", "cooperative-sticky"),
+                // Memory (bench/ab.py, 2M-record drains of 12 partitions; peak RSS). Prefetch
+                // is per partition with split queues: librdkafka's defaults (100k records,
+                // 64 MiB) times 12 partitions peaked at 560 MB. And every record of a fetch
+                // response keeps the whole response alive (up to 50 MiB, 1 MiB per partition),
+                // so smaller responses are what bounds memory: 4 MiB / 256 KiB (with
+                // --max-in-flight 5000) took the peak from 235 MB to 112 MB at the same drain
+                // rate within the machine's noise. Smaller queues (1000 records, 1 MiB) reach
+                // 95 MB but doubled the p99 latency (23 -> 46 ms at 247k records/s): a
+                // partition whose queue is full is left out of the next fetch.
+                ("fetch.max.bytes", "4194304"),
+                ("max.partition.fetch.bytes", "262144"),
+                ("queued.min.messages", "5000"),
+                ("queued.max.messages.kbytes", "8192"),
+                // With small queues the fetcher hits them often; librdkafka's default 1 s pause
+                // after a full queue would starve a fast worker.
+                ("fetch.queue.backoff.ms", "10"),
+                // One fetch per broker is in flight at a time. A fetch for partitions with no
+                // new data waits at the broker up to this long, and a partition that became
+                // fetchable meanwhile waits with it: at librdkafka's 500 ms default that was the
+                // p99 end-to-end latency (275-549 ms at 247k records/s; 20 ms with 5 ms,
+                // 44 ms with 100 ms). The price: an idle consumer asks each broker up to 200
+                // times a second.
+                ("fetch.wait.max.ms", "5"),
+            ],
+        )?;
+        config.set("group.id", &self.group);
+        config.set("enable.auto.offset.store", "false");
+        if self.guarantee == Guarantee::ExactlyOnce {
+            // Offsets are committed by the producer's transactions, never by the consumer.
+            config.set("enable.auto.commit", "false");
+            config.set("isolation.level", "read_committed");
+        }
+        Ok(config)
+    }
+
+    pub fn producer_config(&self) -> Result<ClientConfig, ConfigError> {
+        let mut config = self.kafka.client_config(
+            Side::Producer,
+            &[
+                ("client.id", "ktransform"),
+                ("linger.ms", "5"),
+                // The Java client's default partitioner, so keys land where Java producers put them.
+                ("partitioner", "murmur2_random"),
+            ],
+        )?;
+        config.set("enable.idempotence", "true");
+        if self.guarantee == Guarantee::AtLeastOnce && config.get("message.timeout.ms").is_none() {
+            // Retry a record until the broker takes it, however long an outage lasts: its offset
+            // stays unstored meanwhile, and SIGTERM still stops within --shutdown-timeout.
+            config.set("message.timeout.ms", "0");
+        }
+        if self.guarantee == Guarantee::ExactlyOnce {
+            let id = self.transactional_id.clone().unwrap_or_else(|| {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                format!(
+                    "ktransform-{}-{:x}{:x}",
+                    self.group,
+                    std::process::id(),
+                    nanos
+                )
+            });
+            config.set("transactional.id", id);
+            if config.get("transaction.timeout.ms").is_none() {
+                // An instance that dies with a transaction open blocks read_committed readers of
+                // the destination until the coordinator aborts it: keep that short.
+                config.set("transaction.timeout.ms", "30000");
+            }
+        }
+        Ok(config)
+    }
+}
