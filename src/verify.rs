@@ -15,7 +15,8 @@
 //! computes what the service must write: a JSON object, `(key, transform(value))` in the
 //! destination; a tombstone, `(key, null)` in the destination; anything else, `(key, value)`
 //! unchanged in the dead-letter topic. Each destination record, in offset order per partition,
-//! takes the earliest source record with exactly that content not taken yet: its first delivery.
+//! takes the earliest source record not taken yet with exactly that content and the same headers
+//! (the earliest with that content if none has them): its first delivery.
 //! Once every source record with that content is taken, it is a duplicate. Dead letters name
 //! their source position in `ktransform.source.*` headers: the source record there must have the
 //! same key and value (an object dead-lettered as `output_too_large` is also right). Headers must

@@ -56,6 +56,9 @@ impl<'a> Record<'a> {
     }
 }
 
+/// How many free source records of equal content an output's headers are compared with.
+const HEADER_MATCH_SCAN: usize = 64;
+
 /// A 128-bit content fingerprint.
 type Fp = [u64; 2];
 
@@ -239,7 +242,8 @@ pub(super) struct Auditor {
     topics: [String; 3],
     sources: Vec<Source>,
     expected: Index,
-    /// Per run of equal expected content longer than one: how many are taken.
+    /// Per run of equal expected content longer than one: how many of its first entries are
+    /// all delivered.
     taken: HashMap<usize, usize>,
     /// Per output [`Topic`]: (source partition, output partition, key) to the highest source
     /// offset delivered first.
@@ -311,22 +315,44 @@ impl Auditor {
             return self.add_wrong_output(r);
         }
         let id = |at: usize| self.expected.id(at);
-        let taken = if run.len() == 1 {
-            usize::from(self.sources[id(run.start)].flags & DELIVERED != 0)
-        } else {
-            self.taken.get(&run.start).copied().unwrap_or(0)
-        };
-        let source = id(run.start + taken.min(run.len() - 1));
-        if taken == run.len() {
-            self.counts.duplicates += 1;
-            self.note(Kind::Duplicate, Topic::Destination, r, Some(source));
-            self.check_headers(source, Topic::Destination, r);
-            return;
+        if run.len() == 1 {
+            let source = id(run.start);
+            if self.sources[source].flags & DELIVERED != 0 {
+                return self.duplicate(source, r);
+            }
+            return self.deliver(source, Topic::Destination, r);
         }
-        if run.len() > 1 {
-            self.taken.insert(run.start, taken + 1);
+        // Equal content from several source records (the generator's names repeat): take the
+        // first free one with the output's headers, else the first free one. Free entries start
+        // at `taken`, below which every entry is delivered.
+        let first_free = self.taken.get(&run.start).copied().unwrap_or(0);
+        let headers = r.headers_digest();
+        if first_free == run.len() {
+            let source = (run.start..run.end)
+                .take(HEADER_MATCH_SCAN)
+                .find(|at| self.sources[id(*at)].headers == headers)
+                .unwrap_or(run.end - 1);
+            return self.duplicate(id(source), r);
         }
+        let free = |at: &usize| self.sources[id(*at)].flags & DELIVERED == 0;
+        let pick = (run.start + first_free..run.end)
+            .filter(free)
+            .take(HEADER_MATCH_SCAN)
+            .find(|at| self.sources[id(*at)].headers == headers)
+            .unwrap_or(run.start + first_free);
+        let source = id(pick);
+        // After `pick` is delivered: the first free entry, the same one unless it was `pick`.
+        let next_free = (run.start + first_free..run.end)
+            .find(|at| *at != pick && free(at))
+            .map_or(run.len(), |at| at - run.start);
         self.deliver(source, Topic::Destination, r);
+        self.taken.insert(run.start, next_free);
+    }
+
+    fn duplicate(&mut self, source: usize, r: &Record<'_>) {
+        self.counts.duplicates += 1;
+        self.note(Kind::Duplicate, Topic::Destination, r, Some(source));
+        self.check_headers(source, Topic::Destination, r);
     }
 
     fn add_wrong_output(&mut self, r: &Record<'_>) {
@@ -768,6 +794,34 @@ mod tests {
         let three = [0, 1, 2].map(|i| record(0, i, "a", Some(&o), h));
         let report = run(&same, &three, &[], Guarantee::AtLeastOnce);
         assert_eq!((report.counts.delivered, report.counts.duplicates), (2, 1));
+    }
+
+    #[test]
+    fn equal_content_is_matched_by_its_headers() {
+        // The generator's names repeat: the same unkeyed value in two partitions, told apart only
+        // by a sequence header. Partition 1's copy is delivered first, to the same output
+        // partition: neither a changed header nor an order violation.
+        let seq = |n: &'static [u8]| -> Vec<Header<'static>> { vec![("gen.seq", Some(n))] };
+        let v: &[u8] = br#"{"first_name":"Samuel"}"#;
+        let (s0, s1, s2) = (seq(b"0"), seq(b"1"), seq(b"2"));
+        let sources = [
+            record(0, 0, "k", Some(v), &s0),
+            record(0, 1, "k", Some(v), &s2),
+            record(1, 0, "k", Some(v), &s1),
+        ];
+        let o = out(r#"{"first_name":"Samuel"}"#);
+        let outs = [
+            record(0, 0, "k", Some(&o), &s1),
+            record(0, 1, "k", Some(&o), &s0),
+            record(0, 2, "k", Some(&o), &s2),
+            // A replay of partition 1's record.
+            record(0, 3, "k", Some(&o), &s1),
+        ];
+        let report = run(&sources, &outs, &[], Guarantee::AtLeastOnce);
+        let c = &report.counts;
+        assert_eq!((c.delivered, c.duplicates, c.lost), (3, 1, 0));
+        assert_eq!((c.changed_headers, c.order_violations), (0, 0));
+        assert!(report.passed, "{}", render(&report));
     }
 
     #[test]
