@@ -14,8 +14,6 @@
 use std::fmt;
 
 use md5::{Digest, Md5};
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
-use serde_json::value::RawValue;
 
 /// The field the transform adds.
 pub const HASH_FIELD: &str = "hash";
@@ -143,95 +141,388 @@ impl Layout {
 }
 
 fn scan(input: &[u8]) -> Result<Layout, Rejection> {
-    let text = std::str::from_utf8(input).map_err(|e| Rejection {
+    std::str::from_utf8(input).map_err(|e| Rejection {
         kind: RejectionKind::InvalidUtf8,
         message: e.to_string(),
     })?;
-    let base = text.as_ptr() as usize;
-    let mut de = serde_json::Deserializer::from_str(text);
-    let found = de
-        .deserialize_map(ObjectVisitor { base })
-        .and_then(|found| de.end().map(|()| found))
-        .map_err(|e| Rejection {
-            kind: if e.is_data() {
-                RejectionKind::NotAnObject
-            } else {
-                RejectionKind::InvalidJson
-            },
-            message: e.to_string(),
-        })?;
-    let body_start = text.find('{').expect("an object starts with a brace") + 1;
+    let invalid = |(at, what): Fail| Rejection {
+        kind: RejectionKind::InvalidJson,
+        message: format!("{what} at byte {at}"),
+    };
+    let mut scanner = Scanner { s: input, i: 0 };
+    scanner.skip_ws();
+    if scanner.peek() != Some(b'{') {
+        return Err(scanner.not_an_object().unwrap_or_else(invalid));
+    }
+    let body_start = scanner.i + 1;
+    let mut found = scanner.object(false).map_err(invalid)?;
+    if found.hash_members > 0 {
+        // Rare: walk again, this time noting where every member ends.
+        found = Scanner {
+            s: input,
+            i: body_start - 1,
+        }
+        .object(true)
+        .map_err(invalid)?;
+    }
     Ok(Layout {
         body_start,
         insert_at: found.last_end.unwrap_or(body_start),
         has_members: found.last_end.is_some(),
         members: found.members,
-        hash_members: found.hash_members,
+        hash_members: found.hash_indexes,
     })
 }
 
+/// Where a scan failed (byte offset) and what it expected.
+type Fail = (usize, &'static str);
+
 struct Found {
     last_end: Option<usize>,
+    /// Number of top-level `hash` members.
+    hash_members: usize,
+    /// With `collect`: end offset of each member's value, and which of them are `hash`.
     members: Vec<usize>,
-    hash_members: Vec<usize>,
+    hash_indexes: Vec<usize>,
 }
 
-/// Walks the top-level object once: validates everything and records where values end.
-struct ObjectVisitor {
-    base: usize,
+/// A validating JSON scanner over bytes already known to be UTF-8: RFC 8259's grammar, as
+/// serde_json accepts it (no trailing commas, no control characters in strings, no leading zeros,
+/// `\u` escapes not checked for surrogate pairs). Iterative, so nesting depth costs heap, not
+/// stack: a hostile record cannot overflow the worker's stack.
+struct Scanner<'a> {
+    s: &'a [u8],
+    i: usize,
 }
 
-impl<'de> Visitor<'de> for ObjectVisitor {
-    type Value = Found;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
+impl Scanner<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
+    fn fail<T>(&self, what: &'static str) -> Result<T, Fail> {
+        Err((self.i, what))
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    /// The top-level object, at its `{`, through the end of the input.
+    fn object(&mut self, collect: bool) -> Result<Found, Fail> {
         let mut found = Found {
             last_end: None,
+            hash_members: 0,
             members: Vec::new(),
-            hash_members: Vec::new(),
+            hash_indexes: Vec::new(),
         };
-        let mut ends: Vec<usize> = Vec::new();
-        while let Some(is_hash) = map.next_key_seed(IsHashKey)? {
-            // A borrowed RawValue points into the input, so its address gives its offset.
-            let value: &'de RawValue = map.next_value()?;
-            let end = value.get().as_ptr() as usize - self.base + value.get().len();
-            if is_hash {
-                found.hash_members.push(ends.len());
+        self.i += 1;
+        self.skip_ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+        } else {
+            loop {
+                self.skip_ws();
+                let key_start = self.i + 1;
+                let escaped = self.key()?;
+                let key = &self.s[key_start..self.i - 1];
+                let is_hash = if escaped {
+                    unescape_is(key, HASH_FIELD)
+                } else {
+                    key == HASH_FIELD.as_bytes()
+                };
+                self.skip_ws();
+                if self.peek() != Some(b':') {
+                    return self.fail("expected `:`");
+                }
+                self.i += 1;
+                self.value()?;
+                if is_hash {
+                    found.hash_members += 1;
+                    if collect {
+                        found.hash_indexes.push(found.members.len());
+                    }
+                }
+                if collect {
+                    found.members.push(self.i);
+                }
+                found.last_end = Some(self.i);
+                self.skip_ws();
+                match self.peek() {
+                    Some(b',') => self.i += 1,
+                    Some(b'}') => {
+                        self.i += 1;
+                        break;
+                    }
+                    Some(_) => return self.fail("expected `,` or `}`"),
+                    None => return self.fail("EOF while parsing an object"),
+                }
             }
-            ends.push(end);
-            found.last_end = Some(end);
         }
-        if !found.hash_members.is_empty() {
-            found.members = ends;
+        self.skip_ws();
+        if self.i != self.s.len() {
+            return self.fail("trailing characters");
         }
         Ok(found)
     }
-}
 
-/// Deserializes a key only as far as "is it `hash`?", without allocating.
-struct IsHashKey;
+    /// Why a value that does not start with `{` is rejected: not an object if it is otherwise
+    /// one valid JSON value, else where it is invalid.
+    fn not_an_object(&mut self) -> Result<Rejection, Fail> {
+        let kind = match self.peek() {
+            Some(b'[') => "array",
+            Some(b'"') => "string",
+            Some(b'-' | b'0'..=b'9') => "number",
+            Some(b't' | b'f') => "boolean",
+            Some(b'n') => "null",
+            _ => return self.fail("expected value"),
+        };
+        self.value()?;
+        self.skip_ws();
+        if self.i != self.s.len() {
+            return self.fail("trailing characters");
+        }
+        Ok(Rejection {
+            kind: RejectionKind::NotAnObject,
+            message: format!("invalid type: {kind}, expected a JSON object"),
+        })
+    }
 
-impl<'de> DeserializeSeed<'de> for IsHashKey {
-    type Value = bool;
+    /// A member's key (white space skipped): a string. Whether it holds escapes.
+    fn key(&mut self) -> Result<bool, Fail> {
+        if self.peek() != Some(b'"') {
+            return self.fail("expected a string key");
+        }
+        self.string()
+    }
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
+    /// One JSON value (leading white space skipped), nested containers included.
+    fn value(&mut self) -> Result<(), Fail> {
+        // Open containers, innermost last: `[` or `{`.
+        let mut open: Vec<u8> = Vec::new();
+        loop {
+            self.skip_ws();
+            match self.peek() {
+                Some(c @ (b'{' | b'[')) => {
+                    self.i += 1;
+                    self.skip_ws();
+                    let close = if c == b'{' { b'}' } else { b']' };
+                    if self.peek() == Some(close) {
+                        self.i += 1;
+                    } else {
+                        open.push(c);
+                        if c == b'{' {
+                            self.key_and_colon()?;
+                        }
+                        continue;
+                    }
+                }
+                Some(b'"') => {
+                    self.string()?;
+                }
+                Some(b'-' | b'0'..=b'9') => self.number()?,
+                Some(b't') => self.literal(b"true")?,
+                Some(b'f') => self.literal(b"false")?,
+                Some(b'n') => self.literal(b"null")?,
+                Some(_) => return self.fail("expected value"),
+                None => return self.fail("EOF while parsing a value"),
+            }
+            // A value is complete: close what it completes, up to the next member or element.
+            loop {
+                let Some(&container) = open.last() else {
+                    return Ok(());
+                };
+                self.skip_ws();
+                match (self.peek(), container) {
+                    (Some(b','), _) => {
+                        self.i += 1;
+                        if container == b'{' {
+                            self.skip_ws();
+                            self.key_and_colon()?;
+                        }
+                        break;
+                    }
+                    (Some(b']'), b'[') | (Some(b'}'), b'{') => {
+                        self.i += 1;
+                        open.pop();
+                    }
+                    (Some(_), b'[') => return self.fail("expected `,` or `]`"),
+                    (Some(_), _) => return self.fail("expected `,` or `}`"),
+                    (None, _) => return self.fail("EOF while parsing a list or object"),
+                }
+            }
+        }
+    }
+
+    fn key_and_colon(&mut self) -> Result<(), Fail> {
+        self.key()?;
+        self.skip_ws();
+        if self.peek() != Some(b':') {
+            return self.fail("expected `:`");
+        }
+        self.i += 1;
+        Ok(())
+    }
+
+    /// A string, at its opening quote. Whether it holds escapes.
+    fn string(&mut self) -> Result<bool, Fail> {
+        self.i += 1;
+        let mut escaped = false;
+        loop {
+            self.skip_plain_8();
+            while let Some(&b) = self.s.get(self.i) {
+                if b == b'"' || b == b'\\' || b < 0x20 {
+                    break;
+                }
+                self.i += 1;
+            }
+            match self.peek() {
+                Some(b'"') => {
+                    self.i += 1;
+                    return Ok(escaped);
+                }
+                Some(b'\\') => {
+                    escaped = true;
+                    self.i += 1;
+                    match self.peek() {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
+                        Some(b'u') => {
+                            self.i += 1;
+                            for _ in 0..4 {
+                                match self.peek() {
+                                    Some(c) if c.is_ascii_hexdigit() => self.i += 1,
+                                    Some(_) => return self.fail("invalid escape"),
+                                    None => return self.fail("EOF while parsing a string"),
+                                }
+                            }
+                        }
+                        Some(_) => return self.fail("invalid escape"),
+                        None => return self.fail("EOF while parsing a string"),
+                    }
+                }
+                Some(_) => {
+                    return self
+                        .fail("control character (\\u0000-\\u001F) found while parsing a string")
+                }
+                None => return self.fail("EOF while parsing a string"),
+            }
+        }
+    }
+
+    /// Skips 8 bytes at a time while none of them is `"`, `\\` or a control character (SWAR: the
+    /// long text members of real records are mostly plain).
+    fn skip_plain_8(&mut self) {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+        while let Some(chunk) = self.s.get(self.i..self.i + 8) {
+            let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            let quote = has_zero(w ^ (ONES * u64::from(b'"')));
+            let backslash = has_zero(w ^ (ONES * u64::from(b'\\')));
+            let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+            if quote | backslash | control != 0 {
+                return;
+            }
+            self.i += 8;
+        }
+    }
+
+    fn number(&mut self) -> Result<(), Fail> {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek() {
+            Some(b'0') => {
+                self.i += 1;
+                if let Some(b'0'..=b'9') = self.peek() {
+                    return self.fail("invalid number");
+                }
+            }
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return self.fail("invalid number"),
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            self.some_digits()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            self.some_digits()?;
+        }
+        Ok(())
+    }
+
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn some_digits(&mut self) -> Result<(), Fail> {
+        if !matches!(self.peek(), Some(b'0'..=b'9')) {
+            return self.fail("invalid number");
+        }
+        self.digits();
+        Ok(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), Fail> {
+        if self.s[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            self.fail("expected value")
+        }
     }
 }
 
-impl<'de> Visitor<'de> for IsHashKey {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string key")
+/// Whether a string's raw contents (between the quotes, escapes valid) decode to `text`.
+fn unescape_is(raw: &[u8], text: &str) -> bool {
+    let mut units: Vec<u16> = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] != b'\\' {
+            // UTF-8 was validated; decode the char that starts here.
+            let len = utf8_len(raw[i]);
+            let ch = std::str::from_utf8(&raw[i..i + len])
+                .ok()
+                .and_then(|s| s.chars().next())
+                .unwrap_or(char::REPLACEMENT_CHARACTER);
+            let mut buf = [0u16; 2];
+            units.extend_from_slice(ch.encode_utf16(&mut buf));
+            i += len;
+            continue;
+        }
+        let unit = match raw[i + 1] {
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => 0x0a,
+            b'r' => 0x0d,
+            b't' => 0x09,
+            b'u' => {
+                let hex = std::str::from_utf8(&raw[i + 2..i + 6]).unwrap_or("0");
+                i += 4;
+                u16::from_str_radix(hex, 16).unwrap_or(0xfffd)
+            }
+            other => u16::from(other),
+        };
+        units.push(unit);
+        i += 2;
     }
+    text.encode_utf16().eq(units)
+}
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-        Ok(v == HASH_FIELD)
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0x00..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        _ => 4,
     }
 }
 
@@ -346,6 +637,74 @@ mod tests {
             r.to_string().starts_with("not_an_object: invalid type"),
             "{r}"
         );
+    }
+
+    /// The scanner accepts exactly what serde_json accepts as one JSON object.
+    #[test]
+    fn scanner_agrees_with_serde_json_on_edge_cases() {
+        let cases: &[&str] = &[
+            r#"{"a":01}"#,
+            r#"{"a":-0}"#,
+            r#"{"a":-}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":.5}"#,
+            r#"{"a":1e}"#,
+            r#"{"a":1e+}"#,
+            r#"{"a":1E-7}"#,
+            r#"{"a":0.0e0}"#,
+            r#"{"a":+1}"#,
+            r#"{"a":"\x"}"#,
+            r#"{"a":"\u12"}"#,
+            r#"{"a":"\u12g4"}"#,
+            r#"{"a":"\uD800"}"#,
+            r#"{"\uD800":1}"#,
+            r#"{"a":"\/\b\f\n\r\t\"\\"}"#,
+            "{\"a\":\"\t\"}",
+            r#"{"a":1,}"#,
+            r#"{,"a":1}"#,
+            r#"{"a":[1,]}"#,
+            r#"{"a":[,1]}"#,
+            r#"{"a" 1}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":truex}"#,
+            r#"{"a":nul}"#,
+            r#"{"a":falsy}"#,
+            r#"{a:1}"#,
+            r#"{"a":{"b":{"c":[[],{},[{}]]}}}"#,
+            r#"{"a":{"b":}}"#,
+            r#"{"a":[1 2]}"#,
+            r#"{"a":{"b" "c"}}"#,
+            r#"{"a":{"b":1,}}"#,
+            r#"{"a":1}x"#,
+            "\u{feff}{}",
+            "{}\n\t\r ",
+            " {\"a\" : [ 1 , { \"b\" : null } ] } ",
+            r#"{"a":"é\u00e9😀"}"#,
+        ];
+        for case in cases {
+            let serde = serde_json::from_str::<&serde_json::value::RawValue>(case)
+                .is_ok_and(|v| v.get().starts_with('{'));
+            assert_eq!(transform(case.as_bytes()).is_ok(), serde, "{case}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_no_stack_overflow() {
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200_000), "]".repeat(200_000));
+        assert!(transform(deep.as_bytes()).is_ok());
+        let open = format!("{{\"a\":{}", "[".repeat(200_000));
+        assert_eq!(reject(open.as_bytes()), RejectionKind::InvalidJson);
+    }
+
+    #[test]
+    fn non_objects_are_told_from_invalid_json() {
+        assert_eq!(reject(b" [1, {\"a\":2}] "), RejectionKind::NotAnObject);
+        assert_eq!(reject(b"-1.5e3"), RejectionKind::NotAnObject);
+        assert_eq!(reject(b"[1,"), RejectionKind::InvalidJson);
+        assert_eq!(reject(b"1x"), RejectionKind::InvalidJson);
+        assert_eq!(reject(b"\"unterminated"), RejectionKind::InvalidJson);
+        let r = transform(b"{\"a\" 1}").unwrap_err();
+        assert_eq!(r.message, "expected `:` at byte 5");
     }
 
     #[test]
