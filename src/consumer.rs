@@ -24,6 +24,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
+use crate::fetch::PartitionQueue;
 use crate::logging::{ClientLog, FatalErrors};
 use crate::metrics::Stats;
 use crate::partition::{PartitionWorker, Shared, WorkerExit};
@@ -123,7 +124,7 @@ impl Context {
     }
 
     fn start_worker(&self, consumer: &Arc<StreamConsumer<Context>>, partition: i32) {
-        let Some(queue) = consumer.split_partition_queue(&self.topic, partition) else {
+        let Some(queue) = PartitionQueue::split(consumer, &self.topic, partition) else {
             let reason = format!("cannot split a queue for {}/{partition}", self.topic);
             let _ = self.group_events.send(GroupEvent::Fatal(reason));
             return;

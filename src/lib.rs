@@ -14,6 +14,8 @@
 //! - [`consumer`]: the group member; its rebalance callbacks split each assigned partition into
 //!   its own queue and start a worker, and on revocation drain and commit before release. Serves
 //!   the main queue on its own thread.
+//! - [`fetch`]: a partition's own fetch queue, read a batch per call
+//!   (`rd_kafka_consume_batch_queue`), and its records.
 //! - [`partition`]: the per-partition worker: batches from the split queue, transform, produce,
 //!   await acknowledgements batch by batch, oldest first, store offsets contiguously.
 //! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out.
@@ -43,6 +45,7 @@ pub mod config;
 pub mod config_file;
 pub mod consumer;
 pub mod error;
+pub mod fetch;
 pub mod http;
 pub mod lag;
 pub mod logging;

@@ -18,17 +18,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
 use rayon::prelude::*;
-use rdkafka::consumer::{stream_consumer::StreamPartitionQueue, MessageStream};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use tokio::sync::{mpsc, watch};
 
 use crate::ack::Acks;
 use crate::consumer::Context;
+use crate::fetch::{PartitionQueue, Record};
 use crate::metrics::{PartitionStats, Stats};
 use crate::sink::{self, Sink};
 use crate::transaction::Transactions;
@@ -114,7 +112,7 @@ enum Sent {
 pub struct PartitionWorker {
     pub topic: String,
     pub partition: i32,
-    pub queue: StreamPartitionQueue<Context>,
+    pub queue: PartitionQueue,
     pub consumer: Arc<StreamConsumer<Context>>,
     pub stats: PartitionStats,
     pub shared: Arc<Shared>,
@@ -163,8 +161,6 @@ impl PartitionWorker {
 
     async fn consume(&self, state: &mut State) -> Result<(), WorkerError> {
         let mut drain = self.drain.clone();
-        // One stream for the worker's life: each `recv()` would register and drop a waker.
-        let mut stream = self.queue.stream();
         loop {
             self.settle(state, None)?;
             self.check_end(state);
@@ -178,16 +174,9 @@ impl PartitionWorker {
                 ack = front(&state.pending), if !state.pending.is_empty() => {
                     self.settle(state, Some(ack))?;
                 }
-                received = tokio::time::timeout(RECV_WAKE, stream.next()), if room => {
-                    let received = received.map(|r| r.expect("kafka streams never end"));
-                    match received {
-                        Err(_) => {}
-                        Ok(Ok(first)) => self.process_batch(first, &mut stream, state).await?,
-                        Ok(Err(KafkaError::PartitionEOF(_))) => state.eof = true,
-                        Ok(Err(e)) => {
-                            self.shared.stats.consumer_error();
-                            tracing::warn!(partition = self.partition, error = %e, "consumer error");
-                        }
+                received = tokio::time::timeout(RECV_WAKE, self.queue.next_batch(self.shared.batch_size)), if room => {
+                    if let Ok(batch) = received {
+                        self.process_batch(batch, state).await?;
                     }
                 }
             }
@@ -200,30 +189,34 @@ impl PartitionWorker {
         Ok(())
     }
 
-    /// Takes up to `batch_size` records that are already there, transforms and sends them.
+    /// Transforms and sends a batch read from the queue (up to `batch_size` records that were
+    /// already there); consumer errors and the end-of-partition signal in it are taken out first.
     async fn process_batch(
         &self,
-        first: BorrowedMessage<'_>,
-        stream: &mut MessageStream<'_, Context>,
+        mut batch: Vec<Record<'_>>,
         state: &mut State,
     ) -> Result<(), WorkerError> {
         let started = std::time::Instant::now();
-        let mut batch = Vec::with_capacity(self.shared.batch_size.min(1024));
-        let mut bytes = first.payload_len();
-        batch.push(first);
-        state.eof = false;
-        while batch.len() < self.shared.batch_size {
-            match stream.next().now_or_never().flatten() {
-                Some(Ok(m)) => {
-                    bytes += m.payload_len();
-                    batch.push(m);
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => {
-                    state.eof = true;
-                    break;
-                }
-                _ => break,
+        let mut bytes = 0;
+        batch.retain(|m| match m.error() {
+            None => {
+                bytes += m.payload_len();
+                state.eof = false;
+                true
             }
+            Some(_) if m.is_partition_eof() => {
+                state.eof = true;
+                false
+            }
+            Some(code) => {
+                self.shared.stats.consumer_error();
+                let error = KafkaError::MessageConsumption(code);
+                tracing::warn!(partition = self.partition, %error, "consumer error");
+                false
+            }
+        });
+        if batch.is_empty() {
+            return Ok(());
         }
         self.stats.records_consumed(batch.len());
         self.in_flight.fetch_add(batch.len(), Relaxed);
@@ -299,7 +292,7 @@ impl PartitionWorker {
 
     async fn send_output(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &Record<'_>,
         value: Option<&[u8]>,
         acks: &Arc<Acks>,
     ) -> Result<Sent, WorkerError> {
@@ -324,7 +317,7 @@ impl PartitionWorker {
 
     async fn send_dead_letter(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &Record<'_>,
         kind: &'static str,
         reason: &str,
         acks: &Arc<Acks>,

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::Message;
 
 use crate::ack::{Acks, SinkContext};
 use crate::config::{ConfigError, RunConfig};
+use crate::fetch::Record;
 use crate::logging::FatalErrors;
 
 /// Dead-letter headers. The original key, value and headers are kept as they were.
@@ -84,7 +85,7 @@ impl Sink {
 
     /// Why `value`, sent with `input`'s key and headers, cannot go to the destination: a batch of
     /// that one record would be over the destination's `max.message.bytes`.
-    pub fn output_too_large(&self, input: &BorrowedMessage<'_>, value: &[u8]) -> Option<String> {
+    pub fn output_too_large(&self, input: &Record<'_>, value: &[u8]) -> Option<String> {
         let limit = self.destination_max_bytes?;
         let key = input.key().map(<[u8]>::len);
         // Quick answer for the usual case: far below the limit even with every header at most
@@ -120,7 +121,7 @@ impl Sink {
     /// Sends `value` (None for a tombstone) with the input's key and headers to the destination.
     pub async fn send_output(
         &self,
-        input: &BorrowedMessage<'_>,
+        input: &Record<'_>,
         value: Option<&[u8]>,
         acks: &Arc<Acks>,
     ) -> Result<(), KafkaError> {
@@ -132,7 +133,7 @@ impl Sink {
     /// Sends the input unchanged to the dead-letter topic, with the reason and origin in headers.
     pub async fn send_dead_letter(
         &self,
-        input: &BorrowedMessage<'_>,
+        input: &Record<'_>,
         kind: &str,
         message: &str,
         acks: &Arc<Acks>,

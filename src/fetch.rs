@@ -1,0 +1,240 @@
+//! A partition's own fetch queue, read a batch at a time.
+//!
+//! rust-rdkafka's split partition queues hand out one message per poll: every record costs a
+//! `rd_kafka_queue_poll` (a queue lock and three clock reads inside librdkafka), an event and a
+//! stream poll. Here the queue is read with `rd_kafka_consume_batch_queue`, which takes every
+//! record already there in one call, and the wake-up is the same one rust-rdkafka uses (the
+//! queue's non-empty event callback, waking a task).
+//!
+//! # Contract
+//! - [`PartitionQueue::split`] detaches the partition's fetch queue from the consumer's queue, as
+//!   `split_partition_queue` does; it must happen before the partition fetches anything (in
+//!   `pre_rebalance(Assign)`), or records already forwarded to the consumer's queue are not here.
+//! - [`PartitionQueue::next_batch`] never returns an empty batch and never loses records: it
+//!   takes records only in the poll that returns them, so a cancelled call takes nothing.
+//! - A [`Record`] is one `rd_kafka_message_t`, destroyed when dropped; it borrows its queue, which
+//!   holds the consumer, so no record outlives the client it came from.
+
+use std::ffi::{c_void, CString};
+use std::future::poll_fn;
+use std::marker::PhantomData;
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+use std::task::Poll;
+
+use futures::task::AtomicWaker;
+use rdkafka::bindings as rdsys;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{BorrowedHeaders, Message, Timestamp};
+
+use crate::consumer::Context;
+
+/// One partition's fetch queue, detached from the consumer's queue.
+pub struct PartitionQueue {
+    queue: NonNull<rdsys::rd_kafka_queue_t>,
+    /// Woken by librdkafka when the queue receives something. Boxed in an `Arc` whose address is
+    /// the callback's opaque: it lives until the callback is disabled in `drop`.
+    waker: Arc<AtomicWaker>,
+    _consumer: Arc<StreamConsumer<Context>>,
+}
+
+// The queue handle is reference counted and locked inside librdkafka; the waker is thread safe.
+unsafe impl Send for PartitionQueue {}
+unsafe impl Sync for PartitionQueue {}
+
+unsafe extern "C" fn queue_nonempty(_rk: *mut rdsys::rd_kafka_t, opaque: *mut c_void) {
+    // Called with the queue's lock held, on a librdkafka thread.
+    let waker = unsafe { &*(opaque as *const AtomicWaker) };
+    waker.wake();
+}
+
+impl PartitionQueue {
+    /// The fetch queue of `topic`/`partition`, no longer forwarded to the consumer's queue.
+    /// None if the partition is unknown to the consumer.
+    pub fn split(
+        consumer: &Arc<StreamConsumer<Context>>,
+        topic: &str,
+        partition: i32,
+    ) -> Option<Self> {
+        let topic = CString::new(topic).ok()?;
+        let rk = consumer.client().native_ptr();
+        let queue = NonNull::new(unsafe {
+            rdsys::rd_kafka_queue_get_partition(rk, topic.as_ptr(), partition)
+        })?;
+        let waker = Arc::new(AtomicWaker::new());
+        unsafe {
+            rdsys::rd_kafka_queue_forward(queue.as_ptr(), ptr::null_mut());
+            rdsys::rd_kafka_queue_cb_event_enable(
+                queue.as_ptr(),
+                Some(queue_nonempty),
+                Arc::as_ptr(&waker) as *mut c_void,
+            );
+        }
+        Some(PartitionQueue {
+            queue,
+            waker,
+            _consumer: consumer.clone(),
+        })
+    }
+
+    /// Up to `max` records (or errors, see [`Record::error`]) that are in the queue now, without
+    /// waiting. Empty if there are none.
+    pub fn take(&self, max: usize) -> Vec<Record<'_>> {
+        let mut records: Vec<Record<'_>> = Vec::with_capacity(max);
+        let n = unsafe {
+            rdsys::rd_kafka_consume_batch_queue(
+                self.queue.as_ptr(),
+                0,
+                // `Record` is a transparent non-null message pointer.
+                records.as_mut_ptr() as *mut *mut rdsys::rd_kafka_message_t,
+                max,
+            )
+        };
+        if n > 0 {
+            // librdkafka filled the first n slots with messages it hands over.
+            unsafe { records.set_len(n as usize) };
+        }
+        records
+    }
+
+    /// Waits for the queue to hold something and returns up to `max` of it (never empty).
+    ///
+    /// Cancel-safe: records are taken only by the poll that returns them.
+    pub async fn next_batch(&self, max: usize) -> Vec<Record<'_>> {
+        poll_fn(|cx| {
+            let records = self.take(max);
+            if !records.is_empty() {
+                return Poll::Ready(records);
+            }
+            self.waker.register(cx.waker());
+            // Something may have arrived between the empty read and the registration; that
+            // enqueue's callback found no waker.
+            let records = self.take(max);
+            if records.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(records)
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for PartitionQueue {
+    fn drop(&mut self) {
+        unsafe {
+            // Takes the queue's lock, so no callback is running or will run with the opaque.
+            rdsys::rd_kafka_queue_cb_event_enable(self.queue.as_ptr(), None, ptr::null_mut());
+            rdsys::rd_kafka_queue_destroy(self.queue.as_ptr());
+        }
+    }
+}
+
+/// One consumed message (or a consumer error or end-of-partition signal) from a
+/// [`PartitionQueue`].
+#[repr(transparent)]
+pub struct Record<'q> {
+    ptr: NonNull<rdsys::rd_kafka_message_t>,
+    _queue: PhantomData<&'q PartitionQueue>,
+}
+
+// As rust-rdkafka's BorrowedMessage: a consumed message may be read and destroyed on any thread.
+unsafe impl Send for Record<'_> {}
+unsafe impl Sync for Record<'_> {}
+
+impl Record<'_> {
+    fn raw(&self) -> &rdsys::rd_kafka_message_t {
+        unsafe { self.ptr.as_ref() }
+    }
+
+    /// None for a record; the error code for a consumer error, `PartitionEOF` included.
+    pub fn error(&self) -> Option<RDKafkaErrorCode> {
+        let err = self.raw().err;
+        (err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR).then(|| err.into())
+    }
+
+    pub fn is_partition_eof(&self) -> bool {
+        self.raw().err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF
+    }
+
+    pub fn payload_len(&self) -> usize {
+        if self.raw().payload.is_null() {
+            0
+        } else {
+            self.raw().len
+        }
+    }
+}
+
+unsafe fn opt_slice<'a>(ptr: *const c_void, len: usize) -> Option<&'a [u8]> {
+    if ptr.is_null() {
+        None
+    } else {
+        Some(unsafe { std::slice::from_raw_parts(ptr as *const u8, len) })
+    }
+}
+
+impl Message for Record<'_> {
+    type Headers = BorrowedHeaders;
+
+    fn key(&self) -> Option<&[u8]> {
+        unsafe { opt_slice(self.raw().key, self.raw().key_len) }
+    }
+
+    fn payload(&self) -> Option<&[u8]> {
+        unsafe { opt_slice(self.raw().payload, self.raw().len) }
+    }
+
+    unsafe fn payload_mut(&mut self) -> Option<&mut [u8]> {
+        let raw = self.raw();
+        if raw.payload.is_null() {
+            None
+        } else {
+            Some(unsafe { std::slice::from_raw_parts_mut(raw.payload as *mut u8, raw.len) })
+        }
+    }
+
+    fn topic(&self) -> &str {
+        unsafe { std::ffi::CStr::from_ptr(rdsys::rd_kafka_topic_name(self.raw().rkt)) }
+            .to_str()
+            .expect("topic names are ASCII")
+    }
+
+    fn partition(&self) -> i32 {
+        self.raw().partition
+    }
+
+    fn offset(&self) -> i64 {
+        self.raw().offset
+    }
+
+    fn timestamp(&self) -> Timestamp {
+        use rdsys::rd_kafka_timestamp_type_t as T;
+        let mut kind = T::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+        let ts = unsafe { rdsys::rd_kafka_message_timestamp(self.ptr.as_ptr(), &mut kind) };
+        match kind {
+            _ if ts == -1 => Timestamp::NotAvailable,
+            T::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE => Timestamp::NotAvailable,
+            T::RD_KAFKA_TIMESTAMP_CREATE_TIME => Timestamp::CreateTime(ts),
+            T::RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME => Timestamp::LogAppendTime(ts),
+        }
+    }
+
+    fn headers(&self) -> Option<&BorrowedHeaders> {
+        let mut headers = ptr::null_mut();
+        let err = unsafe { rdsys::rd_kafka_message_headers(self.ptr.as_ptr(), &mut headers) };
+        if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || headers.is_null() {
+            return None;
+        }
+        // BorrowedHeaders is rust-rdkafka's zero-sized view of an rd_kafka_headers_t, made the
+        // same way by its own BorrowedMessage; the headers live as long as the message.
+        Some(unsafe { &*(headers as *const BorrowedHeaders) })
+    }
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        unsafe { rdsys::rd_kafka_message_destroy(self.ptr.as_ptr()) }
+    }
+}
