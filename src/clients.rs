@@ -25,15 +25,16 @@ impl RunConfig {
                 // is per partition with split queues: librdkafka's defaults (100k records,
                 // 64 MiB) times 12 partitions peaked at 560 MB. And every record of a fetch
                 // response keeps the whole response alive (up to 50 MiB, 1 MiB per partition),
-                // so smaller responses are what bounds memory: 4 MiB / 256 KiB (with
-                // --max-in-flight 5000) took the peak from 235 MB to 112 MB at the same drain
-                // rate within the machine's noise. Smaller queues (1000 records, 1 MiB) reach
-                // 95 MB but doubled the p99 latency (23 -> 46 ms at 247k records/s): a
-                // partition whose queue is full is left out of the next fetch.
+                // so smaller responses bound memory: 4 MiB / 256 KiB (with --max-in-flight
+                // 5000) took the peak from 235 MB to 112 MB at the same drain rate within the
+                // machine's noise. Queues of 2500 records / 4 MiB per partition then took it
+                // to 87-90 MB (from 105-122 MB in the same A/B, throughput within noise), and
+                // the p99 at 390k records/s was no worse (58 vs 69 ms). 1000 records did not
+                // go lower (90-92 MB).
                 ("fetch.max.bytes", "4194304"),
                 ("max.partition.fetch.bytes", "262144"),
-                ("queued.min.messages", "5000"),
-                ("queued.max.messages.kbytes", "8192"),
+                ("queued.min.messages", "2500"),
+                ("queued.max.messages.kbytes", "4096"),
                 // With small queues the fetcher hits them often; librdkafka's default 1 s pause
                 // after a full queue would starve a fast worker.
                 ("fetch.queue.backoff.ms", "10"),
