@@ -186,7 +186,11 @@ def write_bench(r):
                 "rate above unless `--latency-rate` was given). Latency = the destination "
                 "record's LogAppendTime − the source record's CreateTime (set by the "
                 "generator's producer when it queued the record, so its `linger.ms=5` "
-                "batching is included), joined on the `gen.seq` header; 1 ms resolution.",
+                "batching is included), joined on the `gen.seq` header; 1 ms resolution. "
+                "*raw copy (reference)* is `examples/raw_copy --count N` in the same setting, "
+                "with ktransform's consumer settings (fetch wait, fetch sizes, queues): what "
+                "the generator, the broker and one consume → produce hop cost at this rate on "
+                "this machine, before any transform or bookkeeping.",
                 "",
             ]
         lines += ["*committed after input end* = seconds from the generator's exit until the "

@@ -215,10 +215,17 @@ def median_run(runs):
     return chosen
 
 
+# The raw copy's latency reference runs with ktransform's consumer settings that shape latency
+# and memory (src/clients.rs), so that the difference is the work and the bookkeeping.
+RAW_LATENCY_SETTINGS = ["fetch.wait.max.ms=5", "fetch.max.bytes=4194304",
+                        "max.partition.fetch.bytes=262144", "queued.min.messages=2500",
+                        "queued.max.messages.kbytes=4096", "fetch.queue.backoff.ms=10"]
+
+
 def latency_run(name, eos, rate, ctx):
-    """ktransform running, the generator at a fixed rate into a fresh topic; then the delay of
-    each record from its CreateTime (set by the generator's producer) to its append to the
-    destination (LogAppendTime)."""
+    """ktransform (or, for name "raw", the raw copy) running, the generator at a fixed rate into
+    a fresh topic; then the delay of each record from its CreateTime (set by the generator's
+    producer) to its append to the destination (LogAppendTime)."""
     args, kafka, bins, scratch = ctx["args"], ctx["kafka"], ctx["bins"], ctx["scratch"]
     src = f"{ctx['run_id']}-lat-{name}-src"
     dest = f"{ctx['run_id']}-lat-{name}"
@@ -226,13 +233,21 @@ def latency_run(name, eos, rate, ctx):
     kafka.create(src, args.partitions)
     kafka.create(dest, args.partitions, log_append_time=True)
     count = int(rate * args.latency_seconds)
-    cmd = [bins.ktransform, "run", "--brokers", args.brokers, "--source", src,
-           "--destination", dest, "--group", group, "--dlq", f"{dest}.dlq",
-           *harness.ktransform_flags(bins.ktransform), *args.ktransform_arg]
-    if eos:
-        cmd += ["--guarantee", "exactly-once"]
+    if name == "raw":
+        cmd = [bins.raw_copy, "--brokers", args.brokers, "--source", src, "--destination", dest,
+               "--group", group, "--count", str(count)]
+        for setting in RAW_LATENCY_SETTINGS:
+            cmd += ["-X", f"consumer.{setting}"]
+        label = "raw copy (reference)"
+    else:
+        cmd = [bins.ktransform, "run", "--brokers", args.brokers, "--source", src,
+               "--destination", dest, "--group", group, "--dlq", f"{dest}.dlq",
+               *harness.ktransform_flags(bins.ktransform), *args.ktransform_arg]
+        if eos:
+            cmd += ["--guarantee", "exactly-once"]
+        label = "ktransform exactly-once" if eos else "ktransform at-least-once"
     log = scratch / "logs" / f"latency-{name}.log"
-    say(f"latency {name}: ktransform running, then {count} records at {rate:.0f}/s")
+    say(f"latency {name}: {label} running, then {count} records at {rate:.0f}/s")
     proc = harness.Started(cmd, log, timeout=args.latency_seconds + 600)
     if not harness.wait_for_line(log, r"partitions assigned", 60):
         proc.kill()
@@ -249,6 +264,11 @@ def latency_run(name, eos, rate, ctx):
     while time.monotonic() < deadline and kafka.committed(group, src) < count:
         time.sleep(0.5)
     catch_up_s = time.monotonic() - input_ended
+    if name == "raw":
+        # The raw copy exits by itself after its last commit.
+        end = time.monotonic() + 30
+        while proc.running() and time.monotonic() < end:
+            time.sleep(0.1)
     proc.kill(signal.SIGTERM)
     m = proc.finish()
     say(f"latency {name}: reading {src} and {dest}")
@@ -259,7 +279,7 @@ def latency_run(name, eos, rate, ctx):
     if gen.rc != 0:
         problems.append(f"generator exited {gen.rc}")
     if m.rc != 0:
-        problems.append(f"ktransform exited {m.rc}")
+        problems.append(f"{'raw copy' if name == 'raw' else 'ktransform'} exited {m.rc}")
     if len(out.by_seq) != count:
         problems.append(f"{len(out.by_seq)} distinct records in the destination, expected {count}")
     # confluent_kafka: TIMESTAMP_LOG_APPEND_TIME == 2
@@ -271,7 +291,7 @@ def latency_run(name, eos, rate, ctx):
         cdf = [[lat[i], (i + 1) / len(lat)] for i in range(0, len(lat), step)] + [[lat[-1], 1.0]]
     return {
         "name": name,
-        "label": "ktransform exactly-once" if eos else "ktransform at-least-once",
+        "label": label,
         "status": "ok" if not problems else "failed",
         "problems": problems,
         "rate": rate,
@@ -362,6 +382,8 @@ def main():
             if rate is None:
                 say("latency: skipped (no ktransform at-least-once rate; give --latency-rate)")
             else:
+                if "raw-copy" in wanted:
+                    results["latency"].append(latency_run("raw", False, rate, ctx))
                 results["latency"].append(latency_run("alo", False, rate, ctx))
                 if ctx["eos"]:
                     results["latency"].append(latency_run("eos", True, rate, ctx))

@@ -7,6 +7,9 @@
 //!     [--brokers 127.0.0.1:9092]
 //! ```
 //!
+//! With `--count N` it follows the topic instead until N records are copied: a live reference
+//! for `make bench`'s latency run.
+//!
 //! Like `ktransform run --until-end`, it captures the source's high watermarks at start, copies
 //! every partition up to them, flushes the producer, commits the consumed offsets once, and exits
 //! 0. The producer settings are ktransform's (idempotent, `linger.ms=5`, `murmur2_random`), so
@@ -49,6 +52,11 @@ struct Args {
     /// `producer.key=value` for one (as `ktransform run -X`).
     #[arg(short = 'X', value_name = "KEY=VALUE")]
     config: Vec<String>,
+    /// Instead of copying up to the end offsets at start, follow the topic until this many
+    /// records are copied (for latency runs against a live producer). Prints "partitions
+    /// assigned" once the group has assigned them, before anything is copied.
+    #[arg(long)]
+    count: Option<u64>,
 }
 
 /// Applies the `-X` overrides meant for `side` ("consumer" or "producer").
@@ -134,7 +142,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut end: HashMap<i32, i64> = HashMap::new();
     for &p in &partitions {
-        let (_, high) = consumer.fetch_watermarks(&args.source, p, timeout)?;
+        let high = match args.count {
+            Some(_) => i64::MAX,
+            None => consumer.fetch_watermarks(&args.source, p, timeout)?.1,
+        };
         end.insert(p, high);
     }
     // Where each partition will start: the group's committed offset, else the log start.
@@ -154,22 +165,44 @@ fn run(args: Args) -> anyhow::Result<()> {
         };
         next.insert(p, start);
     }
-    let mut remaining = partitions.iter().filter(|p| next[p] < end[p]).count();
-    let total: i64 = partitions.iter().map(|p| (end[p] - next[p]).max(0)).sum();
-    eprintln!(
-        "raw_copy: {} → {}: {total} records in {} partitions",
-        args.source,
-        args.destination,
-        partitions.len()
-    );
+    // Partitions not copied to their end yet; with --count, records still to copy.
+    let mut remaining = match args.count {
+        Some(count) => count as usize,
+        None => partitions.iter().filter(|p| next[p] < end[p]).count(),
+    };
+    if args.count.is_none() {
+        let total: i64 = partitions.iter().map(|p| (end[p] - next[p]).max(0)).sum();
+        eprintln!(
+            "raw_copy: {} → {}: {total} records in {} partitions",
+            args.source,
+            args.destination,
+            partitions.len()
+        );
+    }
 
     consumer.subscribe(&[&args.source])?;
     let mut copied: u64 = 0;
+    let mut pending: Option<rdkafka::message::BorrowedMessage<'_>> = None;
+    if args.count.is_some() {
+        // Join the group before saying ready, keeping whatever the joining poll returned.
+        while consumer.assignment()?.count() == 0 {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                pending = Some(m);
+            }
+        }
+        eprintln!(
+            "raw_copy: partitions assigned; following {} until {remaining} records are copied",
+            args.source
+        );
+    }
     // Where the loop's time goes: waiting for records, or for room in the producer's queue.
     let (mut polling, mut queue_full) = (Duration::ZERO, 0u64);
     while remaining > 0 {
         let poll_started = Instant::now();
-        let polled = consumer.poll(Duration::from_millis(100));
+        let polled = match pending.take() {
+            Some(m) => Some(Ok(m)),
+            None => consumer.poll(Duration::from_millis(100)),
+        };
         polling += poll_started.elapsed();
         let message = match polled {
             None => {
@@ -205,7 +238,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         copied += 1;
         *at = offset + 1;
-        if *at >= stop {
+        if args.count.is_some() || *at >= stop {
             remaining -= 1;
         }
         if copied % 1024 == 0 {
