@@ -7,7 +7,7 @@
 //! `--shutdown-timeout`; past it, the unacknowledged records are counted and reported as
 //! [`Error::ShutdownTimeout`] (uncommitted, so consumed again by the next owner, never lost).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -52,9 +52,14 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
         .client_config(Side::Producer, &[])?
         .create_with_context(QuietContext::default())?;
     let admin = Arc::new(admin);
-    wait_for_brokers(&admin, &config, &fatal).await?;
+    let destination_partitions = wait_for_brokers(&admin, &config, &fatal).await?;
     let limit = destination_max_bytes(&admin, &config.destination).await;
-    let sink = Arc::new(Sink::new(&config, limit, fatal.clone())?);
+    let sink = Arc::new(Sink::new(
+        &config,
+        limit,
+        destination_partitions,
+        fatal.clone(),
+    )?);
 
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(config.hash_threads())
@@ -270,6 +275,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
 
 /// Waits for a metadata answer, with backoff, up to `--connect-timeout`; warns about missing
 /// topics (the source may be created later; the destination needs broker auto-creation).
+/// Returns the destination's partition count, if it exists.
 ///
 /// The metadata comes from a probe client whose errors are served here (the admin client's are
 /// not), so that refused credentials stop the start at once, named, rather than looking like
@@ -278,7 +284,7 @@ async fn wait_for_brokers(
     admin: &Arc<AdminClient<QuietContext>>,
     config: &RunConfig,
     fatal: &Arc<FatalErrors>,
-) -> Result<(), Error> {
+) -> Result<Option<i32>, Error> {
     let probe: Arc<BaseProducer<QuietContext>> = Arc::new(
         config
             .kafka
@@ -298,8 +304,8 @@ async fn wait_for_brokers(
                     let topics = m
                         .topics()
                         .iter()
-                        .map(|t| t.name().to_string())
-                        .collect::<HashSet<_>>();
+                        .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+                        .collect::<HashMap<_, _>>();
                     (topics, m.brokers().first().map(|b| b.id()))
                 })
             })
@@ -311,7 +317,7 @@ async fn wait_for_brokers(
         }
         match metadata {
             Ok((topics, broker)) => {
-                let missing = !topics.contains(config.destination.as_str());
+                let missing = !topics.contains_key(config.destination.as_str());
                 if let (true, Some(id)) = (missing, broker) {
                     if !auto_creates_topics(admin, id).await {
                         // Every output would wait for the topic forever (at-least-once) or time out.
@@ -329,11 +335,12 @@ async fn wait_for_brokers(
                     ("--source", &config.source),
                     ("--destination", &config.destination),
                 ] {
-                    if !topics.contains(topic.as_str()) {
+                    if !topics.contains_key(topic.as_str()) {
                         tracing::warn!(topic = %topic, flag, "topic does not exist yet");
                     }
                 }
-                return Ok(());
+                let partitions = topics.get(config.destination.as_str()).copied();
+                return Ok(partitions.filter(|n| *n > 0));
             }
             Err(source) if started.elapsed() + backoff >= config.connect_timeout => {
                 return Err(Error::Unreachable {

@@ -42,6 +42,8 @@ pub struct Sink {
     dlq: String,
     /// The destination's `max.message.bytes`, when known.
     destination_max_bytes: Option<usize>,
+    /// The destination's partition count at start, when known: where keyless outputs go.
+    destination_partitions: Option<i32>,
 }
 
 impl Sink {
@@ -51,9 +53,18 @@ impl Sink {
     /// limit is enforced here instead: batches are capped below it (`batch.size`), and an output
     /// that would not fit even alone is refused before it is sent ([`Sink::output_too_large`]),
     /// to be dead-lettered with its input. The dead-letter topic keeps librdkafka's limits.
+    ///
+    /// `destination_partitions`: the destination's partition count at start, when known. A
+    /// record without a key then goes to the partition of its input's number (modulo that
+    /// count): per-partition order holds end to end, no partitioner runs, and each worker
+    /// produces into its own partition instead of all of them contending for the sticky
+    /// partitioner's current one (bench/ab.py: 0.90x raw copy against 0.72x, and no more runs
+    /// at 2.4 CPU-s per million records). Keyed records keep the partitioner (murmur2_random,
+    /// the Java client's), so equal keys land together as Java producers would put them.
     pub fn new(
         config: &RunConfig,
         destination_max_bytes: Option<usize>,
+        destination_partitions: Option<i32>,
         fatal: Arc<FatalErrors>,
     ) -> Result<Self, ConfigError> {
         let mut client = config.producer_config()?;
@@ -80,6 +91,7 @@ impl Sink {
             destination: config.destination.clone(),
             dlq: config.dlq_topic(),
             destination_max_bytes,
+            destination_partitions,
         })
     }
 
@@ -126,7 +138,11 @@ impl Sink {
         acks: &Arc<Acks>,
     ) -> Result<(), KafkaError> {
         let headers = input.headers().map(|h| h.detach());
-        self.send(&self.destination, input.key(), value, headers, acks)
+        let partition = match (input.key(), self.destination_partitions) {
+            (None, Some(n)) => Some(input.partition() % n),
+            _ => None,
+        };
+        self.send(&self.destination, partition, input.key(), value, headers, acks)
             .await
     }
 
@@ -155,13 +171,15 @@ impl Sink {
                 value: Some(value),
             })
         });
-        self.send(&self.dlq, input.key(), input.payload(), Some(headers), acks)
+        self.send(&self.dlq, None, input.key(), input.payload(), Some(headers), acks)
             .await
     }
 
+    /// `partition`: None lets the partitioner choose.
     async fn send(
         &self,
         topic: &str,
+        partition: Option<i32>,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
@@ -169,6 +187,7 @@ impl Sink {
     ) -> Result<(), KafkaError> {
         let mut record: BaseRecord<'_, [u8], [u8], Arc<Acks>> =
             BaseRecord::with_opaque_to(topic, acks.expect_one());
+        record.partition = partition;
         record.key = key;
         record.payload = value;
         record.headers = headers;
