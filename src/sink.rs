@@ -142,8 +142,15 @@ impl Sink {
             (None, Some(n)) => Some(input.partition() % n),
             _ => None,
         };
-        self.send(&self.destination, partition, input.key(), value, headers, acks)
-            .await
+        self.send(
+            &self.destination,
+            partition,
+            input.key(),
+            value,
+            headers,
+            acks,
+        )
+        .await
     }
 
     /// Sends the input unchanged to the dead-letter topic, with the reason and origin in headers.
@@ -171,8 +178,15 @@ impl Sink {
                 value: Some(value),
             })
         });
-        self.send(&self.dlq, None, input.key(), input.payload(), Some(headers), acks)
-            .await
+        self.send(
+            &self.dlq,
+            None,
+            input.key(),
+            input.payload(),
+            Some(headers),
+            acks,
+        )
+        .await
     }
 
     /// `partition`: None lets the partitioner choose.
