@@ -18,7 +18,8 @@
 //!   (`rd_kafka_consume_batch_queue`), and its records.
 //! - [`partition`]: the per-partition worker: batches from the split queue, transform, produce,
 //!   await acknowledgements batch by batch, oldest first, store offsets contiguously.
-//! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out.
+//! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out;
+//!   its validating JSON scanner is the submodule `transform/scan.rs`.
 //! - [`sink`]: the idempotent producer; output and dead-letter records; the destination's size
 //!   limit.
 //! - [`ack`]: delivery reports counted per batch (the producer's delivery callback).
