@@ -78,10 +78,11 @@ impl PartitionQueue {
         })
     }
 
-    /// Up to `max` records (or errors, see [`Record::error`]) that are in the queue now, without
-    /// waiting. Empty if there are none.
-    pub fn take(&self, max: usize) -> Vec<Record<'_>> {
-        let mut records: Vec<Record<'_>> = Vec::with_capacity(max);
+    /// Appends to `records` up to `max` of what is in the queue now (records, or errors, see
+    /// [`Record::error`]), without waiting; `records` must be empty with room for `max`.
+    /// Returns how many.
+    fn fill<'q>(&'q self, records: &mut Vec<Record<'q>>, max: usize) -> usize {
+        debug_assert!(records.is_empty() && records.capacity() >= max);
         let n = unsafe {
             rdsys::rd_kafka_consume_batch_queue(
                 self.queue.as_ptr(),
@@ -91,31 +92,28 @@ impl PartitionQueue {
                 max,
             )
         };
-        if n > 0 {
-            // librdkafka filled the first n slots with messages it hands over.
-            unsafe { records.set_len(n as usize) };
-        }
-        records
+        let n = n.max(0) as usize;
+        // librdkafka filled the first n slots with messages it hands over.
+        unsafe { records.set_len(n) };
+        n
     }
 
     /// Waits for the queue to hold something and returns up to `max` of it (never empty).
     ///
     /// Cancel-safe: records are taken only by the poll that returns them.
     pub async fn next_batch(&self, max: usize) -> Vec<Record<'_>> {
+        // One buffer per batch, however many polls the wait takes.
+        let mut records = Vec::with_capacity(max);
         poll_fn(|cx| {
-            let records = self.take(max);
-            if !records.is_empty() {
-                return Poll::Ready(records);
+            if self.fill(&mut records, max) == 0 {
+                self.waker.register(cx.waker());
+                // Something may have arrived between the empty read and the registration;
+                // that enqueue's callback found no waker.
+                if self.fill(&mut records, max) == 0 {
+                    return Poll::Pending;
+                }
             }
-            self.waker.register(cx.waker());
-            // Something may have arrived between the empty read and the registration; that
-            // enqueue's callback found no waker.
-            let records = self.take(max);
-            if records.is_empty() {
-                Poll::Pending
-            } else {
-                Poll::Ready(records)
-            }
+            Poll::Ready(std::mem::take(&mut records))
         })
         .await
     }

@@ -32,7 +32,8 @@ use crate::sink::{self, Sink};
 use crate::transaction::Transactions;
 use crate::transform::{self, Rejection};
 
-/// Split queues can miss a wake-up (rust-rdkafka #665): never wait on one longer than this.
+/// A safety net for the queue's wake-up ([`crate::fetch`]): never wait on it longer than this
+/// without reading it again.
 const RECV_WAKE: Duration = Duration::from_millis(250);
 
 /// What every worker of one run shares.
