@@ -78,19 +78,22 @@ def main():
                 ok = m.rc == 0 and out.records == args.records and not out.hash_bad
                 rate = out.records / m.wall_s if m.wall_s else 0
                 cpu = m.cpu_s / max(out.records, 1) * 1e6
-                results[name].append((rate, cpu, m.max_rss_mb, ok))
+                bcpu = (m.broker_cpu_s / max(out.records, 1) * 1e6
+                        if m.broker_cpu_s is not None else float("nan"))
+                results[name].append((rate, cpu, m.max_rss_mb, ok, bcpu))
                 say(f"round {rnd + 1} {name}: {'ok' if ok else 'FAILED'} rc={m.rc} "
-                    f"{out.records} records, {rate:,.0f}/s, {cpu:.2f} CPU-s/M, "
+                    f"{out.records} records, {rate:,.0f}/s, {cpu:.2f} CPU-s/M (broker {bcpu:.2f}), "
                     f"peak RSS {m.max_rss_mb:.0f} MB, load {m.loadavg_before:.1f}")
                 if not ok:
                     say(harness.tail(scratch / "logs" / f"{name}-{rnd}.log"))
         base = statistics.median(r[0] for r in results[contenders[0][0]])
-        print(f"\n{'contender':<16} {'records/s':>10} {'ratio':>6} {'CPU-s/M':>8} {'RSS MB':>7}")
+        print(f"\n{'contender':<16} {'records/s':>10} {'ratio':>6} {'CPU-s/M':>8} {'broker':>7} {'RSS MB':>7}")
         for name, _ in contenders:
             runs = results[name]
             rate = statistics.median(r[0] for r in runs)
             print(f"{name:<16} {rate:>10,.0f} {rate / base:>6.2f} "
                   f"{statistics.median(r[1] for r in runs):>8.2f} "
+                  f"{statistics.median(r[4] for r in runs):>7.2f} "
                   f"{max(r[2] for r in runs):>7.0f}"
                   + ("" if all(r[3] for r in runs) else "  (a run FAILED)"))
     finally:

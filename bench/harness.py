@@ -214,6 +214,9 @@ class Measured:
     timed_out: bool
     broker_cpu_s: float | None
     loadavg_before: float
+    # Context switches of the process (voluntary: it waited; involuntary: it was preempted).
+    voluntary_switches: int
+    involuntary_switches: int
     stdout: str
     log: str
 
@@ -342,6 +345,7 @@ class Started:
             user_s=usage.ru_utime, sys_s=usage.ru_stime,
             max_rss_mb=self.peak_hwm_kb / 1024, tree_rss_mb=self.peak_tree_kb / 1024,
             timed_out=self._timed_out, broker_cpu_s=broker_cpu, loadavg_before=self.loadavg,
+            voluntary_switches=usage.ru_nvcsw, involuntary_switches=usage.ru_nivcsw,
             stdout=self.stdout_path.read_text(), log=str(self.log_path.relative_to(ROOT)),
         )
 

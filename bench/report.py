@@ -151,12 +151,12 @@ def write_bench(r):
         "",
         "| contender | limited by | records | wall s | records/s | × raw | MB/s | active rec/s "
         "| CPU s/M | CPU × raw | peak RSS MB (tree) | broker CPU s/M | load | all runs, k rec/s "
-        "| status |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|",
+        "| all runs, CPU s/M | status |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|---|",
     ]
     for c in r["contenders"]:
         if c.get("status") == "not available":
-            lines.append(f"| {c['label']} | | | | | | | | | | | | | | not available: {c['note']} |")
+            lines.append(f"| {c['label']} | | | | | | | | | | | | | | | not available: {c['note']} |")
             continue
         status = "ok" if c["status"] == "ok" else "FAILED: " + "; ".join(c["problems"])
         ratio = c.get("ratio_to_raw")
@@ -169,6 +169,7 @@ def write_bench(r):
             f"| {c['max_rss_mb']:.0f} ({c['tree_rss_mb']:.0f}) "
             f"| {fmt(c['broker_cpu_s_per_million'], 1)} | {c['loadavg_before']:.1f} "
             f"| {', '.join(kilo(x) for x in c.get('runs_records_per_s', []))} "
+            f"| {', '.join(fmt(x, 2) for x in c.get('runs_cpu_s_per_million', []) if x is not None)} "
             f"| {status} |"
         )
     lines += ["", f"![throughput]({name}-throughput.png)", ""]

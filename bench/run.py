@@ -49,7 +49,7 @@ def parse_args():
                         "at-least-once's measured drain rate)")
     p.add_argument("--repeats", type=int,
                    help="runs of each drain contender, interleaved; the median is reported "
-                        "(default 3; --quick 1). The Python baselines run once.")
+                        "(default 5; --quick 1). The Python baselines run once.")
     p.add_argument("--only", help="comma-separated contenders to run (names below)")
     p.add_argument("--skip", default="", help="comma-separated contenders to leave out")
     p.add_argument("--no-latency", action="store_true")
@@ -65,7 +65,7 @@ def parse_args():
     args.records = args.records or (200_000 if args.quick else 2_000_000)
     args.python_seconds = args.python_seconds or (20 if args.quick else 60)
     args.python_records = args.python_records or args.records
-    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.repeats = args.repeats or (1 if args.quick else 5)
     args.latency_seconds = args.latency_seconds or (15 if args.quick else 30)
     today = datetime.date.today().isoformat()
     args.name = args.name or (f"{today}-quick" if args.quick else today)
@@ -187,6 +187,8 @@ def run_contender(name, label, kind, check, ctx, rep=0):
         broker_cpu_s_per_million=(m.broker_cpu_s / processed * 1e6
                                   if m.broker_cpu_s is not None and processed else None),
         loadavg_before=m.loadavg_before,
+        voluntary_switches=m.voluntary_switches,
+        involuntary_switches=m.involuntary_switches,
         high_watermark_sum=hw,
         reported=reported,
         verify=out.as_dict(),
