@@ -163,6 +163,44 @@ impl Record<'_> {
             self.raw().len
         }
     }
+
+    /// Moves the record's headers, parsed, out of it for a producer to take over, instead of
+    /// copying them (`rd_kafka_message_detach_headers`). None if it has none. `&mut`: no
+    /// [`Message::headers`] view of the moved list may be alive. A later `headers()` parses them
+    /// again from the record's bytes.
+    pub fn take_headers(&mut self) -> Option<NativeHeaders> {
+        let mut headers = ptr::null_mut();
+        let err =
+            unsafe { rdsys::rd_kafka_message_detach_headers(self.ptr.as_ptr(), &mut headers) };
+        if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return None;
+        }
+        NonNull::new(headers).map(NativeHeaders)
+    }
+}
+
+/// A header list owned here, destroyed when dropped unless handed to the producer.
+pub struct NativeHeaders(NonNull<rdsys::rd_kafka_headers_t>);
+
+// An rd_kafka_headers_t belongs to no thread; this one has a single owner.
+unsafe impl Send for NativeHeaders {}
+unsafe impl Sync for NativeHeaders {}
+
+impl NativeHeaders {
+    pub fn as_ptr(&self) -> *mut rdsys::rd_kafka_headers_t {
+        self.0.as_ptr()
+    }
+
+    /// The producer accepted the list with its record and owns it now.
+    pub fn handed_over(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for NativeHeaders {
+    fn drop(&mut self) {
+        unsafe { rdsys::rd_kafka_headers_destroy(self.0.as_ptr()) }
+    }
 }
 
 unsafe fn opt_slice<'a>(ptr: *const c_void, len: usize) -> Option<&'a [u8]> {

@@ -247,7 +247,7 @@ impl PartitionWorker {
                             .collect()
                     })
                 });
-            for (message, result) in batch.iter().zip(results) {
+            for (message, result) in batch.iter_mut().zip(results) {
                 let outcome = match result {
                     None => self.send_output(message, None, &sent.acks).await?,
                     Some(Ok(out)) => self.send_output(message, Some(&out), &sent.acks).await?,
@@ -259,7 +259,7 @@ impl PartitionWorker {
                 sent.count(outcome, message.offset());
             }
         } else {
-            for message in &batch {
+            for message in batch.iter_mut() {
                 let outcome = match message.payload() {
                     None => self.send_output(message, None, &sent.acks).await?,
                     Some(value) => match transform::transform_into(value, &mut state.buf) {
@@ -293,7 +293,7 @@ impl PartitionWorker {
 
     async fn send_output(
         &self,
-        message: &Record<'_>,
+        message: &mut Record<'_>,
         value: Option<&[u8]>,
         acks: &Arc<Acks>,
     ) -> Result<Sent, WorkerError> {

@@ -4,17 +4,21 @@
 //! Sends never block and never drop: a full local queue is waited out here. Every record sent
 //! counts into its batch's [`Acks`], which the partition worker awaits batch by batch.
 
+use std::ffi::{c_void, CString};
+use std::ptr::{self, NonNull};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::bindings as rdsys;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::util::IntoOpaque;
 use rdkafka::Message;
 
 use crate::ack::{Acks, SinkContext};
 use crate::config::{ConfigError, RunConfig};
-use crate::fetch::Record;
+use crate::fetch::{NativeHeaders, Record};
 use crate::logging::FatalErrors;
 
 /// Dead-letter headers. The original key, value and headers are kept as they were.
@@ -33,12 +37,17 @@ const LIBRDKAFKA_BATCH_SIZE: usize = 1_000_000;
 /// against the topic's `max.message.bytes` with the records.
 const BATCH_HEADER_BYTES: usize = 61;
 
+/// librdkafka's `RD_KAFKA_PARTITION_UA` (a C macro, absent from the bindings): the partitioner
+/// chooses.
+const PARTITION_UNASSIGNED: i32 = -1;
+
 /// How long to wait before retrying a send refused because librdkafka's queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
 
 pub struct Sink {
+    /// Declared before the producer: a topic handle is released before its client.
+    output_topic: TopicHandle,
     producer: ThreadedProducer<SinkContext>,
-    destination: String,
     dlq: String,
     /// The destination's `max.message.bytes`, when known.
     destination_max_bytes: Option<usize>,
@@ -86,9 +95,14 @@ impl Sink {
                 flag: "-X".into(),
                 message: format!("producer: {e}"),
             })?;
+        let output_topic =
+            TopicHandle::new(&producer, &config.destination).map_err(|message| ConfigError {
+                flag: "--destination".into(),
+                message,
+            })?;
         Ok(Sink {
+            output_topic,
             producer,
-            destination: config.destination.clone(),
             dlq: config.dlq_topic(),
             destination_max_bytes,
             destination_partitions,
@@ -130,27 +144,97 @@ impl Sink {
         &self.producer
     }
 
-    /// Sends `value` (None for a tombstone) with the input's key and headers to the destination.
+    /// Sends `value` (None for a tombstone) to the destination with the input's key and headers
+    /// (taken out of `input`, see [`Record::take_headers`]).
+    ///
+    /// Straight through `rd_kafka_producev` rather than rust-rdkafka's `BaseRecord`, which for
+    /// every record copies the topic name into a new C string, copies the header list, and names
+    /// the topic by that string, which librdkafka then looks up under its client-wide write lock:
+    /// a lock every worker took once per record. Here the topic is a handle held for the run,
+    /// and the header list parsed from the input is handed over as it is. The delivery opaque is
+    /// the same `Arc<Acks>` that [`SinkContext`] receives.
     pub async fn send_output(
         &self,
-        input: &Record<'_>,
+        input: &mut Record<'_>,
         value: Option<&[u8]>,
         acks: &Arc<Acks>,
     ) -> Result<(), KafkaError> {
-        let headers = input.headers().map(|h| h.detach());
         let partition = match (input.key(), self.destination_partitions) {
-            (None, Some(n)) => Some(input.partition() % n),
-            _ => None,
+            (None, Some(n)) => input.partition() % n,
+            _ => PARTITION_UNASSIGNED,
         };
-        self.send(
-            &self.destination,
-            partition,
-            input.key(),
-            value,
-            headers,
-            acks,
-        )
-        .await
+        let mut headers = input.take_headers();
+        let mut acks = acks.expect_one();
+        loop {
+            match self.produce_output(partition, input.key(), value, &mut headers, acks) {
+                Ok(()) => return Ok(()),
+                Err((RDKafkaErrorCode::QueueFull, back)) => {
+                    acks = back;
+                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                }
+                Err((code, back)) => {
+                    back.withdraw();
+                    return Err(KafkaError::MessageProduction(code));
+                }
+            }
+        }
+    }
+
+    /// One `rd_kafka_producev` call. On success the producer owns `headers` and `acks` (it
+    /// returns `acks` in the delivery report); on failure both are still ours.
+    fn produce_output(
+        &self,
+        partition: i32,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &mut Option<NativeHeaders>,
+        acks: Arc<Acks>,
+    ) -> Result<(), (RDKafkaErrorCode, Arc<Acks>)> {
+        fn raw(bytes: Option<&[u8]>) -> (*mut c_void, usize) {
+            bytes.map_or((ptr::null_mut(), 0), |b| {
+                (b.as_ptr() as *mut c_void, b.len())
+            })
+        }
+        use rdsys::rd_kafka_vtype_t::*;
+        let (value_ptr, value_len) = raw(value);
+        let (key_ptr, key_len) = raw(key);
+        let headers_ptr = headers
+            .as_ref()
+            .map_or(ptr::null_mut(), NativeHeaders::as_ptr);
+        let opaque = acks.into_ptr();
+        let err = unsafe {
+            rdsys::rd_kafka_producev(
+                self.producer.client().native_ptr(),
+                RD_KAFKA_VTYPE_RKT,
+                self.output_topic.0.as_ptr(),
+                RD_KAFKA_VTYPE_PARTITION,
+                partition,
+                RD_KAFKA_VTYPE_MSGFLAGS,
+                rdsys::RD_KAFKA_MSG_F_COPY,
+                RD_KAFKA_VTYPE_VALUE,
+                value_ptr,
+                value_len,
+                RD_KAFKA_VTYPE_KEY,
+                key_ptr,
+                key_len,
+                RD_KAFKA_VTYPE_OPAQUE,
+                opaque,
+                RD_KAFKA_VTYPE_HEADERS,
+                headers_ptr,
+                RD_KAFKA_VTYPE_END,
+            )
+        };
+        if err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            if let Some(h) = headers.take() {
+                h.handed_over();
+            }
+            Ok(())
+        } else {
+            // Not queued: the opaque was not kept.
+            Err((err.into(), unsafe {
+                <Arc<Acks> as IntoOpaque>::from_ptr(opaque)
+            }))
+        }
     }
 
     /// Sends the input unchanged to the dead-letter topic, with the reason and origin in headers.
@@ -178,22 +262,15 @@ impl Sink {
                 value: Some(value),
             })
         });
-        self.send(
-            &self.dlq,
-            None,
-            input.key(),
-            input.payload(),
-            Some(headers),
-            acks,
-        )
-        .await
+        self.send(&self.dlq, input.key(), input.payload(), Some(headers), acks)
+            .await
     }
 
-    /// `partition`: None lets the partitioner choose.
+    /// Sends through rust-rdkafka's `BaseRecord`, the partitioner choosing the partition: the
+    /// dead-letter path, rare enough that its per-record costs do not matter.
     async fn send(
         &self,
         topic: &str,
-        partition: Option<i32>,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
@@ -201,7 +278,6 @@ impl Sink {
     ) -> Result<(), KafkaError> {
         let mut record: BaseRecord<'_, [u8], [u8], Arc<Acks>> =
             BaseRecord::with_opaque_to(topic, acks.expect_one());
-        record.partition = partition;
         record.key = key;
         record.payload = value;
         record.headers = headers;
@@ -228,6 +304,36 @@ impl Sink {
     /// Records still queued or in flight in the producer.
     pub fn queued(&self) -> i32 {
         self.producer.in_flight_count()
+    }
+}
+
+/// The producer's handle on a topic (`rd_kafka_topic_new`), released when dropped.
+struct TopicHandle(NonNull<rdsys::rd_kafka_topic_t>);
+
+// librdkafka's topic handles are thread safe.
+unsafe impl Send for TopicHandle {}
+unsafe impl Sync for TopicHandle {}
+
+impl TopicHandle {
+    /// With the client's default topic configuration, as a send naming the topic would use.
+    fn new(producer: &ThreadedProducer<SinkContext>, topic: &str) -> Result<Self, String> {
+        let name = CString::new(topic).map_err(|_| format!("topic {topic:?} contains NUL"))?;
+        let handle = unsafe {
+            rdsys::rd_kafka_topic_new(
+                producer.client().native_ptr(),
+                name.as_ptr(),
+                ptr::null_mut(),
+            )
+        };
+        NonNull::new(handle)
+            .map(TopicHandle)
+            .ok_or_else(|| format!("cannot create a producer handle for topic {topic:?}"))
+    }
+}
+
+impl Drop for TopicHandle {
+    fn drop(&mut self) {
+        unsafe { rdsys::rd_kafka_topic_destroy(self.0.as_ptr()) }
     }
 }
 
