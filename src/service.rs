@@ -30,6 +30,8 @@ use crate::transaction::{Transactions, TxnError};
 
 /// `--until-end`: how long an empty assignment must last before this member counts as done.
 const EMPTY_ASSIGNMENT_GRACE: Duration = Duration::from_secs(10);
+/// How long start-up waits for each of [`Sink::prepare`]'s metadata requests.
+const PRODUCER_PREPARE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a run did.
 #[derive(Debug, Clone)]
@@ -60,6 +62,11 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
         destination_partitions,
         fatal.clone(),
     )?);
+    {
+        // Blocking, for a few milliseconds.
+        let sink = sink.clone();
+        let _ = tokio::task::spawn_blocking(move || sink.prepare(PRODUCER_PREPARE_TIMEOUT)).await;
+    }
 
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(config.hash_threads())

@@ -109,6 +109,27 @@ impl Sink {
         })
     }
 
+    /// Gets the producer ready before the first record: it knows the destination's partitions
+    /// and has its producer id. Best effort: on failure the first records only wait longer.
+    ///
+    /// An idempotent producer asks for its id when a metadata response arrives, from a broker
+    /// that is up, and otherwise 500 ms after it was created. The first metadata request goes
+    /// out on the bootstrap connection before any broker of the cluster is connected; a second
+    /// one is answered by a cluster broker, which is then up. Without this the first
+    /// acknowledgement came about 330 ms after the first batch was sent (the id's 500 ms timer
+    /// from start-up), and with it 12-18 ms after; a 2M-record drain took 2.5-3.0 s from spawn to
+    /// exit instead of 2.1-2.3 s. (A send naming its topic by string used to force a metadata
+    /// request at the first record; the topic handle does not.)
+    pub fn prepare(&self, timeout: Duration) {
+        let topic = self.output_topic.name.as_str();
+        for _ in 0..2 {
+            if let Err(error) = self.producer.client().fetch_metadata(Some(topic), timeout) {
+                tracing::debug!(%error, topic, "destination metadata not fetched at start");
+                return;
+            }
+        }
+    }
+
     /// Why `value`, sent with `input`'s key and headers, cannot go to the destination: a batch of
     /// that one record would be over the destination's `max.message.bytes`.
     pub fn output_too_large(&self, input: &Record<'_>, value: &[u8]) -> Option<String> {
@@ -206,7 +227,7 @@ impl Sink {
             rdsys::rd_kafka_producev(
                 self.producer.client().native_ptr(),
                 RD_KAFKA_VTYPE_RKT,
-                self.output_topic.0.as_ptr(),
+                self.output_topic.ptr.as_ptr(),
                 RD_KAFKA_VTYPE_PARTITION,
                 partition,
                 RD_KAFKA_VTYPE_MSGFLAGS,
@@ -308,7 +329,10 @@ impl Sink {
 }
 
 /// The producer's handle on a topic (`rd_kafka_topic_new`), released when dropped.
-struct TopicHandle(NonNull<rdsys::rd_kafka_topic_t>);
+struct TopicHandle {
+    ptr: NonNull<rdsys::rd_kafka_topic_t>,
+    name: String,
+}
 
 // librdkafka's topic handles are thread safe.
 unsafe impl Send for TopicHandle {}
@@ -326,14 +350,17 @@ impl TopicHandle {
             )
         };
         NonNull::new(handle)
-            .map(TopicHandle)
+            .map(|ptr| TopicHandle {
+                ptr,
+                name: topic.to_string(),
+            })
             .ok_or_else(|| format!("cannot create a producer handle for topic {topic:?}"))
     }
 }
 
 impl Drop for TopicHandle {
     fn drop(&mut self) {
-        unsafe { rdsys::rd_kafka_topic_destroy(self.0.as_ptr()) }
+        unsafe { rdsys::rd_kafka_topic_destroy(self.ptr.as_ptr()) }
     }
 }
 
