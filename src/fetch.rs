@@ -184,7 +184,6 @@ pub struct NativeHeaders(NonNull<rdsys::rd_kafka_headers_t>);
 
 // An rd_kafka_headers_t belongs to no thread; this one has a single owner.
 unsafe impl Send for NativeHeaders {}
-unsafe impl Sync for NativeHeaders {}
 
 impl NativeHeaders {
     pub fn as_ptr(&self) -> *mut rdsys::rd_kafka_headers_t {

@@ -15,13 +15,14 @@
 //!   its own queue and start a worker, and on revocation drain and commit before release. Serves
 //!   the main queue on its own thread.
 //! - [`fetch`]: a partition's own fetch queue, read a batch per call
-//!   (`rd_kafka_consume_batch_queue`), and its records.
+//!   (`rd_kafka_consume_batch_queue`), and its records, whose parsed headers can be moved out.
 //! - [`partition`]: the per-partition worker: batches from the split queue, transform, produce,
 //!   await acknowledgements batch by batch, oldest first, store offsets contiguously.
 //! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out;
 //!   its validating JSON scanner is the submodule `transform/scan.rs`.
-//! - [`sink`]: the idempotent producer; output and dead-letter records; the destination's size
-//!   limit.
+//! - [`sink`]: the idempotent producer; outputs straight through `rd_kafka_producev` (a topic
+//!   handle, the input's headers handed over), dead-letter records; the destination's size
+//!   limit; the producer made ready before the first record.
 //! - [`ack`]: delivery reports counted per batch (the producer's delivery callback).
 //! - [`transaction`]: exactly-once: the open transaction, its gate, periodic and revocation
 //!   commits (outputs and offsets together).
