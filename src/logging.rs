@@ -109,7 +109,8 @@ impl ClientLog {
                 }
             }
             Notice | Info => tracing::debug!(fac, "librdkafka: {message}"),
-            Debug => tracing::trace!(fac, "librdkafka: {message}"),
+            // Only emitted when asked for with `-X debug=<contexts>`: show them.
+            Debug => tracing::info!(fac, "librdkafka: {message}"),
         }
     }
 

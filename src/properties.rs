@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 use clap::Args;
 use rdkafka::config::FromClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
 
@@ -91,6 +92,11 @@ impl KafkaArgs {
             if o.applies_to(side) {
                 config.set(o.key, o.value);
             }
+        }
+        // rust-rdkafka sets the client's log level after creating it, from the `log` crate's
+        // filter (error here, since logs go through tracing), which would silence `-X debug=...`.
+        if config.get("debug").is_some_and(|d| !d.trim().is_empty()) {
+            config.set_log_level(RDKafkaLogLevel::Debug);
         }
         Ok(config)
     }
@@ -314,6 +320,14 @@ mod tests {
 
     fn flag(raw: &str) -> Result<Override, ConfigError> {
         Override::parse_flag(&Property(raw.to_string()))
+    }
+
+    #[test]
+    fn debug_contexts_raise_the_client_log_level() {
+        // Without `debug`, rust-rdkafka derives the level from the `log` crate's filter.
+        let c = parse(&["-X", "producer.debug=eos"]);
+        let level = c.producer_config().unwrap().log_level;
+        assert!(matches!(level, RDKafkaLogLevel::Debug), "{level:?}");
     }
 
     #[test]
