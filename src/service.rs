@@ -406,8 +406,8 @@ async fn destination_max_bytes(admin: &AdminClient<QuietContext>, topic: &str) -
     Some(bytes)
 }
 
-/// Exactly-once: commits every `interval`, or sooner when the transaction is full. A failure is
-/// sent to the coordinator, which stops the process.
+/// Exactly-once: commits when the transaction has been open for `interval`, or sooner when it is
+/// full. A failure is sent to the coordinator, which stops the process.
 async fn commit_periodically(
     t: Arc<Transactions>,
     interval: Duration,
@@ -424,5 +424,8 @@ async fn commit_periodically(
             let _ = failed.send(e);
             return;
         }
+        // The next transaction opened just now: its interval starts here, so that a full
+        // transaction's commit is not followed at once by a nearly empty one.
+        ticker.reset();
     }
 }

@@ -130,8 +130,17 @@ impl Transactions {
     }
 
     /// Resolves when the open transaction holds `--transaction-records` records.
+    ///
+    /// Every batch sent past the threshold notifies, and a notification with no waiter is kept,
+    /// so a wake-up can be stale (its transaction already committed): check the count again.
     pub async fn filled(&self) {
-        self.full.notified().await
+        loop {
+            let notified = self.full.notified();
+            if self.records.load(Relaxed) >= self.max_records {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Commits from async code, without occupying a runtime thread for longer than the watchdog.
@@ -238,8 +247,11 @@ impl Transactions {
                 .expect("a valid offset");
         }
         let producer = self.sink.producer();
-        let result = producer
-            .send_offsets_to_transaction(&tpl, &metadata, TXN_CALL_TIMEOUT)
+        let result = producer.send_offsets_to_transaction(&tpl, &metadata, TXN_CALL_TIMEOUT);
+        // Flush first with our own flush: rust-rdkafka's commit_transaction flushes in 100 ms
+        // polling steps (see `Sink::flush`), and then finds nothing left to wait for.
+        let result = result
+            .and_then(|()| self.sink.flush(TXN_CALL_TIMEOUT))
             .and_then(|()| producer.commit_transaction(TXN_CALL_TIMEOUT));
         if let Err(error) = result {
             self.broken.store(true, Relaxed);
