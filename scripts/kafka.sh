@@ -39,6 +39,10 @@ read -r -a CLUSTER_PORTS <<<"${KAFKA_CLUSTER_PORTS:-19092 29092 39092}"
 readonly CLUSTER_PORTS
 readonly READY_TIMEOUT=${KAFKA_READY_TIMEOUT:-90}
 readonly STOP_TIMEOUT=30
+# The JVM options of Kafka's own bin/kafka-run-class.sh (KAFKA_JVM_PERFORMANCE_OPTS) and its GC
+# log; G1's default 200 ms pause goal let young collections stall the broker for 20-60 ms every
+# ~2 s under load, which showed as the latency benchmark's tail.
+readonly KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS-"-server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true"}
 # Cluster mode: a node that stops heartbeating is fenced after this long (Kafka's default
 # is 9 s with heartbeats every 2 s). Not much lower: on a busy 2-core machine a live node
 # that misses its heartbeats would be fenced too.
@@ -78,6 +82,8 @@ Environment:
   KAFKA_CONTROLLER_PORT  single node: KRaft controller port (now: $CONTROLLER_PORT)
   KAFKA_CLUSTER_PORTS    cluster: the three client ports (now: ${CLUSTER_PORTS[*]})
   KAFKA_READY_TIMEOUT    seconds 'up' and 'start-node' wait for a broker (now: $READY_TIMEOUT)
+  KAFKA_JVM_OPTS         the broker JVM's options besides the 512 MB heap (default: those of
+                         Kafka's kafka-run-class.sh; GC log in the node's logs/gc.log)
   KAFKA_AUTO_CREATE_TOPICS  false: the broker does not create topics on first use
   KAFKA_SASL_PORT        single node, for auth tests: also a SASL_PLAINTEXT (PLAIN) listener
                          on this port, where user alice (password alice-secret) may do
@@ -306,7 +312,10 @@ start_node() {
   # setsid puts the JVM in its own session: Ctrl-C in, or closing, the terminal that ran
   # 'up' must not stop the broker. This script runs without job control, so setsid execs
   # in place and $! is the JVM's pid. The JVM must not inherit the lock (fd 9).
-  setsid java -Xms512m -Xmx512m \
+  local jvm_opts
+  read -r -a jvm_opts <<<"$KAFKA_JVM_OPTS"
+  setsid java -Xms512m -Xmx512m "${jvm_opts[@]}" \
+    -Xlog:gc*:file="$dir/logs/gc.log":time,tags:filecount=2,filesize=20M \
     -Dlog4j2.configurationFile="$LOG4J_CONFIG" -Dkafka.logs.dir="$dir/logs" \
     -cp "$LIBS_DIR/*" kafka.Kafka "$dir/server.properties" \
     </dev/null >"$dir/logs/stdout.log" 2>&1 9>&- &
