@@ -194,21 +194,29 @@ def write_bench(r):
                 "this machine, before any transform or bookkeeping.",
                 "",
             ]
+        # Older results have no steady-state figures: their columns show "–".
+        warmup = next((x["warmup_s"] for x in r["latency"] if x.get("warmup_s")), "N")
         lines += ["*committed after input end* = seconds from the generator's exit until the "
                   "group had committed every record (about the 1 s commit interval when "
                   "ktransform keeps up; the backlog it built when it does not).", "",
+                  f"*after {warmup} s* = the same over the records written after the first "
+                  f"{warmup} seconds: "
+                  "the steady state, without the start-up of the process and of the fresh "
+                  "topics.", "",
                   "| contender | rate/s | records | p50 ms | p90 ms | p99 ms | p99.9 ms "
-                  "| max ms | committed after input end, s | CPU s/M | status |",
-                  "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+                  f"| max ms | p99 ms after {warmup} s | max ms after {warmup} s "
+                  "| committed after input end, s | CPU s/M | status |",
+                  "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
         for x in r["latency"]:
             if x.get("status") == "not available":
-                lines.append(f"| {x['label']} | | | | | | | | | | not available |")
+                lines.append(f"| {x['label']} | | | | | | | | | | | | not available |")
                 continue
             status = "ok" if x["status"] == "ok" else "FAILED: " + "; ".join(x["problems"])
             lines.append(
                 f"| {x.get('label', x['name'])} | {fmt(x.get('rate'))} | {fmt(x.get('measured'))} "
                 f"| {fmt(x.get('p50_ms'))} | {fmt(x.get('p90_ms'))} | {fmt(x.get('p99_ms'))} "
                 f"| {fmt(x.get('p999_ms'))} | {fmt(x.get('max_ms'))} "
+                f"| {fmt(x.get('p99_steady_ms'))} | {fmt(x.get('max_steady_ms'))} "
                 f"| {fmt(x.get('catch_up_s'), 1)} "
                 f"| {fmt(x.get('cpu_s_per_million'), 1)} | {status} |")
         lines += ["", f"![latency]({name}-latency-cdf.png)", ""]

@@ -224,6 +224,9 @@ RAW_LATENCY_SETTINGS = ["fetch.wait.max.ms=5", "fetch.max.bytes=4194304",
                         "queued.max.messages.kbytes=4096", "fetch.queue.backoff.ms=10"]
 
 
+LATENCY_WARMUP_S = 5
+
+
 def latency_run(name, eos, rate, ctx):
     """ktransform (or, for name "raw", the raw copy) running, the generator at a fixed rate into
     a fresh topic; then the delay of each record from its CreateTime (set by the generator's
@@ -277,6 +280,12 @@ def latency_run(name, eos, rate, ctx):
     source = harness.scan(args.brokers, src, keep_seq=True)
     out = harness.scan(args.brokers, dest, keep_seq=True)
     lat = sorted(out.by_seq[s] - source.by_seq[s] for s in out.by_seq if s in source.by_seq)
+    # The same, without the records of the first LATENCY_WARMUP_S seconds (the generator writes
+    # record seq at seq/rate): the steady state, apart from the start-up of the process and of
+    # the fresh topics, which the whole-run figures include.
+    first = int(rate * LATENCY_WARMUP_S)
+    steady = sorted(out.by_seq[s] - source.by_seq[s]
+                    for s in out.by_seq if s in source.by_seq and s >= first)
     problems = []
     if gen.rc != 0:
         problems.append(f"generator exited {gen.rc}")
@@ -306,6 +315,9 @@ def latency_run(name, eos, rate, ctx):
         "p99_ms": harness.percentile(lat, 99),
         "p999_ms": harness.percentile(lat, 99.9),
         "max_ms": lat[-1] if lat else None,
+        "warmup_s": LATENCY_WARMUP_S,
+        "p99_steady_ms": harness.percentile(steady, 99),
+        "max_steady_ms": steady[-1] if steady else None,
         "catch_up_s": round(catch_up_s, 1),
         "cpu_s_per_million": m.cpu_s / count * 1e6 if count else None,
         "cdf": cdf,
