@@ -42,9 +42,10 @@ use crate::sink::Sink;
 /// Timeout of one transactional call (librdkafka retries inside it).
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long a commit or abort (at most two transactional calls, plus the wait for the gate) may
-/// take before it counts as stuck in librdkafka.
-pub const TXN_WATCHDOG: Duration = Duration::from_secs(2 * 30 + 15);
+/// How long a commit or abort may take before it counts as stuck in librdkafka: a commit makes
+/// at most three calls of [`TXN_CALL_TIMEOUT`] (send the offsets, flush, commit; an abort
+/// fewer), plus the wait for the gate.
+pub const TXN_WATCHDOG: Duration = Duration::from_secs(3 * 30 + 15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TxnError {
