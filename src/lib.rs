@@ -22,7 +22,8 @@
 //!   its validating JSON scanner is the submodule `transform/scan.rs`.
 //! - [`sink`]: the idempotent producer; outputs straight through `rd_kafka_producev` (a topic
 //!   handle, the input's headers handed over), dead-letter records; the destination's size
-//!   limit; the producer made ready before the first record.
+//!   limit; the producer made ready before the first record; flushes with librdkafka's own
+//!   flush (rust-rdkafka's polls in 100 ms steps).
 //! - [`ack`]: delivery reports counted per batch (the producer's delivery callback).
 //! - [`transaction`]: exactly-once: the open transaction, its gate, periodic and revocation
 //!   commits (outputs and offsets together).

@@ -13,8 +13,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::Args;
-use rdkafka::config::FromClientConfig;
-use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::config::{FromClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
 
