@@ -9,6 +9,7 @@ use std::ptr::{self, NonNull};
 use std::sync::Arc;
 use std::time::Duration;
 
+use md5::{Digest, Md5};
 use rdkafka::bindings as rdsys;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
@@ -28,6 +29,11 @@ pub mod headers {
     pub const SOURCE_TOPIC: &str = "ktransform.source.topic";
     pub const SOURCE_PARTITION: &str = "ktransform.source.partition";
     pub const SOURCE_OFFSET: &str = "ktransform.source.offset";
+    /// On a dead letter sent without its value (too large for the producer even unchanged):
+    /// the value's length in bytes.
+    pub const VALUE_DROPPED: &str = "ktransform.value.dropped";
+    /// With [`VALUE_DROPPED`]: the lowercase hex md5 of the dropped value.
+    pub const VALUE_MD5: &str = "ktransform.value.md5";
 }
 
 /// librdkafka's default `batch.size`.
@@ -259,6 +265,11 @@ impl Sink {
     }
 
     /// Sends the input unchanged to the dead-letter topic, with the reason and origin in headers.
+    ///
+    /// A value the producer refuses even unchanged (over its `message.max.bytes`: the output was
+    /// refused first, and the dead letter adds its headers) is left out: the dead letter then
+    /// carries the value's length and md5 in headers instead, and still names the source record,
+    /// so the partition goes on and the record stays findable in the source.
     pub async fn send_dead_letter(
         &self,
         input: &Record<'_>,
@@ -266,25 +277,31 @@ impl Sink {
         message: &str,
         acks: &Arc<Acks>,
     ) -> Result<(), KafkaError> {
-        let base = input.headers().map(|h| h.detach()).unwrap_or_default();
-        let partition = input.partition().to_string();
-        let offset = input.offset().to_string();
-        let headers = [
-            (headers::ERROR_KIND, kind),
-            (headers::ERROR_MESSAGE, message),
-            (headers::SOURCE_TOPIC, input.topic()),
-            (headers::SOURCE_PARTITION, partition.as_str()),
-            (headers::SOURCE_OFFSET, offset.as_str()),
-        ]
-        .into_iter()
-        .fold(base, |h, (key, value)| {
-            h.insert(Header {
-                key,
-                value: Some(value),
-            })
-        });
-        self.send(&self.dlq, input.key(), input.payload(), Some(headers), acks)
+        let headers = dead_letter_headers(input, kind, message, &[]);
+        match self
+            .send(&self.dlq, input.key(), input.payload(), Some(headers), acks)
             .await
+        {
+            Err(e) if is_record_error(&e) && input.payload().is_some() => {
+                let value = input.payload().unwrap_or_default();
+                let (len, md5) = (value.len().to_string(), hex::encode(Md5::digest(value)));
+                tracing::warn!(
+                    topic = input.topic(),
+                    partition = input.partition(),
+                    offset = input.offset(),
+                    bytes = value.len(),
+                    "dead letter too large for the producer: sent without its value"
+                );
+                let dropped = [
+                    (headers::VALUE_DROPPED, len.as_str()),
+                    (headers::VALUE_MD5, md5.as_str()),
+                ];
+                let headers = dead_letter_headers(input, kind, message, &dropped);
+                self.send(&self.dlq, input.key(), None, Some(headers), acks)
+                    .await
+            }
+            sent => sent,
+        }
     }
 
     /// Sends through rust-rdkafka's `BaseRecord`, the partitioner choosing the partition: the
@@ -405,6 +422,33 @@ fn varint_len(n: i64) -> usize {
         len += 1;
     }
     len
+}
+
+/// The input's headers, then the dead-letter headers, then `extra`.
+fn dead_letter_headers(
+    input: &Record<'_>,
+    kind: &str,
+    message: &str,
+    extra: &[(&str, &str)],
+) -> OwnedHeaders {
+    let base = input.headers().map(|h| h.detach()).unwrap_or_default();
+    let partition = input.partition().to_string();
+    let offset = input.offset().to_string();
+    [
+        (headers::ERROR_KIND, kind),
+        (headers::ERROR_MESSAGE, message),
+        (headers::SOURCE_TOPIC, input.topic()),
+        (headers::SOURCE_PARTITION, partition.as_str()),
+        (headers::SOURCE_OFFSET, offset.as_str()),
+    ]
+    .iter()
+    .chain(extra)
+    .fold(base, |h, &(key, value)| {
+        h.insert(Header {
+            key,
+            value: Some(value),
+        })
+    })
 }
 
 /// Whether a local send error means this record can never be produced (it goes to the DLQ)

@@ -19,7 +19,10 @@
 //! (the earliest with that content if none has them): its first delivery.
 //! Once every source record with that content is taken, it is a duplicate. Dead letters name
 //! their source position in `ktransform.source.*` headers: the source record there must have the
-//! same key and value (an object dead-lettered as `output_too_large` is also right). Headers must
+//! same key and value (an object dead-lettered as `output_too_large` is also right); a dead letter
+//! sent without its value (`ktransform.value.dropped`: too large for the producer) is right if the
+//! record there belongs in the dead-letter topic or names `output_too_large`, and is counted apart:
+//! its content is not checked. Headers must
 //! equal the input's, as ordered (name, value) lists that leave out names starting with
 //! `ktransform.` on both sides.
 //!
@@ -212,6 +215,9 @@ pub struct Counts {
     pub outputs: u64,
     /// Records read from the dead-letter topic.
     pub dead_letters: u64,
+    /// Dead letters sent without their value (too large for the producer): their position and
+    /// reason are checked, their content cannot be.
+    pub dead_letters_without_value: u64,
     /// Source records with a correct output or dead letter.
     pub delivered: u64,
     /// Source records with no output at all, correct or wrong.
@@ -435,10 +441,15 @@ pub fn render(report: &Report) -> String {
         "  ({} tombstones, {} not objects)",
         c.tombstones, c.expected_dead_letters
     );
+    let without_value = if c.dead_letters_without_value > 0 {
+        format!("  ({} without their value)", c.dead_letters_without_value)
+    } else {
+        String::new()
+    };
     for (name, n, note) in [
         ("source records", c.source_records, source.as_str()),
         ("outputs", c.outputs, ""),
-        ("dead letters", c.dead_letters, ""),
+        ("dead letters", c.dead_letters, without_value.as_str()),
         ("delivered", c.delivered, ""),
         ("lost", c.lost, ""),
         ("duplicates", c.duplicates, duplicates),

@@ -7,11 +7,14 @@
 //! byte, is `tests/pipeline.rs`.
 //!
 //! Also the last kind, an object whose output is too large for the destination once the hash
-//! is added: it must be dead-lettered as `output_too_large`, not stop the service.
+//! is added: it must be dead-lettered as `output_too_large`, not stop the service. And a dead
+//! letter too large for the producer itself: it must go without its value, not stop the service.
 //!
 //! Short (default): 30,000 records, 3 kills: under 1 min in a debug build.
 //! `KTRANSFORM_CHAOS=1`: 200,000 records, 10 kills: about 3 min. Sizes: env
 //! `KTRANSFORM_FAULT_POISON_RECORDS`, `KTRANSFORM_FAULT_POISON_KILLS`.
+
+use md5::Digest;
 
 use crate::common::data::{self, Expect, Mix};
 use crate::common::faults::{self, assert_passed, audit_on, create_topic_on, Figures};
@@ -139,13 +142,101 @@ async fn output_too_large_is_dead_lettered() {
 /// as librdkafka counts it (value, key, headers and at most 36 bytes of record overhead), so
 /// the output, 43 bytes longer (`,"hash":"<32 hex>"`), is over it.
 fn just_fitting(r: &data::TestRecord) -> Vec<u8> {
+    just_fitting_under(r, LIMIT)
+}
+
+/// A JSON object for `r` about 20 bytes under `limit` as librdkafka counts it.
+fn just_fitting_under(r: &data::TestRecord, limit: usize) -> Vec<u8> {
     let headers: usize = r
         .headers
         .iter()
         .map(|(k, v)| 2 + k.len() + v.as_ref().map_or(0, Vec::len))
         .sum();
-    let size = LIMIT - 20 - 36 - r.key.len() - headers;
+    let size = limit - 20 - 36 - r.key.len() - headers;
     let head = format!(r#"{{"id":{},"blob":""#, r.id);
     let pad = size - head.len() - 2;
     format!("{head}{}\"}}", "x".repeat(pad)).into_bytes()
+}
+
+/// The producer's `message.max.bytes` in the test below.
+const PRODUCER_LIMIT: usize = 4000;
+
+/// Records the producer refuses even as dead letters (over its `message.max.bytes` once the
+/// dead-letter headers are added): objects whose output is too large, and values that are not
+/// JSON. Each goes to the dead-letter topic without its value, with the value's length and md5
+/// in headers, and the run goes on to the end; `verify` passes and counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_too_large_for_the_producer_goes_without_its_value() {
+    let scenario = "poison-dead-letter-too-large/at-least-once";
+    let names = Names::new("dlq-too-large");
+    let bootstrap = brokers();
+    for topic in [&names.source, &names.destination, &names.dlq] {
+        create_topic_on(&bootstrap, topic, 2, 1, &[]).await;
+    }
+    let seed = data::seed();
+    let mut records = data::generate(300, KEYS, Mix::Clean, seed);
+    for r in records.iter_mut().filter(|r| r.id % 30 == 15) {
+        // Fits the producer's limit by about 20 bytes: the output (43 bytes longer) does not,
+        // nor does the dead letter (its headers add about 150).
+        let mut value = just_fitting_under(r, PRODUCER_LIMIT);
+        let kind = if r.id % 60 == 15 {
+            "output_too_large"
+        } else {
+            value.truncate(value.len() - 2); // no closing `"}`
+            "invalid_json"
+        };
+        r.value = Some(value);
+        r.expect = Expect::DeadLetter(kind);
+    }
+    produce(&names.source, &records).await;
+
+    let limit = format!("producer.message.max.bytes={PRODUCER_LIMIT}");
+    let (handle, _stop) = run_in_process(&names.args(&["--until-end", "-X", &limit]));
+    let result = finish(handle).await;
+
+    let report = audit_on(&bootstrap, &names, "at-least-once").await;
+    let expected: Vec<&data::TestRecord> = records
+        .iter()
+        .filter(|r| matches!(r.expect, Expect::DeadLetter(_)))
+        .collect();
+    let dead = consume_all(&names.dlq, expected.len(), IDLE).await;
+    let dlq = faults::check_dead_letters(&records, &dead);
+    Figures::from_report(scenario, &report, 0)
+        .with("seed", seed)
+        .with("dead_letters", dlq.expected)
+        .with("without_value", report.counts.dead_letters_without_value)
+        .with("run", format!("{:?}", result.as_ref().err()))
+        .print();
+    let summary = result.expect(
+        "a dead letter too large for the producer must go without its value, not stop the run",
+    );
+    assert_passed(scenario, &report);
+    assert_eq!(dlq.lost, 0, "records missing from the dead-letter topic");
+    assert_eq!(dlq.duplicated, 0, "records dead-lettered twice");
+    assert_eq!(dlq.wrong_reason, 0, "dead letters with the wrong reason");
+    assert_eq!(summary.stats.dead_lettered as usize, expected.len());
+    assert_eq!(
+        report.counts.dead_letters_without_value as usize,
+        expected.len()
+    );
+    let by_id = data::by_id(&dead);
+    for r in expected {
+        let d = by_id[&r.id][0];
+        let value = r.value.as_deref().expect("a value");
+        assert_eq!(d.value, None, "record {}: the value is left out", r.id);
+        assert_eq!(
+            d.key.as_deref(),
+            Some(&r.key[..]),
+            "record {}: key kept",
+            r.id
+        );
+        assert_eq!(
+            d.header_str("ktransform.value.dropped"),
+            Some(value.len().to_string().as_str())
+        );
+        assert_eq!(
+            d.header_str("ktransform.value.md5"),
+            Some(hex::encode(md5::Md5::digest(value)).as_str())
+        );
+    }
 }
