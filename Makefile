@@ -8,7 +8,7 @@
 
 KAFKA_SH := scripts/kafka.sh
 
-.PHONY: help up down logs broker-status demo build test lint chaos bench-transform bench scale-test
+.PHONY: help up down logs broker-status demo build test lint chaos bench-transform bench latency-sweep scale-test
 
 ##@ General
 
@@ -48,6 +48,9 @@ bench-transform: ## The transform alone (criterion, no broker): records/s for 50
 
 bench: ## Raw copy, ktransform, Python and Kafka Streams on the local broker -> bench/results/<date>.md (BENCH_ARGS="--quick")
 	python3 bench/run.py $(BENCH_ARGS)
+
+latency-sweep: ## Latency over load, raw copy against ktransform -> bench/results/<date>-latency-sweep.* (SWEEP_ARGS=...)
+	python3 bench/latency.py $(SWEEP_ARGS)
 
 scale-test: ## ktransform drain rate over partitions x instances, and a keep-up check -> bench/results/<date>-scale-* (SCALE_ARGS=...)
 	python3 bench/scale.py $(SCALE_ARGS)
