@@ -1,5 +1,6 @@
 //! One clean `--until-end` run over keyed records with poison and tombstones mixed in: every
 //! record ends up exactly once where it belongs, byte-exact, in key order, and all committed.
+//! And an exactly-once run that commits by transaction size.
 //!
 //! Size: env `KTRANSFORM_TEST_RECORDS` (default 100,000); data: env `KTRANSFORM_TEST_SEED`.
 
@@ -77,6 +78,46 @@ async fn clean_run_100k_keyed_with_poison() {
     assert_eq!(s.produced as usize, output.len(), "stats: produced");
     assert_eq!(s.dead_lettered as usize, dead.len(), "stats: dead_lettered");
     assert_eq!(s.replayable, 0, "stats: replayable");
+}
+
+/// Exactly-once commits by size: with `--transaction-records` 1,000 and an interval that never
+/// fires during the run, 20,000 records must take at most 21 commits (every commit but the last
+/// holds the threshold; 17-19 were seen) and several (by the interval alone there would be one,
+/// at the end). A notification left over from a full transaction once triggered a nearly empty
+/// commit after every full one: 28-31 commits here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_commits_when_the_transaction_is_full() {
+    const N: usize = 20_000;
+    const THRESHOLD: usize = 1_000;
+    let test = prepare("txn-full", 6, N, Mix::Clean).await;
+    let names = &test.names;
+    let threshold = THRESHOLD.to_string();
+    let flags = [
+        "--until-end",
+        "--guarantee",
+        "exactly-once",
+        "--transaction-records",
+        &threshold,
+        "--transaction-interval",
+        "60s",
+        "--batch-size",
+        "10",
+    ];
+    let (handle, _stop) = run_in_process(&names.args(&flags));
+    let summary = finish(handle).await.expect("an --until-end run returns Ok");
+    let output = consume_all(&names.destination, N, IDLE).await;
+    let tally = data::tally(test.records.iter().map(|r| r.id), &output);
+    let commits = summary.stats.transactions_committed;
+    println!(
+        "txn-full seed={} {tally} commits={commits} stats={:?}",
+        test.seed, summary.stats
+    );
+    assert_eq!(tally.lost, 0, "records lost: {:?}", tally.lost_ids);
+    assert_eq!(tally.duplicates, 0, "duplicates under exactly-once");
+    assert!(
+        (5..=21).contains(&commits),
+        "{commits} commits for {N} records at {THRESHOLD} per transaction"
+    );
 }
 
 /// Checks one record read back against its input, which sat at `source` (partition, offset).
