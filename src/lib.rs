@@ -21,9 +21,10 @@
 //! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out;
 //!   its validating JSON scanner is the submodule `transform/scan.rs`.
 //! - [`sink`]: the idempotent producer; outputs straight through `rd_kafka_producev` (a topic
-//!   handle, the input's headers handed over), dead-letter records; the destination's size
-//!   limit; the producer made ready before the first record; flushes with librdkafka's own
-//!   flush (rust-rdkafka's polls in 100 ms steps).
+//!   handle, the input's headers handed over), dead-letter records (without the value when
+//!   too large); the destination's and dead-letter topic's size limits; the producer made
+//!   ready before the first record; flushes with librdkafka's own flush (rust-rdkafka's polls
+//!   in 100 ms steps).
 //! - [`ack`]: delivery reports counted per batch (the producer's delivery callback).
 //! - [`transaction`]: exactly-once: the open transaction, its gate, periodic and revocation
 //!   commits (outputs and offsets together).

@@ -25,7 +25,7 @@ use crate::http::{self, Health};
 use crate::logging::{FatalErrors, QuietContext};
 use crate::metrics::{self, Snapshot, Stats};
 use crate::partition::{Shared, WorkerEvent};
-use crate::sink::Sink;
+use crate::sink::{Sink, TopicLimits};
 use crate::transaction::{Transactions, TxnError};
 
 /// `--until-end`: how long an empty assignment must last before this member counts as done.
@@ -55,10 +55,13 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
         .create_with_context(QuietContext::default())?;
     let admin = Arc::new(admin);
     let destination_partitions = wait_for_brokers(&admin, &config, &fatal).await?;
-    let limit = destination_max_bytes(&admin, &config.destination).await;
+    let limits = TopicLimits {
+        destination: topic_max_bytes(&admin, &config.destination).await,
+        dlq: topic_max_bytes(&admin, &config.dlq_topic()).await,
+    };
     let sink = Arc::new(Sink::new(
         &config,
-        limit,
+        limits,
         destination_partitions,
         fatal.clone(),
     )?);
@@ -386,10 +389,11 @@ async fn auto_creates_topics(admin: &AdminClient<QuietContext>, id: i32) -> bool
     value.as_deref() != Some("false")
 }
 
-/// The destination's `max.message.bytes`, if it exists and says so. The producer is capped to it
-/// so that an output too large for the topic is refused locally (and dead-lettered with its
-/// input) rather than by the broker after the input is gone.
-async fn destination_max_bytes(admin: &AdminClient<QuietContext>, topic: &str) -> Option<usize> {
+/// A topic's `max.message.bytes`, if it exists and says so. The producer is capped to the
+/// destination's and the dead-letter topic's, so that a record too large for its topic is
+/// refused locally (and dead-lettered, or sent without its value) rather than by the broker
+/// after the input is gone.
+async fn topic_max_bytes(admin: &AdminClient<QuietContext>, topic: &str) -> Option<usize> {
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
@@ -402,7 +406,7 @@ async fn destination_max_bytes(admin: &AdminClient<QuietContext>, topic: &str) -
         .as_deref()?
         .parse()
         .ok()?;
-    tracing::debug!(topic, bytes, "destination max.message.bytes");
+    tracing::debug!(topic, bytes, "max.message.bytes");
     Some(bytes)
 }
 

@@ -47,6 +47,13 @@ const BATCH_HEADER_BYTES: usize = 61;
 /// chooses.
 const PARTITION_UNASSIGNED: i32 = -1;
 
+/// The `max.message.bytes` of the topics the sink writes to, when known (read at start).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TopicLimits {
+    pub destination: Option<usize>,
+    pub dlq: Option<usize>,
+}
+
 /// How long to wait before retrying a send refused because librdkafka's queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
 
@@ -57,17 +64,20 @@ pub struct Sink {
     dlq: String,
     /// The destination's `max.message.bytes`, when known.
     destination_max_bytes: Option<usize>,
+    /// The dead-letter topic's `max.message.bytes`, when known.
+    dlq_max_bytes: Option<usize>,
     /// The destination's partition count at start, when known: where keyless outputs go.
     destination_partitions: Option<i32>,
 }
 
 impl Sink {
-    /// `destination_max_bytes`: the destination topic's `max.message.bytes`, when known.
+    /// `limits`: the destination's and the dead-letter topic's `max.message.bytes`, when known.
     ///
-    /// The broker refuses a whole batch larger than that limit, after the input is gone, so the
-    /// limit is enforced here instead: batches are capped below it (`batch.size`), and an output
-    /// that would not fit even alone is refused before it is sent ([`Sink::output_too_large`]),
-    /// to be dead-lettered with its input. The dead-letter topic keeps librdkafka's limits.
+    /// The broker refuses a whole batch larger than its topic's limit, after the input is gone,
+    /// so the limits are enforced here instead: batches are capped below the lower one
+    /// (`batch.size` is the producer's, for both topics), an output that would not fit even
+    /// alone is refused before it is sent ([`Sink::output_too_large`]), to be dead-lettered
+    /// with its input, and a dead letter that would not fit goes without its value.
     ///
     /// `destination_partitions`: the destination's partition count at start, when known. A
     /// record without a key then goes to the partition of its input's number (modulo that
@@ -78,7 +88,7 @@ impl Sink {
     /// the Java client's), so equal keys land together as Java producers would put them.
     pub fn new(
         config: &RunConfig,
-        destination_max_bytes: Option<usize>,
+        limits: TopicLimits,
         destination_partitions: Option<i32>,
         fatal: Arc<FatalErrors>,
     ) -> Result<Self, ConfigError> {
@@ -87,7 +97,11 @@ impl Sink {
             .get("batch.size")
             .and_then(|v| v.parse().ok())
             .unwrap_or(LIBRDKAFKA_BATCH_SIZE);
-        if let Some(limit) = destination_max_bytes {
+        let lowest = match (limits.destination, limits.dlq) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(limit) = lowest {
             // A batch's size as librdkafka counts it includes the batch header and the request's
             // own prefix before it, so this keeps every multi-record batch under the limit.
             let cap = limit.saturating_sub(BATCH_HEADER_BYTES).max(1);
@@ -110,7 +124,8 @@ impl Sink {
             output_topic,
             producer,
             dlq: config.dlq_topic(),
-            destination_max_bytes,
+            destination_max_bytes: limits.destination,
+            dlq_max_bytes: limits.dlq,
             destination_partitions,
         })
     }
@@ -266,8 +281,8 @@ impl Sink {
 
     /// Sends the input unchanged to the dead-letter topic, with the reason and origin in headers.
     ///
-    /// A value the producer refuses even unchanged (over its `message.max.bytes`: the output was
-    /// refused first, and the dead letter adds its headers) is left out: the dead letter then
+    /// A value too large even unchanged (the dead letter over the producer's `message.max.bytes`,
+    /// or over the dead-letter topic's `max.message.bytes`) is left out: the dead letter then
     /// carries the value's length and md5 in headers instead, and still names the source record,
     /// so the partition goes on and the record stays findable in the source.
     pub async fn send_dead_letter(
@@ -278,10 +293,15 @@ impl Sink {
         acks: &Arc<Acks>,
     ) -> Result<(), KafkaError> {
         let headers = dead_letter_headers(input, kind, message, &[]);
-        match self
-            .send(&self.dlq, input.key(), input.payload(), Some(headers), acks)
-            .await
-        {
+        let sent = if self.dead_letter_too_large(input, &headers) {
+            Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageSizeTooLarge,
+            ))
+        } else {
+            self.send(&self.dlq, input.key(), input.payload(), Some(headers), acks)
+                .await
+        };
+        match sent {
             Err(e) if is_record_error(&e) && input.payload().is_some() => {
                 let value = input.payload().unwrap_or_default();
                 let (len, md5) = (value.len().to_string(), hex::encode(Md5::digest(value)));
@@ -290,7 +310,7 @@ impl Sink {
                     partition = input.partition(),
                     offset = input.offset(),
                     bytes = value.len(),
-                    "dead letter too large for the producer: sent without its value"
+                    "dead letter too large: sent without its value"
                 );
                 let dropped = [
                     (headers::VALUE_DROPPED, len.as_str()),
@@ -302,6 +322,19 @@ impl Sink {
             }
             sent => sent,
         }
+    }
+
+    /// Whether a batch of this one dead letter would be over the dead-letter topic's limit.
+    fn dead_letter_too_large(&self, input: &Record<'_>, headers: &OwnedHeaders) -> bool {
+        let Some(limit) = self.dlq_max_bytes else {
+            return false;
+        };
+        let headers: Vec<(usize, Option<usize>)> = headers
+            .iter()
+            .map(|h| (h.key.len(), h.value.map(<[u8]>::len)))
+            .collect();
+        let key = input.key().map(<[u8]>::len);
+        single_record_batch_size(key, Some(input.payload_len()), &headers) > limit
     }
 
     /// Sends through rust-rdkafka's `BaseRecord`, the partitioner choosing the partition: the

@@ -8,7 +8,8 @@
 //!
 //! Also the last kind, an object whose output is too large for the destination once the hash
 //! is added: it must be dead-lettered as `output_too_large`, not stop the service. And a dead
-//! letter too large for the producer itself: it must go without its value, not stop the service.
+//! letter too large for the producer or for the dead-letter topic: it must go without its value,
+//! not stop the service.
 //!
 //! Short (default): 30,000 records, 3 kills: under 1 min in a debug build.
 //! `KTRANSFORM_CHAOS=1`: 200,000 records, 10 kills: about 3 min. Sizes: env
@@ -158,48 +159,96 @@ fn just_fitting_under(r: &data::TestRecord, limit: usize) -> Vec<u8> {
     format!("{head}{}\"}}", "x".repeat(pad)).into_bytes()
 }
 
-/// The producer's `message.max.bytes` in the test below.
-const PRODUCER_LIMIT: usize = 4000;
+/// The limit dead letters run into in the tests below.
+const DLQ_LIMIT: usize = 4000;
 
-/// Records the producer refuses even as dead letters (over its `message.max.bytes` once the
-/// dead-letter headers are added): objects whose output is too large, and values that are not
-/// JSON. Each goes to the dead-letter topic without its value, with the value's length and md5
-/// in headers, and the run goes on to the end; `verify` passes and counts them.
+/// Where [`DLQ_LIMIT`] is set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum DlqLimit {
+    /// The producer's `message.max.bytes`: outputs are refused too.
+    Producer,
+    /// The dead-letter topic's `max.message.bytes`: outputs still fit the destination.
+    Topic,
+}
+
+/// Dead letters over the producer's `message.max.bytes` once the dead-letter headers are added
+/// (objects whose output is refused too, and values that are not JSON): each goes to the
+/// dead-letter topic without its value, with the value's length and md5 in headers, and the run
+/// goes on to the end; `verify` passes and counts them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_too_large_for_the_producer_goes_without_its_value() {
-    let scenario = "poison-dead-letter-too-large/at-least-once";
+    dead_letters_too_large(DlqLimit::Producer).await;
+}
+
+/// The same under the dead-letter topic's own `max.message.bytes`, which the broker would
+/// enforce after the input is gone: checked before sending, and batches of small dead letters
+/// stay under it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_too_large_for_its_topic_goes_without_its_value() {
+    dead_letters_too_large(DlqLimit::Topic).await;
+}
+
+async fn dead_letters_too_large(limit: DlqLimit) {
+    let scenario = match limit {
+        DlqLimit::Producer => "poison-dead-letter-too-large-for-producer/at-least-once",
+        DlqLimit::Topic => "poison-dead-letter-too-large-for-topic/at-least-once",
+    };
     let names = Names::new("dlq-too-large");
     let bootstrap = brokers();
+    let topic_limit = DLQ_LIMIT.to_string();
     for topic in [&names.source, &names.destination, &names.dlq] {
-        create_topic_on(&bootstrap, topic, 2, 1, &[]).await;
+        let config: &[(&str, &str)] = if limit == DlqLimit::Topic && topic == &names.dlq {
+            &[("max.message.bytes", &topic_limit)]
+        } else {
+            &[]
+        };
+        create_topic_on(&bootstrap, topic, 2, 1, config).await;
     }
     let seed = data::seed();
     let mut records = data::generate(300, KEYS, Mix::Clean, seed);
-    for r in records.iter_mut().filter(|r| r.id % 30 == 15) {
-        // Fits the producer's limit by about 20 bytes: the output (43 bytes longer) does not,
-        // nor does the dead letter (its headers add about 150).
-        let mut value = just_fitting_under(r, PRODUCER_LIMIT);
-        let kind = if r.id % 60 == 15 {
-            "output_too_large"
-        } else {
-            value.truncate(value.len() - 2); // no closing `"}`
-            "invalid_json"
-        };
-        r.value = Some(value);
-        r.expect = Expect::DeadLetter(kind);
+    let mut without_value = Vec::new();
+    for r in records.iter_mut() {
+        match r.id % 30 {
+            // About 20 bytes under the limit: the output (43 bytes longer) is over the
+            // producer's limit, and the dead letter (its headers add about 150) over both.
+            15 if r.id % 60 == 15 => {
+                r.value = Some(just_fitting_under(r, DLQ_LIMIT));
+                if limit == DlqLimit::Producer {
+                    r.expect = Expect::DeadLetter("output_too_large");
+                    without_value.push(r.id);
+                }
+            }
+            15 => {
+                let mut value = just_fitting_under(r, DLQ_LIMIT);
+                value.truncate(value.len() - 2); // no closing `"}`
+                r.value = Some(value);
+                r.expect = Expect::DeadLetter("invalid_json");
+                without_value.push(r.id);
+            }
+            // Small dead letters, many to a batch.
+            5 | 10 | 20 | 25 => {
+                r.value = Some(b"[1,2]".to_vec());
+                r.expect = Expect::DeadLetter("not_an_object");
+            }
+            _ => {}
+        }
     }
     produce(&names.source, &records).await;
 
-    let limit = format!("producer.message.max.bytes={PRODUCER_LIMIT}");
-    let (handle, _stop) = run_in_process(&names.args(&["--until-end", "-X", &limit]));
+    let producer_limit = format!("producer.message.max.bytes={DLQ_LIMIT}");
+    let mut flags = vec!["--until-end"];
+    if limit == DlqLimit::Producer {
+        flags.extend(["-X", &producer_limit]);
+    }
+    let (handle, _stop) = run_in_process(&names.args(&flags));
     let result = finish(handle).await;
 
     let report = audit_on(&bootstrap, &names, "at-least-once").await;
-    let expected: Vec<&data::TestRecord> = records
+    let expected = records
         .iter()
         .filter(|r| matches!(r.expect, Expect::DeadLetter(_)))
-        .collect();
-    let dead = consume_all(&names.dlq, expected.len(), IDLE).await;
+        .count();
+    let dead = consume_all(&names.dlq, expected, IDLE).await;
     let dlq = faults::check_dead_letters(&records, &dead);
     Figures::from_report(scenario, &report, 0)
         .with("seed", seed)
@@ -208,19 +257,19 @@ async fn dead_letter_too_large_for_the_producer_goes_without_its_value() {
         .with("run", format!("{:?}", result.as_ref().err()))
         .print();
     let summary = result.expect(
-        "a dead letter too large for the producer must go without its value, not stop the run",
+        "a dead letter too large for its limit must go without its value, not stop the run",
     );
     assert_passed(scenario, &report);
     assert_eq!(dlq.lost, 0, "records missing from the dead-letter topic");
     assert_eq!(dlq.duplicated, 0, "records dead-lettered twice");
     assert_eq!(dlq.wrong_reason, 0, "dead letters with the wrong reason");
-    assert_eq!(summary.stats.dead_lettered as usize, expected.len());
+    assert_eq!(summary.stats.dead_lettered as usize, expected);
     assert_eq!(
         report.counts.dead_letters_without_value as usize,
-        expected.len()
+        without_value.len()
     );
     let by_id = data::by_id(&dead);
-    for r in expected {
+    for r in records.iter().filter(|r| without_value.contains(&r.id)) {
         let d = by_id[&r.id][0];
         let value = r.value.as_deref().expect("a value");
         assert_eq!(d.value, None, "record {}: the value is left out", r.id);
