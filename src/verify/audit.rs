@@ -384,47 +384,32 @@ impl Auditor {
             self.counts.forged += 1;
             return self.note(Kind::Forged, Topic::DeadLetters, r, None);
         };
-        if r.value.is_none() && r.header(headers::VALUE_DROPPED).is_some() {
-            return self.add_dead_letter_without_value(r, source);
-        }
-        let expected = if self.sources[source].flags & DEAD_LETTER != 0 {
-            Some(fingerprint(DEAD, r.key, r.value))
-        } else if r.header(headers::ERROR_KIND) == Some(OUTPUT_TOO_LARGE) {
-            r.value
-                .filter(|v| transform::transform_into(v, &mut self.buf).is_ok())
-                .map(|_| fingerprint(OUTPUT, r.key, Some(&self.buf)))
-        } else {
+        let belongs = self.sources[source].flags & DEAD_LETTER != 0;
+        let too_large = r.header(headers::ERROR_KIND) == Some(OUTPUT_TOO_LARGE);
+        if !belongs && !too_large {
             // An object or tombstone, which belongs in the destination.
             self.sources[source].flags |= EXPLAINED;
             self.counts.forged += 1;
             return self.note(Kind::Forged, Topic::DeadLetters, r, Some(source));
-        };
-        if !expected.is_some_and(|fp| self.expected.ids(&fp).any(|i| i == source)) {
-            self.sources[source].flags |= EXPLAINED;
-            self.counts.changed_fields += 1;
-            return self.note(Kind::ChangedFields, Topic::DeadLetters, r, Some(source));
         }
-        if self.sources[source].flags & DELIVERED != 0 {
-            self.counts.duplicates += 1;
-            self.note(Kind::Duplicate, Topic::DeadLetters, r, Some(source));
-            self.check_headers(source, Topic::DeadLetters, r);
+        if r.value.is_none() && r.header(headers::VALUE_DROPPED).is_some() {
+            // Sent without its value (too large): its key and value cannot be compared, the
+            // audit keeps only fingerprints of the source.
+            self.counts.dead_letters_without_value += 1;
         } else {
-            self.deliver(source, Topic::DeadLetters, r);
+            let expected = if belongs {
+                Some(fingerprint(DEAD, r.key, r.value))
+            } else {
+                r.value
+                    .filter(|v| transform::transform_into(v, &mut self.buf).is_ok())
+                    .map(|_| fingerprint(OUTPUT, r.key, Some(&self.buf)))
+            };
+            if !expected.is_some_and(|fp| self.expected.ids(&fp).any(|i| i == source)) {
+                self.sources[source].flags |= EXPLAINED;
+                self.counts.changed_fields += 1;
+                return self.note(Kind::ChangedFields, Topic::DeadLetters, r, Some(source));
+            }
         }
-    }
-
-    /// A dead letter the service sent without its value (too large for its producer): right if
-    /// its source record belongs in the dead-letter topic, or if it names `output_too_large`.
-    /// Its key and value cannot be compared: the audit keeps only fingerprints of the source.
-    fn add_dead_letter_without_value(&mut self, r: &Record<'_>, source: usize) {
-        let belongs = self.sources[source].flags & DEAD_LETTER != 0
-            || r.header(headers::ERROR_KIND) == Some(OUTPUT_TOO_LARGE);
-        if !belongs {
-            self.sources[source].flags |= EXPLAINED;
-            self.counts.forged += 1;
-            return self.note(Kind::Forged, Topic::DeadLetters, r, Some(source));
-        }
-        self.counts.dead_letters_without_value += 1;
         if self.sources[source].flags & DELIVERED != 0 {
             self.counts.duplicates += 1;
             self.note(Kind::Duplicate, Topic::DeadLetters, r, Some(source));
