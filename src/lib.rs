@@ -24,7 +24,8 @@
 //!   handle, the input's headers handed over), dead-letter records (without the value when
 //!   too large); the destination's and dead-letter topic's size limits; the producer made
 //!   ready before the first record; flushes with librdkafka's own flush (rust-rdkafka's polls
-//!   in 100 ms steps).
+//!   in 100 ms steps). Record batch sizes, as the broker counts them against a topic's limit,
+//!   are the submodule `sink/size.rs`.
 //! - [`ack`]: delivery reports counted per batch (the producer's delivery callback).
 //! - [`transaction`]: exactly-once: the open transaction, its gate, periodic and revocation
 //!   commits (outputs and offsets together).

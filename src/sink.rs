@@ -36,12 +36,12 @@ pub mod headers {
     pub const VALUE_MD5: &str = "ktransform.value.md5";
 }
 
+mod size;
+
+use size::{single_record_batch_size, BATCH_HEADER_BYTES};
+
 /// librdkafka's default `batch.size`.
 const LIBRDKAFKA_BATCH_SIZE: usize = 1_000_000;
-
-/// Bytes of a v2 record batch's header (baseOffset .. recordCount), counted by the broker
-/// against the topic's `max.message.bytes` with the records.
-const BATCH_HEADER_BYTES: usize = 61;
 
 /// librdkafka's `RD_KAFKA_PARTITION_UA` (a C macro, absent from the bindings): the partitioner
 /// chooses.
@@ -425,38 +425,6 @@ impl Drop for TopicHandle {
     }
 }
 
-/// Bytes of a v2 record batch holding one record with these key, value and header lengths
-/// (`None`: null), as the broker measures it against `max.message.bytes`.
-pub fn single_record_batch_size(
-    key: Option<usize>,
-    value: Option<usize>,
-    headers: &[(usize, Option<usize>)],
-) -> usize {
-    let field = |len: Option<usize>| match len {
-        Some(n) => varint_len(n as i64) + n,
-        None => varint_len(-1),
-    };
-    let headers_bytes: usize = headers
-        .iter()
-        .map(|(k, v)| varint_len(*k as i64) + k + field(*v))
-        .sum();
-    // attributes, timestampDelta 0, offsetDelta 0, key, value, header count, headers.
-    let body =
-        1 + 1 + 1 + field(key) + field(value) + varint_len(headers.len() as i64) + headers_bytes;
-    BATCH_HEADER_BYTES + varint_len(body as i64) + body
-}
-
-/// Length of the zig-zag varint encoding of `n`, as Kafka's record format uses.
-fn varint_len(n: i64) -> usize {
-    let mut z = ((n << 1) ^ (n >> 63)) as u64;
-    let mut len = 1;
-    while z >= 0x80 {
-        z >>= 7;
-        len += 1;
-    }
-    len
-}
-
 /// The input's headers, then the dead-letter headers, then `extra`.
 fn dead_letter_headers(
     input: &Record<'_>,
@@ -491,31 +459,4 @@ pub fn is_record_error(e: &KafkaError) -> bool {
         e,
         KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn varints() {
-        assert_eq!(varint_len(0), 1);
-        assert_eq!(varint_len(-1), 1);
-        assert_eq!(varint_len(63), 1);
-        assert_eq!(varint_len(64), 2);
-        assert_eq!(varint_len(8191), 2);
-        assert_eq!(varint_len(8192), 3);
-    }
-
-    #[test]
-    fn batch_of_one_record() {
-        // Key "k", 10-byte value, no headers: body 1+1+1+(1+1)+(1+10)+1 = 17, length 1, header 61.
-        assert_eq!(single_record_batch_size(Some(1), Some(10), &[]), 79);
-        // A null key costs one byte; a header "h" = "vv" costs 1+1+1+2.
-        assert_eq!(single_record_batch_size(None, Some(10), &[]), 78);
-        assert_eq!(
-            single_record_batch_size(Some(1), Some(10), &[(1, Some(2))]),
-            84
-        );
-    }
 }
