@@ -29,8 +29,9 @@ pub mod headers {
     pub const SOURCE_TOPIC: &str = "ktransform.source.topic";
     pub const SOURCE_PARTITION: &str = "ktransform.source.partition";
     pub const SOURCE_OFFSET: &str = "ktransform.source.offset";
-    /// On a dead letter sent without its value (too large for the producer even unchanged):
-    /// the value's length in bytes.
+    /// On a dead letter sent without its value (too large for the producer's
+    /// `message.max.bytes` or the dead-letter topic's `max.message.bytes`): the value's length
+    /// in bytes.
     pub const VALUE_DROPPED: &str = "ktransform.value.dropped";
     /// With [`VALUE_DROPPED`]: the lowercase hex md5 of the dropped value.
     pub const VALUE_MD5: &str = "ktransform.value.md5";
@@ -294,6 +295,7 @@ impl Sink {
     ) -> Result<(), KafkaError> {
         let headers = dead_letter_headers(input, kind, message, &[]);
         let sent = if self.dead_letter_too_large(input, &headers) {
+            // What the producer answers over its own limit: the same fallback below.
             Err(KafkaError::MessageProduction(
                 RDKafkaErrorCode::MessageSizeTooLarge,
             ))
