@@ -39,7 +39,7 @@ pub mod headers {
 
 mod size;
 
-use size::{single_record_batch_size, BATCH_HEADER_BYTES};
+use size::{header_lengths, single_record_batch_size, BATCH_HEADER_BYTES};
 
 /// librdkafka's default `batch.size`.
 const LIBRDKAFKA_BATCH_SIZE: usize = 1_000_000;
@@ -168,11 +168,7 @@ impl Sink {
         if upper <= limit {
             return None;
         }
-        let headers: Vec<(usize, Option<usize>)> = input.headers().map_or(Vec::new(), |h| {
-            h.iter()
-                .map(|h| (h.key.len(), h.value.map(<[u8]>::len)))
-                .collect()
-        });
+        let headers = input.headers().map_or(Vec::new(), header_lengths);
         let size = single_record_batch_size(key, Some(value.len()), &headers);
         (size > limit).then(|| {
             format!(
@@ -331,12 +327,8 @@ impl Sink {
         let Some(limit) = self.dlq_max_bytes else {
             return false;
         };
-        let headers: Vec<(usize, Option<usize>)> = headers
-            .iter()
-            .map(|h| (h.key.len(), h.value.map(<[u8]>::len)))
-            .collect();
         let key = input.key().map(<[u8]>::len);
-        single_record_batch_size(key, Some(input.payload_len()), &headers) > limit
+        single_record_batch_size(key, Some(input.payload_len()), &header_lengths(headers)) > limit
     }
 
     /// Sends through rust-rdkafka's `BaseRecord`, the partitioner choosing the partition: the

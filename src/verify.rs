@@ -20,11 +20,10 @@
 //! Once every source record with that content is taken, it is a duplicate. Dead letters name
 //! their source position in `ktransform.source.*` headers: the source record there must have the
 //! same key and value (an object dead-lettered as `output_too_large` is also right); a dead letter
-//! sent without its value (`ktransform.value.dropped`: too large for the producer) is right if the
-//! record there belongs in the dead-letter topic or names `output_too_large`, and is counted apart:
-//! its content is not checked. Headers must
-//! equal the input's, as ordered (name, value) lists that leave out names starting with
-//! `ktransform.` on both sides.
+//! sent without its value (`ktransform.value.dropped`: too large for the producer or the topic)
+//! is right if the record there belongs in the dead-letter topic or names `output_too_large`,
+//! and is counted apart: its content is not checked. Headers must equal the input's, as ordered
+//! (name, value) lists that leave out names starting with `ktransform.` on both sides.
 //!
 //! # Wrong outputs
 //! A destination record that matches no expected content is explained by a second read of the
@@ -215,8 +214,8 @@ pub struct Counts {
     pub outputs: u64,
     /// Records read from the dead-letter topic.
     pub dead_letters: u64,
-    /// Dead letters sent without their value (too large for the producer): their position and
-    /// reason are checked, their content cannot be.
+    /// Dead letters sent without their value (too large for the producer or the dead-letter
+    /// topic): their position and reason are checked, their content cannot be.
     pub dead_letters_without_value: u64,
     /// Source records with a correct output or dead letter.
     pub delivered: u64,

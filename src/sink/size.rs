@@ -1,6 +1,8 @@
 //! Record batch sizes as the broker counts them against a topic's `max.message.bytes`, so that
 //! the sink can refuse locally what the broker would refuse after the input is gone.
 
+use rdkafka::message::Headers;
+
 /// Bytes of a v2 record batch's header (baseOffset .. recordCount), counted by the broker
 /// against the topic's `max.message.bytes` with the records.
 pub(super) const BATCH_HEADER_BYTES: usize = 61;
@@ -24,6 +26,14 @@ pub fn single_record_batch_size(
     let body =
         1 + 1 + 1 + field(key) + field(value) + varint_len(headers.len() as i64) + headers_bytes;
     BATCH_HEADER_BYTES + varint_len(body as i64) + body
+}
+
+/// The (key, value) lengths of `headers`, in order, as [`single_record_batch_size`] takes them.
+pub fn header_lengths<H: Headers>(headers: &H) -> Vec<(usize, Option<usize>)> {
+    headers
+        .iter()
+        .map(|h| (h.key.len(), h.value.map(<[u8]>::len)))
+        .collect()
 }
 
 /// Length of the zig-zag varint encoding of `n`, as Kafka's record format uses.
