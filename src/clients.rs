@@ -49,6 +49,8 @@ impl RunConfig {
         )?;
         config.set("group.id", &self.group);
         config.set("enable.auto.offset.store", "false");
+        // Owned: see `properties::OWNED_PROPERTIES`.
+        config.set("enable.partition.eof", "false");
         if self.guarantee == Guarantee::ExactlyOnce {
             // Offsets are committed by the producer's transactions, never by the consumer.
             config.set("enable.auto.commit", "false");

@@ -24,7 +24,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
-use crate::fetch::PartitionQueue;
+use crate::fetch::{PartitionQueue, Wakeups};
 use crate::logging::{ClientLog, FatalErrors};
 use crate::metrics::Stats;
 use crate::partition::{PartitionWorker, Shared, WorkerExit};
@@ -63,6 +63,7 @@ pub struct Context {
     shared: Arc<Shared>,
     group_events: mpsc::UnboundedSender<GroupEvent>,
     workers: Mutex<HashMap<i32, WorkerHandle>>,
+    wakeups: Arc<Wakeups>,
     closing: AtomicBool,
     drain_timeout: Duration,
     log: ClientLog,
@@ -83,6 +84,7 @@ impl Context {
             shared,
             group_events,
             workers: Mutex::new(HashMap::new()),
+            wakeups: Arc::default(),
             closing: AtomicBool::new(false),
             drain_timeout,
             log: ClientLog::raising(fatal),
@@ -124,7 +126,8 @@ impl Context {
     }
 
     fn start_worker(&self, consumer: &Arc<StreamConsumer<Context>>, partition: i32) {
-        let Some(queue) = PartitionQueue::split(consumer, &self.topic, partition) else {
+        let Some(queue) = PartitionQueue::split(consumer, &self.wakeups, &self.topic, partition)
+        else {
             let reason = format!("cannot split a queue for {}/{partition}", self.topic);
             let _ = self.group_events.send(GroupEvent::Fatal(reason));
             return;
@@ -304,6 +307,14 @@ fn commit_until(
     }
 }
 
+/// librdkafka's line for an offset reset caused by an error (out of range, mostly); resets of
+/// partitions that simply have no committed offset are only debug lines.
+fn is_offset_reset(level: RDKafkaLogLevel, fac: &str, message: &str) -> bool {
+    (level as i32) <= RDKafkaLogLevel::Warning as i32
+        && fac == "OFFSET"
+        && message.contains("offset reset")
+}
+
 /// Pause between attempts of a refused synchronous commit.
 const COMMIT_RETRY_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -321,6 +332,13 @@ impl ClientContext for Context {
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if is_offset_reset(level, fac, message) {
+            // An owned partition's fetch was out of range and librdkafka moved it to
+            // `auto.offset.reset`: records were skipped or will be read twice. Never quietly.
+            self.shared.stats.offset_reset(&self.topic);
+            tracing::error!(topic = %self.topic, "librdkafka: {message}");
+            return;
+        }
         self.log.log(level, fac, message);
     }
 

@@ -14,29 +14,47 @@
 //!   takes records only in the poll that returns them, so a cancelled call takes nothing.
 //! - A [`Record`] is one `rd_kafka_message_t`, destroyed when dropped; it borrows its queue, which
 //!   holds the consumer, so no record outlives the client it came from.
+//! - Every handle of one partition shares librdkafka's one fetch queue and so its one wake-up
+//!   callback. [`Wakeups`] records which handle set it last; only that handle switches it off
+//!   when dropped, so a stale handle dropped late (a worker aborted at a deadline while its
+//!   partition was assigned again) never silences its successor.
+//! - The consumer must never return librdkafka's end-of-partition events through this queue
+//!   (`enable.partition.eof` stays off): a batch read moves the partition's position to the
+//!   event's offset + 1, one past the end (librdkafka #4844, fixed after 2.12.1), and the next
+//!   rebalance's pause and resume would fetch from there, out of range.
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::future::poll_fn;
 use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use futures::task::AtomicWaker;
 use rdkafka::bindings as rdsys;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{BorrowedHeaders, Message, Timestamp};
 
-use crate::consumer::Context;
+/// Which [`PartitionQueue`] owns each partition's wake-up callback: the address of the waker
+/// the callback was last set with. One per consumer.
+#[derive(Default)]
+pub struct Wakeups(Mutex<HashMap<i32, usize>>);
 
 /// One partition's fetch queue, detached from the consumer's queue.
 pub struct PartitionQueue {
     queue: NonNull<rdsys::rd_kafka_queue_t>,
     /// Woken by librdkafka when the queue receives something. Boxed in an `Arc` whose address is
-    /// the callback's opaque: it lives until the callback is disabled in `drop`.
+    /// the callback's opaque: it lives until the callback is disabled or set by a successor.
     waker: Arc<AtomicWaker>,
-    _consumer: Arc<StreamConsumer<Context>>,
+    wakeups: Arc<Wakeups>,
+    topic: CString,
+    partition: i32,
+    rk: NonNull<rdsys::rd_kafka_t>,
+    /// Keeps `rk` alive.
+    _consumer: Arc<dyn Any + Send + Sync>,
 }
 
 // The queue handle is reference counted and locked inside librdkafka; the waker is thread safe.
@@ -52,30 +70,54 @@ unsafe extern "C" fn queue_nonempty(_rk: *mut rdsys::rd_kafka_t, opaque: *mut c_
 impl PartitionQueue {
     /// The fetch queue of `topic`/`partition`, no longer forwarded to the consumer's queue.
     /// None if the partition is unknown to the consumer.
-    pub fn split(
-        consumer: &Arc<StreamConsumer<Context>>,
+    pub fn split<C: ConsumerContext + 'static>(
+        consumer: &Arc<StreamConsumer<C>>,
+        wakeups: &Arc<Wakeups>,
         topic: &str,
         partition: i32,
     ) -> Option<Self> {
         let topic = CString::new(topic).ok()?;
-        let rk = consumer.client().native_ptr();
+        let rk = NonNull::new(consumer.client().native_ptr())?;
         let queue = NonNull::new(unsafe {
-            rdsys::rd_kafka_queue_get_partition(rk, topic.as_ptr(), partition)
+            rdsys::rd_kafka_queue_get_partition(rk.as_ptr(), topic.as_ptr(), partition)
         })?;
         let waker = Arc::new(AtomicWaker::new());
-        unsafe {
-            rdsys::rd_kafka_queue_forward(queue.as_ptr(), ptr::null_mut());
-            rdsys::rd_kafka_queue_cb_event_enable(
-                queue.as_ptr(),
-                Some(queue_nonempty),
-                Arc::as_ptr(&waker) as *mut c_void,
-            );
+        {
+            let mut owners = wakeups.0.lock().unwrap();
+            unsafe {
+                rdsys::rd_kafka_queue_forward(queue.as_ptr(), ptr::null_mut());
+                rdsys::rd_kafka_queue_cb_event_enable(
+                    queue.as_ptr(),
+                    Some(queue_nonempty),
+                    Arc::as_ptr(&waker) as *mut c_void,
+                );
+            }
+            owners.insert(partition, Arc::as_ptr(&waker) as usize);
         }
         Some(PartitionQueue {
             queue,
             waker,
+            wakeups: wakeups.clone(),
+            topic,
+            partition,
+            rk,
             _consumer: consumer.clone(),
         })
+    }
+
+    /// The partition's position: the offset after the last record or transaction marker the
+    /// application was handed (markers are read past inside librdkafka). None before the first.
+    pub fn position(&self) -> Option<i64> {
+        unsafe {
+            let list = rdsys::rd_kafka_topic_partition_list_new(1);
+            rdsys::rd_kafka_topic_partition_list_add(list, self.topic.as_ptr(), self.partition);
+            let err = rdsys::rd_kafka_position(self.rk.as_ptr(), list);
+            let elem = &*(*list).elems;
+            let ok = rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
+            let offset = (err == ok && elem.err == ok && elem.offset >= 0).then_some(elem.offset);
+            rdsys::rd_kafka_topic_partition_list_destroy(list);
+            offset
+        }
     }
 
     /// Appends to `records` up to `max` of what is in the queue now (records, or errors, see
@@ -121,11 +163,18 @@ impl PartitionQueue {
 
 impl Drop for PartitionQueue {
     fn drop(&mut self) {
-        unsafe {
+        let mut owners = self.wakeups.0.lock().unwrap();
+        let mine = Arc::as_ptr(&self.waker) as usize;
+        if owners.get(&self.partition) == Some(&mine) {
+            owners.remove(&self.partition);
             // Takes the queue's lock, so no callback is running or will run with the opaque.
-            rdsys::rd_kafka_queue_cb_event_enable(self.queue.as_ptr(), None, ptr::null_mut());
-            rdsys::rd_kafka_queue_destroy(self.queue.as_ptr());
+            unsafe {
+                rdsys::rd_kafka_queue_cb_event_enable(self.queue.as_ptr(), None, ptr::null_mut())
+            };
         }
+        // Otherwise a successor set the callback with its own opaque (under the queue's lock,
+        // so librdkafka no longer calls it with ours) and keeps it.
+        unsafe { rdsys::rd_kafka_queue_destroy(self.queue.as_ptr()) };
     }
 }
 
@@ -150,10 +199,6 @@ impl Record<'_> {
     pub fn error(&self) -> Option<RDKafkaErrorCode> {
         let err = self.raw().err;
         (err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR).then(|| err.into())
-    }
-
-    pub fn is_partition_eof(&self) -> bool {
-        self.raw().err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF
     }
 
     pub fn payload_len(&self) -> usize {

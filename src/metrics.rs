@@ -66,6 +66,8 @@ struct Totals {
     commit_failures: AtomicU64,
     replayable: AtomicU64,
     consumer_errors: AtomicU64,
+    offset_resets: AtomicU64,
+    rewound: AtomicU64,
     assigned: AtomicI64,
     txn_commits: AtomicU64,
     txn_aborts: AtomicU64,
@@ -84,6 +86,10 @@ pub struct Snapshot {
     /// Records left unacknowledged by a revocation or shutdown deadline: they will be consumed again.
     pub replayable: u64,
     pub consumer_errors: u64,
+    /// Out-of-range fetches that librdkafka answered with `auto.offset.reset`.
+    pub offset_resets: u64,
+    /// Records handed out again below what their worker had already read, and dropped.
+    pub rewound: u64,
     pub assigned_partitions: i64,
     pub transactions_committed: u64,
     pub transactions_aborted: u64,
@@ -138,7 +144,7 @@ impl Stats {
         );
         r.register(
             "errors",
-            "Errors by kind (consumer, delivery, commit, transaction)",
+            "Errors by kind (consumer, delivery, commit, transaction, offset_reset; rewound counts records)",
             stats.errors.clone(),
         );
         r.register(
@@ -264,6 +270,13 @@ impl Stats {
         self.error("", "consumer");
     }
 
+    /// librdkafka reset a partition's fetch position after an out-of-range fetch (to
+    /// `auto.offset.reset`): records were skipped (retention deleted them) or will be read again.
+    pub fn offset_reset(&self, topic: &str) {
+        self.totals.offset_resets.fetch_add(1, Relaxed);
+        self.error(topic, "offset_reset");
+    }
+
     pub fn error(&self, topic: &str, kind: &str) {
         let labels = KindLabels {
             topic: topic.to_string(),
@@ -318,6 +331,8 @@ impl Stats {
             commit_failures: t.commit_failures.load(Relaxed),
             replayable: t.replayable.load(Relaxed),
             consumer_errors: t.consumer_errors.load(Relaxed),
+            offset_resets: t.offset_resets.load(Relaxed),
+            rewound: t.rewound.load(Relaxed),
             assigned_partitions: t.assigned.load(Relaxed),
             transactions_committed: t.txn_commits.load(Relaxed),
             transactions_aborted: t.txn_aborts.load(Relaxed),
@@ -366,6 +381,16 @@ impl PartitionStats {
 
     pub fn delivery_failed(&self) {
         self.stats.error(&self.topic, "delivery");
+    }
+
+    /// Records handed out again below what the worker had read: dropped, not produced twice.
+    pub fn records_rewound(&self, n: usize) {
+        self.stats.totals.rewound.fetch_add(n as u64, Relaxed);
+        let labels = KindLabels {
+            topic: self.topic.clone(),
+            kind: "rewound".to_string(),
+        };
+        self.stats.errors.get_or_create(&labels).inc_by(n as u64);
     }
 
     pub fn stats(&self) -> &Stats {

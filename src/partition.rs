@@ -12,6 +12,14 @@
 //!   flight, stores the last offset and reports it in [`WorkerExit`].
 //! - A delivery failure that is not the record's own fault stops the worker without storing its
 //!   offset or any later one: the record will be consumed again by whoever owns the partition.
+//! - A record the queue hands out again below the offset this worker has already read (the
+//!   partition was rewound under it, e.g. by an `auto.offset.reset` after an out-of-range
+//!   fetch) is not produced twice: it is dropped, counted and logged as an error. So the offsets
+//!   a worker stores only ever move forward.
+//! - `--until-end`: the end is the high watermark when the worker starts (the last stable
+//!   offset under `read_committed`), not librdkafka's end-of-partition event (see
+//!   [`crate::fetch`]); it is reached once everything read is acknowledged and either the
+//!   acknowledged offsets or the position (which moves past transaction markers) got there.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -130,9 +138,9 @@ impl PartitionWorker {
             pending: VecDeque::new(),
             in_flight: 0,
             next_offset: None,
+            read_next: None,
             end_target: None,
             at_end: false,
-            eof: false,
             buf: Vec::new(),
         };
         if self.shared.until_end {
@@ -199,15 +207,15 @@ impl PartitionWorker {
     ) -> Result<(), WorkerError> {
         let started = std::time::Instant::now();
         let mut bytes = 0;
+        let mut rewound = 0;
         batch.retain(|m| match m.error() {
+            None if state.read_next.is_some_and(|next| m.offset() < next) => {
+                rewound += 1;
+                false
+            }
             None => {
                 bytes += m.payload_len();
-                state.eof = false;
                 true
-            }
-            Some(_) if m.is_partition_eof() => {
-                state.eof = true;
-                false
             }
             Some(code) => {
                 self.shared.stats.consumer_error();
@@ -216,12 +224,23 @@ impl PartitionWorker {
                 false
             }
         });
+        if rewound > 0 {
+            self.stats.records_rewound(rewound);
+            tracing::error!(
+                topic = %self.topic,
+                partition = self.partition,
+                records = rewound,
+                next = state.read_next,
+                "the partition was rewound under its worker; records already read were dropped, not produced again"
+            );
+        }
         if batch.is_empty() {
             return Ok(());
         }
         self.stats.records_consumed(batch.len());
         self.in_flight.fetch_add(batch.len(), Relaxed);
         let last = batch.last().expect("a batch has a first record").offset();
+        state.read_next = Some(last + 1);
         // Exactly-once: no commit may cut a batch in two.
         let transaction = match &self.shared.transactions {
             Some(t) => Some((t, t.enter().await)),
@@ -394,11 +413,17 @@ impl PartitionWorker {
         if state.at_end || !self.shared.until_end || !state.pending.is_empty() {
             return;
         }
-        let reached = match (state.end_target, state.next_offset) {
-            (Some(target), Some(next)) => next >= target,
-            (Some(0), None) => true,
-            _ => false,
-        } || state.eof;
+        let Some(target) = state.end_target else {
+            return;
+        };
+        // Nothing is pending, so everything read is acknowledged; a position at the target
+        // with fewer acknowledged means the rest were transaction markers.
+        let reached = target == 0
+            || state.next_offset.is_some_and(|next| next >= target)
+            || self
+                .queue
+                .position()
+                .is_some_and(|position| position >= target);
         if reached {
             state.at_end = true;
             tracing::debug!(partition = self.partition, "reached end");
@@ -409,25 +434,43 @@ impl PartitionWorker {
         }
     }
 
-    /// The partition's end offset now, or 0 when nothing is left to do (committed at the end).
+    /// The partition's end offset now (the last stable offset under `read_committed`), or 0
+    /// when nothing is left to do (committed at the end). Asked again until the broker answers;
+    /// None if the worker is told to drain meanwhile.
     async fn end_target(&self) -> Option<i64> {
-        let consumer = self.consumer.clone();
-        let (topic, partition) = (self.topic.clone(), self.partition);
-        tokio::task::spawn_blocking(move || {
-            let timeout = Duration::from_secs(10);
-            let (low, high) = consumer.fetch_watermarks(&topic, partition, timeout).ok()?;
-            let mut tpl = rdkafka::TopicPartitionList::new();
-            tpl.add_partition(&topic, partition);
-            let committed = consumer.committed_offsets(tpl, timeout).ok().and_then(|t| {
-                t.find_partition(&topic, partition)
-                    .and_then(|p| p.offset().to_raw())
-            });
-            let start = committed.filter(|c| *c >= 0).unwrap_or(low);
-            Some(if start >= high { 0 } else { high })
-        })
-        .await
-        .ok()
-        .flatten()
+        let mut backoff = Duration::from_millis(100);
+        let mut drain = self.drain.clone();
+        loop {
+            let consumer = self.consumer.clone();
+            let (topic, partition) = (self.topic.clone(), self.partition);
+            let target = tokio::task::spawn_blocking(move || {
+                let timeout = Duration::from_secs(10);
+                let (low, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
+                let mut tpl = rdkafka::TopicPartitionList::new();
+                tpl.add_partition(&topic, partition);
+                let committed = consumer.committed_offsets(tpl, timeout)?;
+                let committed = committed
+                    .find_partition(&topic, partition)
+                    .and_then(|p| p.offset().to_raw());
+                let start = committed.filter(|c| *c >= 0).unwrap_or(low);
+                Ok::<_, KafkaError>(if start >= high { 0 } else { high })
+            })
+            .await;
+            match target {
+                Ok(Ok(target)) => return Some(target),
+                Ok(Err(error)) => {
+                    tracing::warn!(partition = self.partition, %error, "cannot read the partition's end offset yet; retrying");
+                }
+                Err(error) => {
+                    tracing::warn!(partition = self.partition, %error, "end offset task failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = drain.wait_for(|draining| *draining) => return None,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     }
 }
 
@@ -438,9 +481,10 @@ struct State {
     /// Records in `pending`.
     in_flight: usize,
     next_offset: Option<i64>,
+    /// The offset after the last record read from the queue.
+    read_next: Option<i64>,
     end_target: Option<i64>,
     at_end: bool,
-    eof: bool,
     /// Reused output buffer for the inline path.
     buf: Vec<u8>,
 }

@@ -29,6 +29,12 @@ pub const OWNED_PROPERTIES: &[(&str, &str)] = &[
         "offsets are stored only after delivery; that is the at-least-once contract",
     ),
     (
+        "enable.partition.eof",
+        "partition ends come from the high watermarks: librdkafka's end-of-partition events \
+         move a batch reader's position past the end (librdkafka #4844), and a rebalance then \
+         rewinds the partition",
+    ),
+    (
         "enable.idempotence",
         "the idempotent producer keeps retries from duplicating or reordering output",
     ),
@@ -342,6 +348,9 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("invalid -X enable.idempotence"));
+        // End-of-partition events would move a batch reader's position past the end (#4844).
+        let refused = flag("consumer.enable.partition.eof=true").unwrap_err();
+        assert!(refused.to_string().contains("#4844"), "{refused}");
     }
 
     #[test]

@@ -113,9 +113,6 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
         fatal.clone(),
     );
     let mut consumer_config = config.consumer_config()?;
-    if config.until_end {
-        consumer_config.set("enable.partition.eof", "true");
-    }
     let health = Arc::new(Health {
         stats: stats.clone(),
         stopping: AtomicBool::new(false),

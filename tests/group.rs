@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::data::{self, Mix};
 use common::{
-    consume_all, describe_group, group_lag, poll_until, prepare, run_in_process, stop,
+    consume_all, describe_group, group_lag, poll_until, prepare, produce_to, run_in_process, stop,
     wait_for_records, IdleMember, CAP, IDLE, THROTTLE,
 };
 use ktransform::{Error, Summary};
@@ -151,4 +151,169 @@ async fn stop_in_second_round(
         stats.map(|s| (s.produced, s.commits, s.commit_failures, s.rebalances)).map_err(|e| e.to_string())
     );
     (result, uncommitted)
+}
+
+/// `--until-end` while the group changes: partitions 1 and 2 reach their end early, partition 0
+/// is still being worked through when a member joins the group (subscribed to another topic, so
+/// it takes none of these partitions) and later leaves. Each join and leave pauses and resumes
+/// the partitions the instance keeps (librdkafka #4844: a batch read that returned the
+/// end-of-partition event used to leave their position one past the end, and the resume then
+/// rewound them to offset 0). Nothing may be consumed twice, the audit must pass under the
+/// guarantee, and the group's committed offsets must never move backwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_end_through_joins_and_leaves_exactly_once() {
+    until_end_through_joins_and_leaves("exactly-once").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_end_through_joins_and_leaves_at_least_once() {
+    until_end_through_joins_and_leaves("at-least-once").await;
+}
+
+async fn until_end_through_joins_and_leaves(guarantee: &str) {
+    let long = common::size("KTRANSFORM_TEST_UNTIL_END_RECORDS", 20_000);
+    let short = 50;
+    let names = common::Names::new(&format!("until-end-{guarantee}"));
+    names.create(3).await;
+    let elsewhere = format!("{}.elsewhere", names.source);
+    common::create_topic(&elsewhere, 1).await;
+    let seed = data::seed();
+    let all = data::generate(long + 2 * short, common::KEYS, Mix::Clean, seed);
+    // Keys apart per partition, so that per-key order is per-partition order.
+    let part = |p: i32, range: std::ops::Range<usize>| -> Vec<data::TestRecord> {
+        all[range]
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                r.key = format!("p{p}-{}", String::from_utf8_lossy(&r.key)).into_bytes();
+                r
+            })
+            .collect()
+    };
+    produce_to(&names.source, 1, &part(1, 0..short)).await;
+    produce_to(&names.source, 2, &part(2, short..2 * short)).await;
+    produce_to(&names.source, 0, &part(0, 2 * short..all.len())).await;
+
+    // Slow enough that partition 0 is far from its end while the group changes twice.
+    let flags = [
+        "--until-end",
+        "--guarantee",
+        guarantee,
+        "--batch-size",
+        "10",
+        "--max-in-flight",
+        "10",
+    ];
+    let a = run_in_process(&names.args(&flags));
+    let history = CommittedHistory::watch(&names.group, &names.source);
+    poll_until("partitions 1 and 2 committed at their end", CAP, || async {
+        let c = common::committed(&names.group, &names.source).await;
+        c.get(&1) == Some(&Some(short as i64)) && c.get(&2) == Some(&Some(short as i64))
+    })
+    .await;
+    let joiner = IdleMember::join(&names.group, &elsewhere, Duration::from_millis(500));
+    poll_until(
+        "the joiner in the group and the group stable",
+        CAP,
+        || async {
+            let group = describe_group(&names.group).await;
+            group.state == "Stable" && group.assigned.len() == 2
+        },
+    )
+    .await;
+    drop(joiner);
+    let summary = common::finish(a.0)
+        .await
+        .expect("the --until-end run ends by itself with Ok");
+    let history = history.stop().await;
+
+    let report = common::faults::audit_on(&common::brokers(), &names, guarantee).await;
+    println!(
+        "until-end {guarantee} seed={seed} consumed={} produced={} rebalances={} \
+         duplicates={} lost={} committed_samples={}",
+        summary.stats.consumed,
+        summary.stats.produced,
+        summary.stats.rebalances,
+        report.counts.duplicates,
+        report.counts.lost,
+        history.samples
+    );
+    common::faults::assert_passed(&format!("until-end {guarantee}"), &report);
+    assert_eq!(report.counts.lost, 0, "records lost");
+    assert_eq!(report.counts.duplicates, 0, "records delivered twice");
+    assert!(
+        summary.stats.rebalances >= 2,
+        "the join and the leave should each have been a rebalance for the instance"
+    );
+    assert_eq!(
+        summary.stats.consumed as usize,
+        all.len(),
+        "records consumed more than once (a partition was rewound)"
+    );
+    assert_eq!(summary.stats.offset_resets, 0, "out-of-range offset resets");
+    assert_eq!(summary.stats.rewound, 0, "records handed out twice");
+    assert!(
+        history.backwards.is_empty(),
+        "committed offsets moved backwards: {:?}",
+        history.backwards
+    );
+    let end = common::committed(&names.group, &names.source).await;
+    let expected: HashMap<i32, Option<i64>> = [
+        (0, Some(long as i64)),
+        (1, Some(short as i64)),
+        (2, Some(short as i64)),
+    ]
+    .into();
+    // Exactly-once commits the offset after the last record; the transaction markers of the
+    // source (none here: it was written without transactions) would not count.
+    assert_eq!(end, expected, "committed offsets at the end");
+}
+
+/// The group's committed offsets, sampled every 100 ms until stopped; every step back is kept.
+struct CommittedHistory {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Watched>,
+}
+
+struct Watched {
+    samples: usize,
+    /// (partition, before, after) for each sample lower than the one before it.
+    backwards: Vec<(i32, i64, i64)>,
+}
+
+impl CommittedHistory {
+    fn watch(group: &str, topic: &str) -> Self {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let (group, topic) = (group.to_string(), topic.to_string());
+        let task = tokio::spawn(async move {
+            let mut last: HashMap<i32, i64> = HashMap::new();
+            let mut watched = Watched {
+                samples: 0,
+                backwards: Vec::new(),
+            };
+            loop {
+                for (p, offset) in common::committed(&group, &topic).await {
+                    let Some(offset) = offset else { continue };
+                    if let Some(&before) = last.get(&p) {
+                        if offset < before {
+                            watched.backwards.push((p, before, offset));
+                        }
+                    }
+                    last.insert(p, offset);
+                }
+                watched.samples += 1;
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            watched
+        });
+        CommittedHistory { stop, task }
+    }
+
+    async fn stop(self) -> Watched {
+        let _ = self.stop.send(());
+        self.task.await.expect("the committed-offsets watcher")
+    }
 }

@@ -219,6 +219,17 @@ pub async fn produce_on(
     records: &[TestRecord],
     rate: Option<f64>,
 ) -> Vec<(i32, i64)> {
+    produce_to_on(bootstrap, topic, None, records, rate).await
+}
+
+/// [`produce_on`] into `partition` if given, else where the key hashes.
+pub async fn produce_to_on(
+    bootstrap: &str,
+    topic: &str,
+    partition: Option<i32>,
+    records: &[TestRecord],
+    rate: Option<f64>,
+) -> Vec<(i32, i64)> {
     let producer: FutureProducer = config_on(
         bootstrap,
         &[
@@ -251,6 +262,7 @@ pub async fn produce_on(
             .key(&r.key)
             .headers(headers);
         record.payload = r.value.as_deref();
+        record.partition = partition;
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => break deliveries.push(delivery),

@@ -57,6 +57,11 @@ pub async fn produce(topic: &str, records: &[TestRecord]) -> Vec<(i32, i64)> {
     super::faults::produce_on(&brokers(), topic, records, None).await
 }
 
+/// [`produce`] into one partition.
+pub async fn produce_to(topic: &str, partition: i32, records: &[TestRecord]) -> Vec<(i32, i64)> {
+    super::faults::produce_to_on(&brokers(), topic, Some(partition), records, None).await
+}
+
 /// A record read back, owned.
 #[derive(Debug, Clone)]
 pub struct Received {
