@@ -9,6 +9,8 @@
   descendant it waited for) and the peak of the tree's summed RSS (sampled from /proc).
 - ``scan()``: reads a topic to its end (read_committed) and counts, sums, checks the hash of
   every record, and keeps what a latency computation needs.
+- ``topic_on_disk()``: the bytes, batches and compression codecs of a topic's log segments
+  on the local broker's disk.
 - Topic admin, broker checks, and a description of the machine.
 """
 
@@ -414,6 +416,22 @@ class Kafka:
                 say(f"could not delete {topic}: {e}")
         self.created.clear()
 
+    def log_dirs(self):
+        """The brokers' data directories (`log.dirs`, else `log.dir`) that exist on this
+        machine, where topic_on_disk() looks; empty for a broker elsewhere. Asked of the
+        brokers rather than taken from scripts/kafka.sh's layout, so that KAFKA_STATE_DIR or
+        another local broker cannot make the harness measure the wrong directory."""
+        from confluent_kafka.admin import ConfigResource
+
+        dirs = []
+        for broker in self.admin.list_topics(timeout=10).brokers:
+            resource = ConfigResource("broker", str(broker))
+            config = self.admin.describe_configs([resource])[resource].result()
+            entry = config.get("log.dirs") or config.get("log.dir")
+            if entry is not None and entry.value:
+                dirs += [d for d in entry.value.split(",") if Path(d).is_dir()]
+        return dirs
+
     def high_watermarks(self, topic):
         from confluent_kafka import Consumer, TopicPartition
 
@@ -464,6 +482,39 @@ class EndOffsets:
 
     def close(self):
         self.consumer.close()
+
+
+# Record batch format v2 (magic 2): the fields up to and including the record count.
+BATCH_HEADER_BYTES = 61
+BATCH_CODECS = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+
+
+def topic_on_disk(log_dirs, topic):
+    """What ``topic`` takes in its partitions' log segments (``<log dir>/<topic>-<n>/*.log``):
+    bytes, and from a walk over the record batch headers, the batches, the records in them and
+    how many batches each compression codec stored. The batch headers say what the broker
+    stored, so the report need not assume that it kept the producer's batches as sent. None
+    when no partition directory of the topic is on this machine."""
+    partition = re.compile(re.escape(topic) + r"-\d+")
+    segments = [seg for d in log_dirs for part in Path(d).iterdir()
+                if partition.fullmatch(part.name) for seg in part.glob("*.log")]
+    if not segments:
+        return None
+    stats = {"bytes": 0, "batches": 0, "records": 0, "batches_by_codec": {}}
+    for seg in segments:
+        stats["bytes"] += seg.stat().st_size
+        with open(seg, "rb") as f:
+            while len(header := f.read(BATCH_HEADER_BYTES)) == BATCH_HEADER_BYTES:
+                length = int.from_bytes(header[8:12], "big")  # of the rest, after this field
+                attributes = int.from_bytes(header[21:23], "big")
+                if not attributes & 0x20:  # not a transaction marker
+                    codec = BATCH_CODECS.get(attributes & 0x7, f"codec {attributes & 0x7}")
+                    by_codec = stats["batches_by_codec"]
+                    by_codec[codec] = by_codec.get(codec, 0) + 1
+                    stats["batches"] += 1
+                    stats["records"] += int.from_bytes(header[57:61], "big")
+                f.seek(12 + length - BATCH_HEADER_BYTES, os.SEEK_CUR)
+    return stats
 
 
 HASH_SPLICE = re.compile(rb',?"hash":"([0-9a-f]{32})"\}\s*$')

@@ -100,6 +100,69 @@ def latency_chart(r, path):
     return True
 
 
+def stored_as(by_codec):
+    """The codecs of the stored batches: one name, or each codec's share of the batches."""
+    if not by_codec:
+        return "–"
+    if len(by_codec) == 1:
+        return next(iter(by_codec))
+    total = sum(by_codec.values())
+    return ", ".join(f"{codec} {n / total:.0%}"
+                     for codec, n in sorted(by_codec.items(), key=lambda kv: -kv[1]))
+
+
+def compression_section(r):
+    rows = [c for c in r["contenders"] if c.get("compression")]
+    if not rows:
+        return []
+    default = next((c for c in r["contenders"] if c["name"] == "ktransform-alo"), None)
+    if default and default.get("status") != "not available":
+        rows.append({**default, "compression": "binary's default (ktransform at-least-once)"})
+    lines = [
+        "## Output compression",
+        "",
+        "ktransform at-least-once drains the same backlog once per output codec: the same "
+        "command plus `-X producer.compression.type=<codec>` (last, so that it wins). *binary's "
+        "default* is the *ktransform at-least-once* contender above, which sets no codec. "
+        "**disk B/record** = the summed size of the destination's log segment files "
+        "(`<log.dirs>/<topic>-<partition>/*.log`, `log.dirs` read from the broker: "
+        f"{', '.join(f'`{d}`' for d in r.get('broker_log_dirs') or []) or 'not on this machine'}"
+        ") / records. The destination topic keeps the broker's default "
+        "`compression.type=producer`, so the broker stores each batch as the producer sent "
+        "it: the bytes on disk are the record batches the producer put on the wire (without "
+        "the produce requests' own framing). *stored as* is read from every stored batch's "
+        "header, which confirms it (librdkafka sends a batch uncompressed when compression "
+        "would not make it smaller). A codec compresses each batch as a whole, so fuller "
+        "batches (*records/batch*) compress better: these drains of a backlog fill them, "
+        "while a live stream at a lower rate sends smaller ones (`linger.ms=5`), so its "
+        "ratio is worse than the one here.",
+        "",
+        "**CPU s/M** is ktransform's whole process, librdkafka's compression included; "
+        "**broker CPU s/M** includes the broker's decompression of each compressed batch to "
+        "validate its records. ktransform and the broker share the same 2 cores here, so a "
+        "codec's CPU also takes from the broker's: weigh *CPU × none* more than *records/s*. "
+        "× none is the ratio to the `none` row.",
+        "",
+        "| codec | records/s | × none | CPU s/M | × none | broker CPU s/M | disk B/record "
+        "| × none | records/batch | stored as | all runs, B/record | status |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|---|---|",
+    ]
+    for c in rows:
+        if c.get("status") != "ok":
+            lines.append(f"| {c['compression']} | | | | | | | | | | | "
+                         f"{c['status']}: {'; '.join(c.get('problems', []))} |")
+            continue
+        lines.append(
+            f"| {c['compression']} | {fmt(c['records_per_s'])} | {fmt(c.get('ratio_to_none'), 2)} "
+            f"| {fmt(c['cpu_s_per_million'], 2)} | {fmt(c.get('cpu_ratio_to_none'), 2)} "
+            f"| {fmt(c['broker_cpu_s_per_million'], 2)} "
+            f"| {fmt(c.get('disk_bytes_per_record'), 1)} | {fmt(c.get('disk_ratio_to_none'), 2)} "
+            f"| {fmt(c.get('disk_records_per_batch'), 0)} "
+            f"| {stored_as(c.get('disk_batches_by_codec'))} "
+            f"| {', '.join(fmt(x, 1) for x in c.get('runs_disk_bytes_per_record', []))} | ok |")
+    return lines + [""]
+
+
 def write_bench(r):
     name = r["name"]
     s = r["settings"]
@@ -173,6 +236,7 @@ def write_bench(r):
             f"| {status} |"
         )
     lines += ["", f"![throughput]({name}-throughput.png)", ""]
+    lines += compression_section(r)
     lines += ["## End-to-end latency", ""]
     if not r["latency"]:
         lines += ["Not measured in this run.", ""]

@@ -6,12 +6,14 @@ in turn drains it into a fresh destination topic with a fresh consumer group:
 
   raw copy (examples/raw_copy.rs), ktransform at-least-once and exactly-once, the three Python
   baselines (bench/python, a time window or a record budget each), Kafka Streams at_least_once
-  and exactly_once_v2 (bench/kstreams).
+  and exactly_once_v2 (bench/kstreams), and ktransform at-least-once once per output codec
+  (producer.compression.type none, gzip, snappy, lz4, zstd).
 
 Each is timed from spawn to exit, with the CPU time and peak RSS of its whole process tree, and
 its output is read back and checked (count, and the md5 of every record) so that a broken
-contender cannot look fast. Then the end-to-end latency of ktransform at a fixed produce rate
-(half of its measured drain rate). Writes bench/results/<date>.md, .json and PNG charts.
+contender cannot look fast, and measured on the broker's disk (bytes, batches, codecs). Then the
+end-to-end latency of ktransform at a fixed produce rate (half of its measured drain rate).
+Writes bench/results/<date>.md, .json and PNG charts.
 
     python3 bench/run.py [--records 2000000] [--partitions 12] [--python-seconds 60] [--quick] ...
 """
@@ -84,6 +86,19 @@ CONTENDERS = [
     ("kstreams-eos", "Kafka Streams exactly_once_v2", "kstreams", "splice"),
 ]
 
+# The output's compression: ktransform-alo once per codec, so that the report can set the CPU
+# a codec costs per record against the bytes it saves on the wire and on the broker's disk.
+# ktransform-alo itself keeps the binary's default, whatever that is.
+CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
+CODEC_PREFIX = "ktransform-alo-"
+CONTENDERS += [(f"{CODEC_PREFIX}{codec}", f"ktransform at-least-once, {codec} output",
+                "ktransform", "splice") for codec in CODECS]
+
+
+def codec_of(name):
+    """The output codec a contender sets, or None (the binary's default)."""
+    return name.removeprefix(CODEC_PREFIX) if name.startswith(CODEC_PREFIX) else None
+
 
 def ktransform_supports_eos(binary):
     out = harness.ktransform_run_help(binary)
@@ -100,6 +115,9 @@ def command(name, kind, bins, args, source, dest, group):
                *args.ktransform_arg]
         if name.endswith("eos"):
             cmd += ["--guarantee", "exactly-once"]
+        if codec_of(name):
+            # Last, so that it wins over a --ktransform-arg that sets the codec too.
+            cmd += ["-X", f"producer.compression.type={codec_of(name)}"]
         return cmd
     if kind == "python":
         script = PYTHON_DIR / f"{name.removeprefix('python-')}.py"
@@ -147,6 +165,7 @@ def run_contender(name, label, kind, check, ctx, rep=0):
     say(f"{name}: exited {m.rc} after {m.wall_s:.1f} s; reading {dest} back")
     out = harness.scan(args.brokers, dest, check=check)
     hw = sum(kafka.high_watermarks(dest).values())
+    disk = harness.topic_on_disk(ctx["log_dirs"], dest)
     if kind == "python":
         expected = int(reported["processed"]) if reported else None
         limited = ("record budget" if expected is not None and expected >= args.python_records
@@ -190,6 +209,8 @@ def run_contender(name, label, kind, check, ctx, rep=0):
         voluntary_switches=m.voluntary_switches,
         involuntary_switches=m.involuntary_switches,
         high_watermark_sum=hw,
+        compression=codec_of(name),
+        **disk_fields(disk, processed),
         reported=reported,
         verify=out.as_dict(),
         log=m.log,
@@ -197,9 +218,25 @@ def run_contender(name, label, kind, check, ctx, rep=0):
     if problems:
         say(f"{name}: FAILED: {'; '.join(problems)}\n{harness.tail(log)}")
     else:
+        on_disk = (f", {entry['disk_bytes_per_record']:.1f} B/record on disk"
+                   if entry["disk_bytes_per_record"] else "")
         say(f"{name}: {processed} records, {entry['records_per_s']:.0f} records/s, "
-            f"{entry['cpu_s_per_million']:.1f} CPU s/M, peak RSS {m.max_rss_mb:.0f} MB")
+            f"{entry['cpu_s_per_million']:.1f} CPU s/M, peak RSS {m.max_rss_mb:.0f} MB{on_disk}")
     return entry
+
+
+def disk_fields(disk, processed):
+    """The entry's fields for what the destination takes on the broker's disk (None each when
+    the broker's log directories are not on this machine)."""
+    disk = disk or {}
+    return {
+        "disk_bytes": disk.get("bytes"),
+        "disk_bytes_per_record": disk["bytes"] / processed if disk and processed else None,
+        "disk_batches": disk.get("batches"),
+        "disk_records_per_batch": (disk["records"] / disk["batches"]
+                                   if disk.get("batches") else None),
+        "disk_batches_by_codec": disk.get("batches_by_codec"),
+    }
 
 
 def median_run(runs):
@@ -214,7 +251,23 @@ def median_run(runs):
     chosen = dict(ordered[(len(ordered) - 1) // 2])
     chosen["runs_records_per_s"] = [r["records_per_s"] for r in runs]
     chosen["runs_cpu_s_per_million"] = [r["cpu_s_per_million"] for r in runs]
+    chosen["runs_disk_bytes_per_record"] = [r["disk_bytes_per_record"] for r in runs]
     return chosen
+
+
+def compare_codecs(contenders):
+    """Each codec contender's rate, CPU and bytes on disk as ratios to the `none` one's; also
+    ktransform-alo's, so that the binary's default can be placed among the codecs."""
+    none = next((c for c in contenders if c.get("compression") == "none"), None)
+    if not none or none.get("status") != "ok":
+        return
+    for c in contenders:
+        if (c.get("compression") or c["name"] == "ktransform-alo") and c.get("status") == "ok":
+            c["ratio_to_none"] = c["records_per_s"] / none["records_per_s"]
+            c["cpu_ratio_to_none"] = c["cpu_s_per_million"] / none["cpu_s_per_million"]
+            if c["disk_bytes_per_record"] and none["disk_bytes_per_record"]:
+                c["disk_ratio_to_none"] = (c["disk_bytes_per_record"]
+                                           / none["disk_bytes_per_record"])
 
 
 # The raw copy's latency reference runs with ktransform's consumer settings that shape latency
@@ -371,8 +424,12 @@ def main():
                   "value_bytes_mean": scanned.value_bytes / scanned.records}
         results["source"] = source
         ctx = {"args": args, "kafka": kafka, "bins": bins, "scratch": scratch, "source": source,
-               "run_id": run_id, "eos": ktransform_supports_eos(bins.ktransform)}
+               "run_id": run_id, "eos": ktransform_supports_eos(bins.ktransform),
+               "log_dirs": kafka.log_dirs()}
         results["ktransform_eos_available"] = ctx["eos"]
+        results["broker_log_dirs"] = ctx["log_dirs"]
+        if not ctx["log_dirs"]:
+            say("the broker's log.dirs are not on this machine: no bytes on disk measured")
         # Drain contenders in rounds (raw, ktransform, ..., raw, ktransform, ...) so that a
         # noisy minute on the shared machine does not hit all runs of one contender.
         runs = {c[0]: [] for c in CONTENDERS if c[0] in wanted}
@@ -389,6 +446,7 @@ def main():
             if raw and raw.get("status") == "ok" and c.get("status") == "ok":
                 c["ratio_to_raw"] = c["records_per_s"] / raw["records_per_s"]
                 c["cpu_ratio_to_raw"] = c["cpu_s_per_million"] / raw["cpu_s_per_million"]
+        compare_codecs(results["contenders"])
         if not args.no_latency:
             alo = by_name.get("ktransform-alo")
             rate = args.latency_rate or (alo["records_per_s"] / 2

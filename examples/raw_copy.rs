@@ -12,7 +12,7 @@
 //!
 //! Like `ktransform run --until-end`, it captures the source's high watermarks at start, copies
 //! every partition up to them, flushes the producer, commits the consumed offsets once, and exits
-//! 0. The producer settings are ktransform's (idempotent, `linger.ms=5`, `murmur2_random`), so
+//! 0. The producer settings are ktransform's (idempotent, `linger.ms=5`, lz4, `murmur2_random`), so
 //! the difference between the two is the transform and the bookkeeping, not the producer tuning.
 //! One consumer setting differs from librdkafka's default, `fetch.queue.backoff.ms=10` (see
 //! below). Exits 1 if any delivery failed.
@@ -125,6 +125,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .set("bootstrap.servers", &args.brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
+        .set("compression.type", "lz4")
         .set("partitioner", "murmur2_random");
     overrides(&mut producer_config, &args.config, "producer")?;
     let producer: BaseProducer<Deliveries> = producer_config

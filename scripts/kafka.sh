@@ -6,7 +6,7 @@
 # With KAFKA_NODES=3, a three-node cluster instead (replication 3, min.insync.replicas 2)
 # for broker-failure tests, on other ports and in another state directory.
 #
-# Usage: scripts/kafka.sh up | down | status | logs [-f] | fetch
+# Usage: scripts/kafka.sh up | down | status | logs [-f] | fetch | libs
 #                       | kill-node N | stop-node N | start-node N   (see usage below)
 #
 # Every per-node step takes the node's directory and ports as arguments, so that the
@@ -61,6 +61,8 @@ Usage: scripts/kafka.sh COMMAND
   status        exit 0 if it runs and serves clients, 1 otherwise
   logs [-f]     print the end of the broker log; -f follows it
   fetch         only download the jars
+  libs          print the jars' directory (after downloading them if needed): the Java
+                client's classpath for tests that write and read with Kafka's own client
 
   For failure tests (N is 1 for the single node, 1-3 in a cluster):
   kill-node N   SIGKILL node N (a crash); its data stays
@@ -683,6 +685,10 @@ main() {
     fetch)
       fetch_jars
       say "Kafka $KAFKA_VERSION jars in $LIBS_DIR"
+      ;;
+    libs)
+      fetch_jars >&2
+      say "$LIBS_DIR"
       ;;
     help | -h | --help) usage ;;
     *)

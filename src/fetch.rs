@@ -201,6 +201,32 @@ impl Record<'_> {
         (err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR).then(|| err.into())
     }
 
+    /// For a consumer error that says the record batch at its offset cannot be decoded, what
+    /// a person needs to know; None for records and other errors.
+    pub fn undecodable(&self) -> Option<Undecodable> {
+        use RDKafkaErrorCode::*;
+        let code = self.error()?;
+        let cause = match code {
+            NotImplemented => UndecodableCause::Unsupported,
+            BadCompression | BadMessage | InvalidMessage | InvalidRecord => {
+                UndecodableCause::Corrupt
+            }
+            _ => return None,
+        };
+        // A consumer error's payload is librdkafka's description of it.
+        let reason = match self.payload() {
+            Some(text) if !text.is_empty() => String::from_utf8_lossy(text).into_owned(),
+            _ => code.to_string(),
+        };
+        Some(Undecodable {
+            topic: self.topic().to_string(),
+            partition: self.partition(),
+            offset: self.offset(),
+            reason,
+            cause,
+        })
+    }
+
     pub fn payload_len(&self) -> usize {
         if self.raw().payload.is_null() {
             0
@@ -222,6 +248,36 @@ impl Record<'_> {
         }
         NonNull::new(headers).map(NativeHeaders)
     }
+}
+
+/// A record batch the consumer cannot decode: the worker stops there, committing nothing past it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "{topic}/{partition}: the record batch at offset {offset} cannot be decoded ({reason}); \
+         stopped without committing past it. {cause}"
+)]
+pub struct Undecodable {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// librdkafka's description.
+    pub reason: String,
+    pub cause: UndecodableCause,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UndecodableCause {
+    #[error(
+        "This build of librdkafka does not support the batch's compression codec (ktransform is \
+             built with gzip, snappy, lz4 and zstd): check the producer's compression.type."
+    )]
+    Unsupported,
+    #[error("The batch is corrupt (damaged on the broker's disk, or written by a faulty producer). \
+             Read it with another client to confirm (kafka-console-consumer --partition P --offset O); \
+             to skip it, stop every instance and move the group past the batch with \
+             kafka-consumer-groups --reset-offsets --to-offset <the batch's last offset + 1> --execute \
+             (its records are lost).")]
+    Corrupt,
 }
 
 /// A header list owned here, destroyed when dropped unless handed to the producer.

@@ -15,9 +15,13 @@
 //!   its own queue and start a worker, and on revocation drain and commit before release. Serves
 //!   the main queue on its own thread.
 //! - [`fetch`]: a partition's own fetch queue, read a batch per call
-//!   (`rd_kafka_consume_batch_queue`), and its records, whose parsed headers can be moved out.
+//!   (`rd_kafka_consume_batch_queue`), its position, and its records, whose parsed headers can
+//!   be moved out; which queue handle owns a partition's wake-up ([`fetch::Wakeups`]); a record
+//!   batch that cannot be decoded ([`fetch::Undecodable`]). Generic over the consumer context.
 //! - [`partition`]: the per-partition worker: batches from the split queue, transform, produce,
-//!   await acknowledgements batch by batch, oldest first, store offsets contiguously.
+//!   await acknowledgements batch by batch, oldest first, store offsets contiguously (never
+//!   backwards: records handed out again are dropped); `--until-end`'s end from the high
+//!   watermark; stops on a batch that cannot be decoded.
 //! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out;
 //!   its validating JSON scanner is the submodule `transform/scan.rs`.
 //! - [`sink`]: the idempotent producer; outputs straight through `rd_kafka_producev` (a topic

@@ -144,7 +144,7 @@ impl Stats {
         );
         r.register(
             "errors",
-            "Errors by kind (consumer, delivery, commit, transaction, offset_reset; rewound counts records)",
+            "Errors by kind (consumer, undecodable, delivery, commit, transaction, offset_reset; rewound counts records)",
             stats.errors.clone(),
         );
         r.register(
@@ -381,6 +381,11 @@ impl PartitionStats {
 
     pub fn delivery_failed(&self) {
         self.stats.error(&self.topic, "delivery");
+    }
+
+    /// A record batch that cannot be decoded stops the partition.
+    pub fn batch_undecodable(&self) {
+        self.stats.error(&self.topic, "undecodable");
     }
 
     /// Records handed out again below what the worker had read: dropped, not produced twice.

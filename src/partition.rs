@@ -12,6 +12,11 @@
 //!   flight, stores the last offset and reports it in [`WorkerExit`].
 //! - A delivery failure that is not the record's own fault stops the worker without storing its
 //!   offset or any later one: the record will be consumed again by whoever owns the partition.
+//! - A record batch the consumer cannot decode (a corrupt batch, a codec librdkafka lacks)
+//!   stops the worker once what was read before it is acknowledged and stored: nothing past
+//!   it is produced or stored, and the process stops with [`Undecodable`], which names the
+//!   offset, librdkafka's reason and the way out. librdkafka would otherwise fetch it again and
+//!   again, and it cannot be skipped without losing its records.
 //! - A record the queue hands out again below the offset this worker has already read (the
 //!   partition was rewound under it, e.g. by an `auto.offset.reset` after an out-of-range
 //!   fetch) is not produced twice: it is dropped, counted and logged as an error. So the offsets
@@ -34,7 +39,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::ack::Acks;
 use crate::consumer::Context;
-use crate::fetch::{PartitionQueue, Record};
+use crate::fetch::{PartitionQueue, Record, Undecodable};
 use crate::metrics::{PartitionStats, Stats};
 use crate::sink::{self, Sink};
 use crate::transaction::Transactions;
@@ -74,6 +79,8 @@ pub enum WorkerError {
     Delivery { offset: i64, source: KafkaError },
     #[error("storing offset {offset} failed: {source}")]
     Store { offset: i64, source: KafkaError },
+    #[error(transparent)]
+    Undecodable(Undecodable),
 }
 
 /// How a worker ended.
@@ -138,6 +145,7 @@ impl PartitionWorker {
             pending: VecDeque::new(),
             in_flight: 0,
             next_offset: None,
+            failed: None,
             read_next: None,
             end_target: None,
             at_end: false,
@@ -173,7 +181,7 @@ impl PartitionWorker {
         loop {
             self.settle(state, None)?;
             self.check_end(state);
-            if *drain.borrow() {
+            if *drain.borrow() || state.failed.is_some() {
                 break;
             }
             let room = state.in_flight + self.shared.batch_size <= self.shared.max_in_flight;
@@ -195,7 +203,7 @@ impl PartitionWorker {
             let ack = front(&state.pending).await;
             self.settle(state, Some(ack))?;
         }
-        Ok(())
+        state.failed.take().map_or(Ok(()), Err)
     }
 
     /// Transforms and sends a batch read from the queue (up to `batch_size` records that were
@@ -209,6 +217,9 @@ impl PartitionWorker {
         let mut bytes = 0;
         let mut rewound = 0;
         batch.retain(|m| match m.error() {
+            // Nothing after a batch that cannot be decoded may be produced: its offsets would
+            // be stored past the records lost in it.
+            _ if state.failed.is_some() => false,
             None if state.read_next.is_some_and(|next| m.offset() < next) => {
                 rewound += 1;
                 false
@@ -219,8 +230,13 @@ impl PartitionWorker {
             }
             Some(code) => {
                 self.shared.stats.consumer_error();
-                let error = KafkaError::MessageConsumption(code);
-                tracing::warn!(partition = self.partition, %error, "consumer error");
+                if let Some(undecodable) = m.undecodable() {
+                    self.stats.batch_undecodable();
+                    state.failed = Some(WorkerError::Undecodable(undecodable));
+                } else {
+                    let error = KafkaError::MessageConsumption(code);
+                    tracing::warn!(partition = self.partition, %error, "consumer error");
+                }
                 false
             }
         });
@@ -481,6 +497,9 @@ struct State {
     /// Records in `pending`.
     in_flight: usize,
     next_offset: Option<i64>,
+    /// Set when the queue handed out a batch that cannot be decoded: read nothing more, finish
+    /// what is in flight, then stop the worker with it.
+    failed: Option<WorkerError>,
     /// The offset after the last record read from the queue.
     read_next: Option<i64>,
     end_target: Option<i64>,

@@ -11,9 +11,11 @@
 
 pub mod data;
 pub mod faults;
+pub mod java;
 pub mod kafka;
 pub mod nodes;
 pub mod run;
+pub mod segments;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
