@@ -271,7 +271,7 @@ def compare_codecs(contenders):
 
 
 # The raw copy's latency reference runs with ktransform's consumer settings that shape latency
-# and memory (src/clients.rs), so that the difference is the work and the bookkeeping.
+# and memory (src/config/clients.rs), so that the difference is the work and the bookkeeping.
 RAW_LATENCY_SETTINGS = ["fetch.wait.max.ms=5", "fetch.max.bytes=4194304",
                         "max.partition.fetch.bytes=262144", "queued.min.messages=2500",
                         "queued.max.messages.kbytes=4096", "fetch.queue.backoff.ms=10"]

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::fetch::{PartitionQueue, Wakeups};
 use crate::logging::{ClientLog, FatalErrors};
+use crate::member::Member;
 use crate::metrics::Stats;
 use crate::partition::{PartitionWorker, Shared, WorkerExit};
 
@@ -140,7 +141,7 @@ impl Context {
             topic: self.topic.clone(),
             partition,
             queue,
-            consumer: consumer.clone(),
+            consumer: consumer.clone() as Arc<dyn Member>,
             stats: self.shared.stats.partition(&self.topic, partition),
             shared: self.shared.clone(),
             drain: drain_rx,

@@ -3,17 +3,28 @@
 //! per partition, bad records to a dead-letter topic.
 //!
 //! # Layout
-//! - [`config`]: flags and env vars (clap), start-up checks.
-//! - [`clients`]: the consumer's and producer's librdkafka settings, each with its reason.
-//! - [`config_file`]: the `--config` TOML file, under flags and env vars.
-//! - [`print_config`]: `run --print-config`, the effective configuration as TOML.
-//! - [`properties`]: librdkafka pass-through (`-X`, the file's `[rdkafka]` tables), owned keys.
-//! - [`redact`]: which property values are secrets, and masking them wherever config is shown.
+//! The top-level modules import each other without a cycle (`tests/layers.rs` reads every
+//! `crate::` path under `src/`, comments aside, and fails on a cycle), bottom to top:
+//!
+//! 1. Ground, importing no other module: [`config`], [`transform`], [`fetch`], [`member`],
+//!    [`metrics`], [`logging`].
+//! 2. The pipeline: [`ack`] → [`sink`] → [`transaction`] → [`partition`] → [`consumer`].
+//! 3. The commands: [`service`] (`run`), [`lag`], [`verify`], with [`error`] (what stops a
+//!    run) and [`http`] beside them; [`cli`] on top.
+//!
+//! Modules:
+//! - [`config`]: flags and env vars (clap), start-up checks; its submodules are the `--config`
+//!   TOML file (`file`), the librdkafka pass-through and owned keys (`properties`), secret
+//!   masking (`redact`), `run --print-config` (`print`), and the consumer's and producer's
+//!   librdkafka settings, each with its reason (`clients`).
+//! - [`cli`]: the command line, `run | lag | verify`, parsed with the file's fallbacks.
 //! - [`service`]: [`run`], which wires everything and owns the stop sequence (drain, commit,
 //!   flush, leave the group within the deadline).
 //! - [`consumer`]: the group member; its rebalance callbacks split each assigned partition into
 //!   its own queue and start a worker, and on revocation drain and commit before release. Serves
 //!   the main queue on its own thread.
+//! - [`member`]: what workers and the transaction ask of the consumer (store an offset, read a
+//!   partition's offsets, the group's metadata), as a trait, so they sit below [`consumer`].
 //! - [`fetch`]: a partition's own fetch queue, read a batch per call
 //!   (`rd_kafka_consume_batch_queue`), its position, and its records, whose parsed headers can
 //!   be moved out; which queue handle owns a partition's wake-up ([`fetch::Wakeups`]); a record
@@ -49,20 +60,17 @@
 //! and synchronously on revocation and shutdown.
 
 pub mod ack;
-pub mod clients;
+pub mod cli;
 pub mod config;
-pub mod config_file;
 pub mod consumer;
 pub mod error;
 pub mod fetch;
 pub mod http;
 pub mod lag;
 pub mod logging;
+pub mod member;
 pub mod metrics;
 pub mod partition;
-pub mod print_config;
-pub mod properties;
-pub mod redact;
 pub mod service;
 pub mod sink;
 pub mod transaction;

@@ -1,7 +1,7 @@
 //! The `ktransform` binary: parse flags, set up logging and signals, call the library.
 
-use ktransform::config::{Cli, Command};
-use ktransform::config_file::CliError;
+use ktransform::cli::{Cli, Command};
+use ktransform::config::file::CliError;
 use ktransform::error::exit;
 use tracing_subscriber::EnvFilter;
 
@@ -30,7 +30,7 @@ fn main() {
     if let Command::Run(config) = &cli.command {
         if config.print_config {
             // Before logging and the runtime: nothing connects, only the TOML is printed.
-            match ktransform::print_config::render(config) {
+            match ktransform::config::print::render(config) {
                 Ok(text) => print!("{text}"),
                 Err(e) => {
                     eprintln!("error: {e}");

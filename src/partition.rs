@@ -32,14 +32,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rayon::prelude::*;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::Message;
 use tokio::sync::{mpsc, watch};
 
 use crate::ack::Acks;
-use crate::consumer::Context;
 use crate::fetch::{PartitionQueue, Record, Undecodable};
+use crate::member::Member;
 use crate::metrics::{PartitionStats, Stats};
 use crate::sink::{self, Sink};
 use crate::transaction::Transactions;
@@ -129,7 +128,7 @@ pub struct PartitionWorker {
     pub topic: String,
     pub partition: i32,
     pub queue: PartitionQueue,
-    pub consumer: Arc<StreamConsumer<Context>>,
+    pub consumer: Arc<dyn Member>,
     pub stats: PartitionStats,
     pub shared: Arc<Shared>,
     pub drain: watch::Receiver<bool>,
@@ -462,13 +461,8 @@ impl PartitionWorker {
             let target = tokio::task::spawn_blocking(move || {
                 let timeout = Duration::from_secs(10);
                 let (low, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
-                let mut tpl = rdkafka::TopicPartitionList::new();
-                tpl.add_partition(&topic, partition);
-                let committed = consumer.committed_offsets(tpl, timeout)?;
-                let committed = committed
-                    .find_partition(&topic, partition)
-                    .and_then(|p| p.offset().to_raw());
-                let start = committed.filter(|c| *c >= 0).unwrap_or(low);
+                let committed = consumer.committed_offset(&topic, partition, timeout)?;
+                let start = committed.unwrap_or(low);
                 Ok::<_, KafkaError>(if start >= high { 0 } else { high })
             })
             .await;

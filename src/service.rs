@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
@@ -23,6 +23,7 @@ use crate::consumer::{self, Context, GroupEvent};
 use crate::error::Error;
 use crate::http::{self, Health};
 use crate::logging::{FatalErrors, QuietContext};
+use crate::member::Member;
 use crate::metrics::{self, Snapshot, Stats};
 use crate::partition::{Shared, WorkerEvent};
 use crate::sink::{Sink, TopicLimits};
@@ -137,7 +138,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
         Arc::new(consumer_config.create_with_context(context)?);
     consumer.context().attach(&consumer);
     if let Some(t) = &transactions {
-        t.attach(&consumer);
+        t.attach(Arc::downgrade(&consumer) as Weak<dyn Member>);
     }
     consumer.subscribe(&[&config.source])?;
     let (stop_main_queue, stop_rx) = watch::channel(false);

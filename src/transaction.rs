@@ -29,13 +29,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{Notify, RwLock, RwLockReadGuard};
 
-use crate::consumer::Context;
+use crate::member::Member;
 use crate::metrics::Stats;
 use crate::sink::Sink;
 
@@ -68,7 +67,7 @@ pub struct Transactions {
     topic: String,
     sink: Arc<Sink>,
     stats: Arc<Stats>,
-    consumer: OnceLock<Weak<StreamConsumer<Context>>>,
+    consumer: OnceLock<Weak<dyn Member>>,
     /// Held shared by a worker while it sends a batch, exclusively by a commit.
     gate: RwLock<()>,
     /// Next offset per partition, of records sent in the open transaction.
@@ -99,8 +98,8 @@ impl Transactions {
         }
     }
 
-    pub fn attach(&self, consumer: &Arc<StreamConsumer<Context>>) {
-        let _ = self.consumer.set(Arc::downgrade(consumer));
+    pub fn attach(&self, consumer: Weak<dyn Member>) {
+        let _ = self.consumer.set(consumer);
     }
 
     /// Registers the producer's transactional id with the coordinator (fencing older producers

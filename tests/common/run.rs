@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use ktransform::config::{Cli, Command as CliCommand};
+use ktransform::cli::{Cli, Command as CliCommand};
 use ktransform::{Error, RunConfig, Summary};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

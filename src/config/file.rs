@@ -23,7 +23,7 @@ use clap::error::{ContextKind, ContextValue};
 use clap::{Arg, ArgMatches, Command};
 use toml::{Table, Value};
 
-use crate::properties::{Origin, Override, Side};
+use crate::config::properties::{Origin, Override, Side};
 
 const ENV_PREFIX: &str = "KTRANSFORM_";
 /// Env-backed arguments that are not settings: the file itself, and an output format.
@@ -308,8 +308,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::config::print::render;
     use crate::config::RunConfig;
-    use crate::print_config::render;
 
     /// Writes `text` to a file of its own and returns the path.
     fn file(text: &str) -> PathBuf {
@@ -466,8 +466,8 @@ mod tests {
         let text = render(&c).unwrap();
         let mut table: Table = text.parse().unwrap();
         let mut known = Vec::new();
-        let cli = <crate::config::Cli as clap::CommandFactory>::command();
-        keys(cli.find_subcommand("run").unwrap(), &mut known);
+        let run = <RunConfig as clap::Args>::augment_args(clap::Command::new("run"));
+        keys(&run, &mut known);
         for (key, _) in &known {
             // Only set with exactly-once and a given id.
             if key != "transactional_id" {

@@ -6,9 +6,9 @@
 
 use toml::{Table, Value};
 
+use crate::config::file::RDKAFKA;
+use crate::config::redact;
 use crate::config::{ConfigError, MetricsAddr, RunConfig};
-use crate::config_file::RDKAFKA;
-use crate::redact;
 
 /// `ktransform run --print-config`: the settings (keys as in the file) and every property of both
 /// clients, as TOML, secrets masked. Checks the configuration first, as `run` would.

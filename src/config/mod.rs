@@ -1,17 +1,23 @@
 //! Command-line, environment and config-file configuration, checked at start-up.
 //!
 //! Every flag is also an environment variable `KTRANSFORM_<NAME>` and a key of the `--config`
-//! file ([`crate::config_file`]); precedence is flag > env > file > default. Anything librdkafka
-//! knows goes through `-X key=value` or the file's `[rdkafka]` tables ([`crate::properties`]).
-//! `Debug` output of these structs masks secret property values ([`crate::redact`]).
+//! file ([`crate::config::file`]); precedence is flag > env > file > default. Anything librdkafka
+//! knows goes through `-X key=value` or the file's `[rdkafka]` tables ([`crate::config::properties`]).
+//! `Debug` output of these structs masks secret property values ([`crate::config::redact`]).
 
 use std::ffi::OsString;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
-use crate::config_file::{self, CliError};
-pub use crate::properties::{KafkaArgs, Origin, Override, Property, Side, OWNED_PROPERTIES};
+pub mod clients;
+pub mod file;
+pub mod print;
+pub mod properties;
+pub mod redact;
+
+use file::CliError;
+pub use properties::{KafkaArgs, Origin, Override, Property, Side, OWNED_PROPERTIES};
 
 /// The broker of `make up`.
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
@@ -37,28 +43,6 @@ pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 pub const DEFAULT_PROGRESS_INTERVAL: &str = "10s";
 /// A batch at least this large (bytes of values) is hashed on the rayon pool; smaller ones inline.
 pub const DEFAULT_PARALLEL_MIN_BYTES: usize = 256 * 1024;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "ktransform",
-    version,
-    about = "Kafka JSON transformer: adds the md5 of each record's raw bytes as \"hash\""
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Consume the source topic, add "hash" to every JSON object, produce to the destination.
-    Run(RunConfig),
-    /// Show a consumer group's lag, produce and consume rates, and whether it keeps up.
-    Lag(crate::lag::LagConfig),
-    /// Audit source against destination and dead-letter topic: lost, duplicated, changed,
-    /// forged and out-of-order records; exit 5 when the chosen guarantee does not hold.
-    Verify(crate::verify::VerifyConfig),
-}
 
 #[derive(Debug, Clone, Args)]
 pub struct RunConfig {
@@ -182,33 +166,6 @@ pub(crate) fn invalid(flag: impl Into<String>, message: impl Into<String>) -> Co
     }
 }
 
-impl Cli {
-    /// Parses the command line as the binary does: flags, env vars, then the `--config` file.
-    pub fn try_parse_with_file<I, T>(args: I) -> Result<Cli, CliError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<OsString> + Clone,
-    {
-        let argv: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let (matches, file) = config_file::matches(Cli::command(), argv)?;
-        let mut cli = Cli::from_arg_matches(&matches)?;
-        if let Some(file) = file {
-            cli.command.kafka_mut().file_rdkafka = file.rdkafka;
-        }
-        Ok(cli)
-    }
-}
-
-impl Command {
-    pub fn kafka_mut(&mut self) -> &mut KafkaArgs {
-        match self {
-            Command::Run(c) => &mut c.kafka,
-            Command::Lag(c) => &mut c.kafka,
-            Command::Verify(c) => &mut c.kafka,
-        }
-    }
-}
-
 impl RunConfig {
     /// Parses the flags of `ktransform run` (without the program and subcommand names), with
     /// environment and `--config` file fallbacks, as the binary does: for embedding and tests.
@@ -225,7 +182,7 @@ impl RunConfig {
         let argv = std::iter::once(OsString::from("ktransform-run"))
             .chain(args.into_iter().map(Into::into))
             .collect();
-        let (matches, file) = config_file::matches(Run::command(), argv)?;
+        let (matches, file) = file::matches(Run::command(), argv)?;
         let mut config = Run::from_arg_matches(&matches)?.config;
         if let Some(file) = file {
             config.kafka.file_rdkafka = file.rdkafka;

@@ -1,6 +1,6 @@
 //! The librdkafka settings ktransform chooses for its consumer and producer, each with the
 //! measurement or reason behind it; `-X`, the config file and the environment override them
-//! (see [`crate::properties`]), except the ones ktransform owns.
+//! (see [`crate::config::properties`]), except the ones ktransform owns.
 
 use rdkafka::ClientConfig;
 

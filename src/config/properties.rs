@@ -5,7 +5,7 @@
 //! Both clients get a property unless it is given for one side (`-X consumer.key=value`,
 //! `[rdkafka.consumer]`). File properties are applied first and `-X` last, so a flag wins. The
 //! few properties that the delivery contract depends on are refused from either place, with the
-//! reason. Values of secret properties ([`crate::redact`]) are masked in every `Debug` output and
+//! reason. Values of secret properties ([`crate::config::redact`]) are masked in every `Debug` output and
 //! error here.
 
 use std::fmt;
@@ -17,8 +17,8 @@ use rdkafka::config::{FromClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
 
+use crate::config::redact;
 use crate::config::{invalid, ConfigError, DEFAULT_BROKERS};
-use crate::redact;
 
 /// librdkafka properties that ktransform sets itself because its guarantees depend on them.
 pub const OWNED_PROPERTIES: &[(&str, &str)] = &[
