@@ -12,39 +12,36 @@
 //!   tokio workers that the draining partition tasks run on.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
+use crate::error::Error;
 use crate::fetch::{PartitionQueue, Wakeups};
 use crate::logging::{ClientLog, FatalErrors};
 use crate::member::Member;
 use crate::metrics::Stats;
-use crate::partition::{PartitionWorker, Shared, WorkerExit};
+use crate::offsets::CommitError;
+use crate::partition::{PartitionState, PartitionWorker, Shared, WorkerExit};
 
 /// What the consumer side tells the coordinator, besides worker events.
 #[derive(Debug)]
 pub enum GroupEvent {
     Assigned(Vec<i32>),
     Revoked(Vec<i32>),
-    /// Something that must stop the process (a message on the main queue means a partition was
-    /// not split: continuing could commit past it).
-    Fatal(String),
+    /// Something that must stop the process: a partition that was not split, a failed
+    /// transaction at revocation.
+    Failed(Error),
 }
 
 struct WorkerHandle {
-    drain: watch::Sender<bool>,
-    exit: std_mpsc::Receiver<WorkerExit>,
-    in_flight: Arc<AtomicUsize>,
-    at_end: Arc<AtomicBool>,
+    state: Arc<PartitionState>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -54,6 +51,21 @@ pub struct Drained {
     pub exits: Vec<WorkerExit>,
     /// Unacknowledged records of workers that missed the deadline: they will be consumed again.
     pub abandoned: usize,
+}
+
+impl Drained {
+    /// Each drained partition's next offset, if it acknowledged any record.
+    pub fn next_offsets(&self) -> Vec<(i32, Option<i64>)> {
+        self.exits
+            .iter()
+            .map(|e| (e.partition, e.next_offset))
+            .collect()
+    }
+
+    /// Every worker finished its batches: none was abandoned or failed.
+    pub fn clean(&self) -> bool {
+        self.abandoned == 0 && self.exits.iter().all(|e| !e.failed)
+    }
 }
 
 /// The consumer's context: owns the partition workers.
@@ -114,7 +126,7 @@ impl Context {
     /// which partitions those are. Read from the workers' own flags, so no event order matters.
     pub fn all_at_end(&self) -> (bool, Vec<i32>) {
         let workers = self.workers.lock().unwrap();
-        let done = workers.values().all(|h| h.at_end.load(Relaxed));
+        let done = workers.values().all(|h| h.state.status().at_end);
         let mut partitions: Vec<i32> = workers.keys().copied().collect();
         partitions.sort_unstable();
         (done, partitions)
@@ -129,14 +141,14 @@ impl Context {
     fn start_worker(&self, consumer: &Arc<StreamConsumer<Context>>, partition: i32) {
         let Some(queue) = PartitionQueue::split(consumer, &self.wakeups, &self.topic, partition)
         else {
-            let reason = format!("cannot split a queue for {}/{partition}", self.topic);
-            let _ = self.group_events.send(GroupEvent::Fatal(reason));
+            let _ = self.group_events.send(GroupEvent::Failed(Error::NotSplit {
+                topic: self.topic.clone(),
+                partition,
+                what: "librdkafka has no fetch queue for it".into(),
+            }));
             return;
         };
-        let (drain, drain_rx) = watch::channel(false);
-        let (exit_tx, exit) = std_mpsc::sync_channel(1);
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let at_end = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(PartitionState::default());
         let worker = PartitionWorker {
             topic: self.topic.clone(),
             partition,
@@ -144,20 +156,10 @@ impl Context {
             consumer: consumer.clone() as Arc<dyn Member>,
             stats: self.shared.stats.partition(&self.topic, partition),
             shared: self.shared.clone(),
-            drain: drain_rx,
-            in_flight: in_flight.clone(),
-            at_end: at_end.clone(),
+            state: state.clone(),
         };
-        let task = self.runtime.spawn(async move {
-            let _ = exit_tx.send(worker.run().await);
-        });
-        let handle = WorkerHandle {
-            drain,
-            exit,
-            in_flight,
-            at_end,
-            task,
-        };
+        let task = self.runtime.spawn(worker.run());
+        let handle = WorkerHandle { state, task };
         if let Some(old) = self.workers.lock().unwrap().insert(partition, handle) {
             // Not expected: a partition is revoked before it is assigned again.
             old.task.abort();
@@ -166,22 +168,20 @@ impl Context {
 
     fn drain(&self, handles: Vec<(i32, WorkerHandle)>, deadline: Instant) -> Drained {
         for (_, h) in &handles {
-            let _ = h.drain.send(true);
+            h.state.request_drain();
         }
         let mut drained = Drained::default();
         for (partition, h) in handles {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match h.exit.recv_timeout(wait) {
+            match h.state.wait_done(deadline) {
                 Ok(exit) => drained.exits.push(exit),
-                Err(_) => {
+                Err(replayable) => {
                     h.task.abort();
-                    let n = h.in_flight.swap(0, Relaxed);
-                    self.shared.stats.records_abandoned(n);
-                    drained.abandoned += n;
+                    self.shared.stats.records_abandoned(replayable);
+                    drained.abandoned += replayable;
                     tracing::warn!(
                         topic = %self.topic,
                         partition,
-                        replayable = n,
+                        replayable,
                         "partition did not drain before the deadline; its unacknowledged records will be consumed again"
                     );
                 }
@@ -201,28 +201,29 @@ impl Context {
         };
         let deadline = Instant::now() + self.drain_timeout;
         let drained = self.drain(handles, deadline);
-        match &self.shared.transactions {
-            None => {
-                match self.consumer.get().and_then(Weak::upgrade) {
-                    Some(consumer) => {
-                        commit(&consumer, &self.topic, &drained.exits, deadline);
-                    }
-                    // Closing: librdkafka commits the stored offsets itself on the way out.
-                    None => tracing::debug!("consumer closing; stored offsets left to librdkafka"),
-                }
-            }
-            Some(transactions) => {
-                // The revoked partitions' last records and offsets leave in one transaction,
-                // before the partitions do. An abandoned worker may have sent part of a batch
-                // whose offsets are not recorded: committing would duplicate it, so abort.
-                let result = if drained.abandoned > 0 || drained.exits.iter().any(|e| e.failed) {
-                    transactions.abort_blocking()
-                } else {
-                    transactions.commit_blocking()
-                };
-                if let Err(e) = result {
-                    let _ = self.group_events.send(GroupEvent::Fatal(e.to_string()));
-                }
+        // Closing: no consumer to commit with; librdkafka commits the stored offsets itself.
+        let member = self
+            .consumer
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|c| c as Arc<dyn Member>);
+        // The revoked partitions' offsets (exactly-once: with their last records, in one
+        // transaction) are committed before the partitions leave.
+        let committed = self.shared.offsets.commit_drained(
+            member.as_ref(),
+            &self.shared.stats,
+            &self.topic,
+            &drained.next_offsets(),
+            drained.clean(),
+            deadline,
+        );
+        match committed {
+            // Logged; the next owner replays what is not committed.
+            Ok(()) | Err(CommitError::NotCommitted) => {}
+            // An aborted or failed transaction: the process stops and resumes from the last
+            // committed offsets.
+            Err(CommitError::Transaction(e)) => {
+                let _ = self.group_events.send(GroupEvent::Failed(e.into()));
             }
         }
         self.shared
@@ -240,74 +241,6 @@ impl Context {
     }
 }
 
-/// Commits the offsets that drained workers stored, synchronously, and says whether they are
-/// committed (nothing to commit counts as success).
-///
-/// A commit refused while the group rebalances (or its coordinator moves) succeeds once that is
-/// over, so it is retried. A synchronous commit can also wait behind the member's pending join,
-/// so the attempts run on their own thread and the caller waits only until `deadline`.
-pub fn commit(
-    consumer: &Arc<StreamConsumer<Context>>,
-    topic: &str,
-    exits: &[WorkerExit],
-    deadline: Instant,
-) -> bool {
-    let mut tpl = TopicPartitionList::new();
-    for exit in exits {
-        if let Some(next) = exit.next_offset {
-            tpl.add_partition_offset(topic, exit.partition, Offset::Offset(next))
-                .expect("a valid offset");
-        }
-    }
-    if tpl.count() == 0 {
-        return true;
-    }
-    let (done, result) = std_mpsc::sync_channel(1);
-    let committer = consumer.clone();
-    let spawned = std::thread::Builder::new()
-        .name("ktransform-commit".into())
-        .spawn(move || {
-            let _ = done.send(commit_until(&committer, &tpl, deadline));
-        });
-    let committed = spawned.is_ok()
-        && result
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or(false);
-    let stats = consumer.context().stats();
-    stats.committed(committed);
-    if !committed {
-        tracing::warn!("offsets not committed before the deadline; records after the last committed offset will be consumed again");
-    }
-    committed
-}
-
-fn commit_until(
-    consumer: &StreamConsumer<Context>,
-    tpl: &TopicPartitionList,
-    deadline: Instant,
-) -> bool {
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        match consumer.commit(tpl, CommitMode::Sync) {
-            Ok(()) => {
-                if attempts > 1 {
-                    tracing::info!(attempts, "commit succeeded after retries");
-                }
-                return true;
-            }
-            Err(error) if Instant::now() + COMMIT_RETRY_BACKOFF < deadline => {
-                tracing::debug!(%error, attempts, "commit refused; retrying");
-                std::thread::sleep(COMMIT_RETRY_BACKOFF);
-            }
-            Err(error) => {
-                tracing::warn!(%error, attempts, "commit failed");
-                return false;
-            }
-        }
-    }
-}
-
 /// librdkafka's line for an offset reset caused by an error (out of range, mostly); resets of
 /// partitions that simply have no committed offset are only debug lines.
 fn is_offset_reset(level: RDKafkaLogLevel, fac: &str, message: &str) -> bool {
@@ -315,9 +248,6 @@ fn is_offset_reset(level: RDKafkaLogLevel, fac: &str, message: &str) -> bool {
         && fac == "OFFSET"
         && message.contains("offset reset")
 }
-
-/// Pause between attempts of a refused synchronous commit.
-const COMMIT_RETRY_BACKOFF: Duration = Duration::from_millis(200);
 
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -398,11 +328,11 @@ pub fn serve_main_queue(
                         _ = stop.changed() => break,
                         received = consumer.recv() => match received {
                             Ok(m) if !consumer.context().is_closing() => {
-                                let reason = format!(
-                                    "record {}/{}@{} arrived on the main queue: its partition was not split",
-                                    m.topic(), m.partition(), m.offset()
-                                );
-                                let _ = events.send(GroupEvent::Fatal(reason));
+                                let _ = events.send(GroupEvent::Failed(Error::NotSplit {
+                                    topic: m.topic().to_string(),
+                                    partition: m.partition(),
+                                    what: format!("record at offset {} arrived on the main queue", m.offset()),
+                                }));
                             }
                             Ok(_) => {}
                             Err(error) => consumer.context().error(error, "consumer"),

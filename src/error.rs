@@ -62,6 +62,25 @@ pub enum Error {
 
     #[error(transparent)]
     Transaction(#[from] crate::transaction::TxnError),
+
+    /// A record reached the consumer's main queue, or a partition's queue could not be split:
+    /// continuing could commit past records no worker saw.
+    #[error("{topic}/{partition}: {what}; its partition was not split into its own queue")]
+    NotSplit {
+        topic: String,
+        partition: i32,
+        what: String,
+    },
+
+    #[error("cannot start the hashing pool: {0}")]
+    HashPool(#[from] rayon::ThreadPoolBuildError),
+
+    /// A task or thread of the run panicked.
+    #[error("the {what} task failed: {source}")]
+    Task {
+        what: &'static str,
+        source: tokio::task::JoinError,
+    },
 }
 
 impl Error {
@@ -75,7 +94,10 @@ impl Error {
             | Error::Worker { .. }
             | Error::Fatal(_)
             | Error::Io(_)
-            | Error::Transaction(_) => exit::FATAL,
+            | Error::Transaction(_)
+            | Error::NotSplit { .. }
+            | Error::HashPool(_)
+            | Error::Task { .. } => exit::FATAL,
         }
     }
 }

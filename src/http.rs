@@ -18,8 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Stats;
 
-/// How often librdkafka reports statistics (per-partition lag, broker states).
-pub const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
+pub use crate::config::clients::STATISTICS_INTERVAL;
 /// `/healthz` fails when no broker was seen up for this long.
 pub const BROKER_WINDOW: Duration = Duration::from_secs(30);
 

@@ -7,8 +7,9 @@
 //! `crate::` path under `src/`, comments aside, and fails on a cycle), bottom to top:
 //!
 //! 1. Ground, importing no other module: [`config`], [`transform`], [`fetch`], [`member`],
-//!    [`metrics`], [`logging`].
-//! 2. The pipeline: [`ack`] → [`sink`] → [`transaction`] → [`partition`] → [`consumer`].
+//!    [`metrics`], [`logging`], [`committer`].
+//! 2. The pipeline: [`ack`] → [`sink`] → [`transaction`] → [`offsets`] → [`partition`] →
+//!    [`consumer`].
 //! 3. The commands: [`service`] (`run`), [`lag`], [`verify`], with [`error`] (what stops a
 //!    run) and [`http`] beside them; [`cli`] on top.
 //!
@@ -18,8 +19,13 @@
 //!   masking (`redact`), `run --print-config` (`print`), and the consumer's and producer's
 //!   librdkafka settings, each with its reason (`clients`).
 //! - [`cli`]: the command line, `run | lag | verify`, parsed with the file's fallbacks.
-//! - [`service`]: [`run`], which wires everything and owns the stop sequence (drain, commit,
+//! - [`service`]: [`run`]: start (`service/startup.rs`: brokers, topic limits, producer, the
+//!   guarantee), run until something says stop, stop (`service/shutdown.rs`: drain, commit,
 //!   flush, leave the group within the deadline).
+//! - [`offsets`]: the delivery guarantee as one type, [`offsets::Offsets`]: what happens to a
+//!   partition's offsets when a batch is sent and acknowledged, and when drained partitions are
+//!   committed (stored and committed by the consumer, or in the transaction).
+//! - [`committer`]: the one long-lived thread the blocking commit calls run on, with deadlines.
 //! - [`consumer`]: the group member; its rebalance callbacks split each assigned partition into
 //!   its own queue and start a worker, and on revocation drain and commit before release. Serves
 //!   the main queue on its own thread.
@@ -30,9 +36,11 @@
 //!   be moved out; which queue handle owns a partition's wake-up ([`fetch::Wakeups`]); a record
 //!   batch that cannot be decoded ([`fetch::Undecodable`]). Generic over the consumer context.
 //! - [`partition`]: the per-partition worker: batches from the split queue, transform, produce,
-//!   await acknowledgements batch by batch, oldest first, store offsets contiguously (never
-//!   backwards: records handed out again are dropped); `--until-end`'s end from the high
-//!   watermark; stops on a batch that cannot be decoded.
+//!   hand acknowledged offsets to the guarantee (never backwards: records handed out again are
+//!   dropped); `--until-end`'s end from the high watermark; stops on a batch that cannot be
+//!   decoded. Its submodules: `tracker` (sent batches settled oldest first, contiguous offsets,
+//!   the end) and `state` (the partition's life shared with its owner: Consuming → Draining →
+//!   Done | Abandoned), both unit-tested without a broker.
 //! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out;
 //!   its validating JSON scanner is the submodule `transform/scan.rs`.
 //! - [`sink`]: the idempotent producer; outputs straight through `rd_kafka_producev` (a topic
@@ -55,12 +63,17 @@
 //! - [`error`]: what stops a run, and its exit code.
 //!
 //! A record flows: split partition queue → [`partition::PartitionWorker`] batch →
-//! [`transform::transform_into`] (on the rayon pool for large batches) → [`sink::Sink`] →
-//! acknowledgement → offset stored → committed by librdkafka's auto-commit of stored offsets,
-//! and synchronously on revocation and shutdown.
+//! [`transform::transform_into`] (on the rayon pool for large batches) → [`sink::Sink`]: the
+//! output to the destination, or, for a value that is not a JSON object or an output too large,
+//! the input unchanged to the dead-letter topic with the reason in its headers →
+//! acknowledgement → [`offsets::Offsets`]: at-least-once stores the offset, committed by
+//! librdkafka's auto-commit of stored offsets and synchronously on revocation and shutdown;
+//! exactly-once has sent it in the open transaction, committed with the outputs every
+//! `--transaction-interval`, on revocation and at shutdown.
 
 pub mod ack;
 pub mod cli;
+pub mod committer;
 pub mod config;
 pub mod consumer;
 pub mod error;
@@ -70,6 +83,7 @@ pub mod lag;
 pub mod logging;
 pub mod member;
 pub mod metrics;
+pub mod offsets;
 pub mod partition;
 pub mod service;
 pub mod sink;

@@ -1,12 +1,14 @@
 //! What the pipeline asks of the group member, without its rebalance machinery: store a
 //! partition's next offset, read a partition's offsets, the group's metadata for a
-//! transaction. Partition workers and the transaction hold the consumer as `dyn Member`, so
-//! they do not depend on the consumer's context type, and [`crate::consumer`], which starts
-//! them, stays above them in the module graph.
+//! transaction, a synchronous commit. Partition workers, the offsets and the transaction hold
+//! the consumer as `dyn Member`, so they do not depend on the consumer's context type, and
+//! [`crate::consumer`], which starts them, stays above them in the module graph.
 
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, ConsumerContext, ConsumerGroupMetadata, StreamConsumer};
+use rdkafka::consumer::{
+    CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, StreamConsumer,
+};
 use rdkafka::error::KafkaResult;
 use rdkafka::TopicPartitionList;
 
@@ -33,6 +35,9 @@ pub trait Member: Send + Sync {
 
     /// The group's metadata (generation, member id) for `send_offsets_to_transaction`.
     fn group_metadata(&self) -> Option<ConsumerGroupMetadata>;
+
+    /// Commits `offsets` (each the next offset to consume) and waits for the answer.
+    fn commit_sync(&self, offsets: &TopicPartitionList) -> KafkaResult<()>;
 }
 
 impl<C: ConsumerContext + 'static> Member for StreamConsumer<C> {
@@ -66,5 +71,9 @@ impl<C: ConsumerContext + 'static> Member for StreamConsumer<C> {
 
     fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
         Consumer::group_metadata(self)
+    }
+
+    fn commit_sync(&self, offsets: &TopicPartitionList) -> KafkaResult<()> {
+        Consumer::commit(self, offsets, CommitMode::Sync)
     }
 }

@@ -27,13 +27,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{Notify, RwLock, RwLockReadGuard};
+use tokio::sync::{mpsc, Notify, RwLock, RwLockReadGuard};
 
+use crate::committer::Committer;
 use crate::member::Member;
 use crate::metrics::Stats;
 use crate::sink::Sink;
@@ -58,6 +59,8 @@ pub enum TxnError {
     Abandoned,
     #[error("the consumer is gone; cannot read its group metadata")]
     NoConsumer,
+    #[error("a transaction call panicked")]
+    Panicked,
     #[error("a transaction {0} did not return within {TXN_WATCHDOG:?} (librdkafka blocks when the group coordinator's broker disappears); stopping without committing it")]
     Stuck(&'static str),
 }
@@ -79,11 +82,18 @@ pub struct Transactions {
     /// Set once a commit or abort outlived [`TXN_WATCHDOG`]: its thread still holds the gate.
     stuck: AtomicBool,
     full: Notify,
+    /// The thread every commit and abort runs on.
+    committer: Committer,
 }
 
 impl Transactions {
-    pub fn new(topic: String, sink: Arc<Sink>, stats: Arc<Stats>, max_records: usize) -> Self {
-        Transactions {
+    pub fn new(
+        topic: String,
+        sink: Arc<Sink>,
+        stats: Arc<Stats>,
+        max_records: usize,
+    ) -> std::io::Result<Self> {
+        Ok(Transactions {
             topic,
             sink,
             stats,
@@ -95,7 +105,8 @@ impl Transactions {
             broken: AtomicBool::new(false),
             stuck: AtomicBool::new(false),
             full: Notify::new(),
-        }
+            committer: Committer::start()?,
+        })
     }
 
     pub fn attach(&self, consumer: Weak<dyn Member>) {
@@ -148,7 +159,7 @@ impl Transactions {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.commit_blocking())
             .await
-            .unwrap_or(Err(TxnError::NoConsumer))
+            .unwrap_or(Err(TxnError::Panicked))
     }
 
     /// Commits from a plain thread (the rebalance callback): not from inside a tokio runtime.
@@ -167,13 +178,13 @@ impl Transactions {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.abort_blocking())
             .await
-            .unwrap_or(Err(TxnError::NoConsumer))
+            .unwrap_or(Err(TxnError::Panicked))
     }
 
-    /// Runs `call` with the gate held exclusively on a thread of its own, so a cancelled caller
-    /// can never release the gate while librdkafka is still committing, and waits for it at most
-    /// [`TXN_WATCHDOG`]. Past that the thread is left behind (it keeps the gate, so nothing more
-    /// is sent into the transaction) and every later call fails at once.
+    /// Runs `call` with the gate held exclusively on the commit thread ([`Committer`]), so a
+    /// cancelled caller can never release the gate while librdkafka is still committing, and
+    /// waits for it at most [`TXN_WATCHDOG`]. Past that the call is left behind (it keeps the
+    /// gate, so nothing more is sent into the transaction) and every later call fails at once.
     fn watched(
         self: &Arc<Self>,
         what: &'static str,
@@ -182,16 +193,13 @@ impl Transactions {
         if self.stuck.load(Relaxed) {
             return Err(TxnError::Stuck(what));
         }
-        let (done, result) = std::sync::mpsc::sync_channel(1);
         let this = self.clone();
-        std::thread::Builder::new()
-            .name(format!("ktransform-txn-{what}"))
-            .spawn(move || {
-                let _exclusive = this.gate.blocking_write();
-                let _ = done.send(call(&this));
-            })
-            .map_err(|_| TxnError::Stuck(what))?;
-        result.recv_timeout(TXN_WATCHDOG).unwrap_or_else(|_| {
+        let deadline = Instant::now() + TXN_WATCHDOG;
+        let exclusive = move || {
+            let _exclusive = this.gate.blocking_write();
+            call(&this)
+        };
+        self.committer.run(deadline, exclusive).unwrap_or_else(|_| {
             self.stuck.store(true, Relaxed);
             self.broken.store(true, Relaxed);
             tracing::error!(
@@ -265,5 +273,29 @@ impl Transactions {
         tracing::debug!(?positions, records, "transaction committed");
         self.stats.transaction_committed(records);
         producer.begin_transaction().map_err(TxnError::Fatal)
+    }
+}
+
+/// Exactly-once: commits when the transaction has been open for `interval`, or sooner when it is
+/// full. A failure is sent to the coordinator, which stops the process.
+pub async fn commit_periodically(
+    t: Arc<Transactions>,
+    interval: Duration,
+    failed: mpsc::UnboundedSender<TxnError>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = t.filled() => {}
+        }
+        if let Err(e) = t.commit().await {
+            let _ = failed.send(e);
+            return;
+        }
+        // The next transaction opened just now: its interval starts here, so that a full
+        // transaction's commit is not followed at once by a nearly empty one.
+        ticker.reset();
     }
 }

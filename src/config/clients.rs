@@ -2,9 +2,15 @@
 //! measurement or reason behind it; `-X`, the config file and the environment override them
 //! (see [`crate::config::properties`]), except the ones ktransform owns.
 
+use std::time::Duration;
+
 use rdkafka::ClientConfig;
 
-use crate::config::{ConfigError, Guarantee, RunConfig, Side};
+use crate::config::{ConfigError, Guarantee, MetricsAddr, RunConfig, Side};
+
+/// How often librdkafka reports its statistics while `/metrics` is served: the consumer lag
+/// gauges and `/healthz`'s "broker seen" come from them.
+pub const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
 
 impl RunConfig {
     pub fn consumer_config(&self) -> Result<ClientConfig, ConfigError> {
@@ -47,6 +53,10 @@ impl RunConfig {
                 ("fetch.wait.max.ms", "5"),
             ],
         )?;
+        if self.metrics_addr != MetricsAddr::Off && config.get("statistics.interval.ms").is_none() {
+            let ms = STATISTICS_INTERVAL.as_millis().to_string();
+            config.set("statistics.interval.ms", ms);
+        }
         config.set("group.id", &self.group);
         config.set("enable.auto.offset.store", "false");
         // Owned: see `properties::OWNED_PROPERTIES`.

@@ -4,12 +4,14 @@
 //! # Contract
 //! - Records of a partition are produced in offset order (one task, sends in order, idempotent
 //!   producer), so per-partition and per-key order hold in the output.
-//! - The offset stored is always `last + 1` where every record up to `last` has been acknowledged
-//!   by the destination or the dead-letter topic: acknowledgements are counted per batch
-//!   ([`Acks`]) and batches are settled oldest first.
+//! - The offset handed to the guarantee ([`Offsets::acknowledged`]: stored under at-least-once)
+//!   is always `last + 1` where every record up to `last` has been acknowledged by the
+//!   destination or the dead-letter topic: acknowledgements are counted per batch ([`Acks`])
+//!   and batches are settled oldest first (`tracker`).
 //! - At most `max_in_flight` records are unacknowledged; past that the worker stops reading.
-//! - On drain (revocation or shutdown) the worker reads nothing more, waits for what it has in
-//!   flight, stores the last offset and reports it in [`WorkerExit`].
+//! - On drain (revocation or shutdown, asked through its [`PartitionState`]) the worker reads
+//!   nothing more, waits for what it has in flight, and reports its last offset in
+//!   [`WorkerExit`].
 //! - A delivery failure that is not the record's own fault stops the worker without storing its
 //!   offset or any later one: the record will be consumed again by whoever owns the partition.
 //! - A record batch the consumer cannot decode (a corrupt batch, a codec librdkafka lacks)
@@ -26,23 +28,27 @@
 //!   [`crate::fetch`]); it is reached once everything read is acknowledged and either the
 //!   acknowledged offsets or the position (which moves past transaction markers) got there.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+mod state;
+mod tracker;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use rayon::prelude::*;
 use rdkafka::error::KafkaError;
 use rdkafka::Message;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::ack::Acks;
 use crate::fetch::{PartitionQueue, Record, Undecodable};
 use crate::member::Member;
 use crate::metrics::{PartitionStats, Stats};
+use crate::offsets::Offsets;
 use crate::sink::{self, Sink};
-use crate::transaction::Transactions;
 use crate::transform::{self, Rejection};
+
+pub use state::{PartitionState, Phase, Status, WorkerExit};
+use tracker::{Ack, Batch, Sent, Settled, Tracker};
 
 /// A safety net for the queue's wake-up ([`crate::fetch`]): never wait on it longer than this
 /// without reading it again.
@@ -59,14 +65,15 @@ pub struct Shared {
     pub parallel_min_bytes: usize,
     /// Report [`WorkerEvent::ReachedEnd`] (for `--until-end`).
     pub until_end: bool,
-    /// Exactly-once: offsets go into the open transaction instead of the consumer's store.
-    pub transactions: Option<Arc<Transactions>>,
+    /// What happens to offsets: the guarantee.
+    pub offsets: Arc<Offsets>,
 }
 
-/// What a worker tells the coordinator while it runs.
+/// What a worker tells the coordinator while it runs (its [`PartitionState`] holds the rest).
 #[derive(Debug)]
 pub enum WorkerEvent {
-    /// Everything up to the partition's end offset at assignment is acknowledged and stored.
+    /// Everything up to the partition's end offset at assignment is acknowledged: a wake-up
+    /// for the coordinator, which reads the states of all partitions.
     ReachedEnd { partition: i32 },
     /// The worker stopped on an error that must stop the process.
     Failed { partition: i32, error: WorkerError },
@@ -82,48 +89,6 @@ pub enum WorkerError {
     Undecodable(Undecodable),
 }
 
-/// How a worker ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WorkerExit {
-    pub partition: i32,
-    /// The offset stored for commit (next to consume), if any record was acknowledged.
-    pub next_offset: Option<i64>,
-    /// Whether it stopped on an error (see [`WorkerEvent::Failed`]).
-    pub failed: bool,
-}
-
-/// One sent batch awaiting its acknowledgements.
-struct Batch {
-    acks: Arc<Acks>,
-    /// Offset of its first record.
-    first: i64,
-    /// Offset after its last record.
-    next: i64,
-    /// Records sent to the destination.
-    produced: usize,
-    /// Records sent to the dead-letter topic, with their reason.
-    dead: Vec<(&'static str, i64)>,
-}
-
-impl Batch {
-    fn len(&self) -> usize {
-        self.produced + self.dead.len()
-    }
-
-    fn count(&mut self, sent: Sent, offset: i64) {
-        match sent {
-            Sent::Output => self.produced += 1,
-            Sent::DeadLetter(kind) => self.dead.push((kind, offset)),
-        }
-    }
-}
-
-/// Where one record went.
-enum Sent {
-    Output,
-    DeadLetter(&'static str),
-}
-
 pub struct PartitionWorker {
     pub topic: String,
     pub partition: i32,
@@ -131,29 +96,18 @@ pub struct PartitionWorker {
     pub consumer: Arc<dyn Member>,
     pub stats: PartitionStats,
     pub shared: Arc<Shared>,
-    pub drain: watch::Receiver<bool>,
-    /// Unacknowledged records, readable by whoever gives up on this worker at a deadline.
-    pub in_flight: Arc<AtomicUsize>,
-    /// Set once everything up to the end offset at assignment is acknowledged (`--until-end`).
-    pub at_end: Arc<AtomicBool>,
+    /// Shared with the owner: the drain request, records in flight, the end, the exit.
+    pub state: Arc<PartitionState>,
 }
 
 impl PartitionWorker {
-    pub async fn run(self) -> WorkerExit {
-        let mut state = State {
-            pending: VecDeque::new(),
-            in_flight: 0,
-            next_offset: None,
-            failed: None,
-            read_next: None,
-            end_target: None,
-            at_end: false,
-            buf: Vec::new(),
-        };
+    /// Runs until drained or stopped by an error; the exit goes to the [`PartitionState`].
+    pub async fn run(self) {
+        let mut work = Work::default();
         if self.shared.until_end {
-            state.end_target = self.end_target().await;
+            work.end_target = self.end_target().await;
         }
-        let failed = match self.consume(&mut state).await {
+        let failed = match self.consume(&mut work).await {
             Ok(()) => false,
             Err(error) => {
                 tracing::error!(topic = %self.topic, partition = self.partition, %error, "partition worker stopped");
@@ -164,45 +118,45 @@ impl PartitionWorker {
                 // The failed record and what was sent after it stay unstored: they will be replayed.
                 self.shared
                     .stats
-                    .records_abandoned(self.in_flight.swap(0, Relaxed));
+                    .records_abandoned(work.tracker.in_flight());
                 true
             }
         };
-        WorkerExit {
+        self.state.finish(WorkerExit {
             partition: self.partition,
-            next_offset: state.next_offset,
+            next_offset: work.tracker.next_offset(),
             failed,
-        }
+        });
     }
 
-    async fn consume(&self, state: &mut State) -> Result<(), WorkerError> {
-        let mut drain = self.drain.clone();
+    async fn consume(&self, work: &mut Work) -> Result<(), WorkerError> {
         loop {
-            self.settle(state, None)?;
-            self.check_end(state);
-            if *drain.borrow() || state.failed.is_some() {
+            self.settle(work, None)?;
+            self.check_end(work);
+            if self.state.draining() || work.failed.is_some() {
                 break;
             }
-            let room = state.in_flight + self.shared.batch_size <= self.shared.max_in_flight;
+            let room =
+                work.tracker.in_flight() + self.shared.batch_size <= self.shared.max_in_flight;
             tokio::select! {
                 biased;
-                _ = drain.changed() => {}
-                ack = front(&state.pending), if !state.pending.is_empty() => {
-                    self.settle(state, Some(ack))?;
+                _ = self.state.drain_requested() => {}
+                ack = work.tracker.front(), if !work.tracker.is_idle() => {
+                    self.settle(work, Some(ack))?;
                 }
                 received = tokio::time::timeout(RECV_WAKE, self.queue.next_batch(self.shared.batch_size)), if room => {
                     if let Ok(batch) = received {
-                        self.process_batch(batch, state).await?;
+                        self.process_batch(batch, work).await?;
                     }
                 }
             }
         }
         // Drain: nothing more is read; wait for what is in flight, oldest first.
-        while !state.pending.is_empty() {
-            let ack = front(&state.pending).await;
-            self.settle(state, Some(ack))?;
+        while !work.tracker.is_idle() {
+            let ack = work.tracker.front().await;
+            self.settle(work, Some(ack))?;
         }
-        state.failed.take().map_or(Ok(()), Err)
+        work.failed.take().map_or(Ok(()), Err)
     }
 
     /// Transforms and sends a batch read from the queue (up to `batch_size` records that were
@@ -210,7 +164,7 @@ impl PartitionWorker {
     async fn process_batch(
         &self,
         mut batch: Vec<Record<'_>>,
-        state: &mut State,
+        work: &mut Work,
     ) -> Result<(), WorkerError> {
         let started = std::time::Instant::now();
         let mut bytes = 0;
@@ -218,8 +172,8 @@ impl PartitionWorker {
         batch.retain(|m| match m.error() {
             // Nothing after a batch that cannot be decoded may be produced: its offsets would
             // be stored past the records lost in it.
-            _ if state.failed.is_some() => false,
-            None if state.read_next.is_some_and(|next| m.offset() < next) => {
+            _ if work.failed.is_some() => false,
+            None if work.tracker.already_read(m.offset()) => {
                 rewound += 1;
                 false
             }
@@ -231,7 +185,7 @@ impl PartitionWorker {
                 self.shared.stats.consumer_error();
                 if let Some(undecodable) = m.undecodable() {
                     self.stats.batch_undecodable();
-                    state.failed = Some(WorkerError::Undecodable(undecodable));
+                    work.failed = Some(WorkerError::Undecodable(undecodable));
                 } else {
                     let error = KafkaError::MessageConsumption(code);
                     tracing::warn!(partition = self.partition, %error, "consumer error");
@@ -245,7 +199,6 @@ impl PartitionWorker {
                 topic = %self.topic,
                 partition = self.partition,
                 records = rewound,
-                next = state.read_next,
                 "the partition was rewound under its worker; records already read were dropped, not produced again"
             );
         }
@@ -253,22 +206,10 @@ impl PartitionWorker {
             return Ok(());
         }
         self.stats.records_consumed(batch.len());
-        self.in_flight.fetch_add(batch.len(), Relaxed);
         let last = batch.last().expect("a batch has a first record").offset();
-        state.read_next = Some(last + 1);
-        // Exactly-once: no commit may cut a batch in two.
-        let transaction = match &self.shared.transactions {
-            Some(t) => Some((t, t.enter().await)),
-            None => None,
-        };
-
-        let mut sent = Batch {
-            acks: Acks::open(),
-            first: batch[0].offset(),
-            next: last + 1,
-            produced: 0,
-            dead: Vec::new(),
-        };
+        work.tracker.read(last + 1);
+        let guard = self.shared.offsets.enter().await;
+        let mut sent = Batch::open(batch[0].offset(), last + 1);
         if bytes >= self.shared.parallel_min_bytes && batch.len() > 1 && can_block_in_place() {
             // Large batch: hash on the pool. block_in_place keeps the borrowed payloads valid
             // without copying them, and lets tokio move other tasks off this thread meanwhile.
@@ -296,11 +237,11 @@ impl PartitionWorker {
             for message in batch.iter_mut() {
                 let outcome = match message.payload() {
                     None => self.send_output(message, None, &sent.acks).await?,
-                    Some(value) => match transform::transform_into(value, &mut state.buf) {
+                    Some(value) => match transform::transform_into(value, &mut work.buf) {
                         Ok(()) => {
-                            let out = std::mem::take(&mut state.buf);
+                            let out = std::mem::take(&mut work.buf);
                             let outcome = self.send_output(message, Some(&out), &sent.acks).await;
-                            state.buf = out;
+                            work.buf = out;
                             outcome?
                         }
                         Err(r) => {
@@ -313,11 +254,12 @@ impl PartitionWorker {
             }
         }
         sent.acks.sealed();
-        state.in_flight += sent.len();
-        state.pending.push_back(sent);
-        if let Some((t, _guard)) = transaction {
-            t.sent(self.partition, last + 1, batch.len());
-        }
+        work.tracker.sent(sent);
+        self.state.set_in_flight(work.tracker.in_flight());
+        self.shared
+            .offsets
+            .sent(self.partition, last + 1, batch.len());
+        drop(guard);
         self.stats.batch_done(started.elapsed());
         // A batch of sends that are all accepted at once never yields; let the signal handler
         // and the other partitions run between batches.
@@ -371,78 +313,45 @@ impl PartitionWorker {
         }
     }
 
-    /// Settles `first` (the front batch's outcome) and every later batch already complete, then
-    /// stores the offset once. What was acknowledged before an error is stored too.
-    fn settle(&self, state: &mut State, first: Option<Ack>) -> Result<(), WorkerError> {
-        let before = state.next_offset;
-        let mut result = first.map_or(Ok(()), |ack| self.acknowledge(state, ack));
-        while result.is_ok() {
-            let Some(ack) = state.pending.front().and_then(|b| b.acks.outcome()) else {
-                break;
-            };
-            result = self.acknowledge(state, ack);
+    /// Settles `first` (the front batch's outcome) and every later batch already complete,
+    /// counts them, and hands the partition's new next offset to the guarantee once. What was
+    /// acknowledged before a failure is handed over too.
+    fn settle(&self, work: &mut Work, first: Option<Ack>) -> Result<(), WorkerError> {
+        let Settled { batches, failed } = work.tracker.settle(first);
+        for batch in &batches {
+            self.stats.records_produced(batch.produced);
+            for (kind, offset) in &batch.dead {
+                self.stats.record_dead_lettered(kind, *offset);
+            }
         }
-        if state.next_offset != before {
-            self.store(state)?;
+        if let (false, Some(next)) = (batches.is_empty(), work.tracker.next_offset()) {
+            self.state.set_in_flight(work.tracker.in_flight());
+            self.shared
+                .offsets
+                .acknowledged(&*self.consumer, &self.topic, self.partition, next)
+                .map_err(|source| WorkerError::Store {
+                    offset: next - 1,
+                    source,
+                })?;
         }
-        result
-    }
-
-    /// Pops the front batch with its outcome; an error leaves `next_offset` before the batch.
-    fn acknowledge(&self, state: &mut State, ack: Ack) -> Result<(), WorkerError> {
-        let done = state
-            .pending
-            .pop_front()
-            .expect("an outcome comes from the front");
-        if let Err(source) = ack {
-            self.stats.delivery_failed();
-            return Err(WorkerError::Delivery {
-                offset: done.first,
-                source,
-            });
+        match failed {
+            None => Ok(()),
+            Some((offset, source)) => {
+                self.stats.delivery_failed();
+                Err(WorkerError::Delivery { offset, source })
+            }
         }
-        self.stats.records_produced(done.produced);
-        for (kind, offset) in &done.dead {
-            self.stats.record_dead_lettered(kind, *offset);
-        }
-        state.in_flight -= done.len();
-        self.in_flight.fetch_sub(done.len(), Relaxed);
-        state.next_offset = Some(done.next);
-        Ok(())
-    }
-
-    fn store(&self, state: &State) -> Result<(), WorkerError> {
-        let Some(next) = state.next_offset else {
-            return Ok(());
-        };
-        self.consumer
-            .store_offset(&self.topic, self.partition, next - 1)
-            .map_err(|source| WorkerError::Store {
-                offset: next - 1,
-                source,
-            })
     }
 
     /// Reports once when everything up to the end offset at assignment is acknowledged.
-    fn check_end(&self, state: &mut State) {
-        if state.at_end || !self.shared.until_end || !state.pending.is_empty() {
-            return;
-        }
-        let Some(target) = state.end_target else {
+    fn check_end(&self, work: &mut Work) {
+        let Some(target) = work.end_target.filter(|_| !work.at_end) else {
             return;
         };
-        // Nothing is pending, so everything read is acknowledged; a position at the target
-        // with fewer acknowledged means the rest were transaction markers.
-        let reached = target == 0
-            || state.next_offset.is_some_and(|next| next >= target)
-            || self
-                .queue
-                .position()
-                .is_some_and(|position| position >= target);
-        if reached {
-            state.at_end = true;
+        if work.tracker.reached(target, || self.queue.position()) {
+            work.at_end = true;
             tracing::debug!(partition = self.partition, "reached end");
-            self.at_end.store(true, Relaxed);
+            self.state.reach_end();
             let _ = self.shared.events.send(WorkerEvent::ReachedEnd {
                 partition: self.partition,
             });
@@ -454,7 +363,6 @@ impl PartitionWorker {
     /// None if the worker is told to drain meanwhile.
     async fn end_target(&self) -> Option<i64> {
         let mut backoff = Duration::from_millis(100);
-        let mut drain = self.drain.clone();
         loop {
             let consumer = self.consumer.clone();
             let (topic, partition) = (self.topic.clone(), self.partition);
@@ -476,7 +384,7 @@ impl PartitionWorker {
                 }
             }
             tokio::select! {
-                _ = drain.wait_for(|draining| *draining) => return None,
+                _ = self.state.drain_requested() => return None,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -484,31 +392,18 @@ impl PartitionWorker {
     }
 }
 
-type Ack = Result<(), KafkaError>;
-
-struct State {
-    pending: VecDeque<Batch>,
-    /// Records in `pending`.
-    in_flight: usize,
-    next_offset: Option<i64>,
+/// The worker's own bookkeeping.
+#[derive(Default)]
+struct Work {
+    tracker: Tracker,
     /// Set when the queue handed out a batch that cannot be decoded: read nothing more, finish
     /// what is in flight, then stop the worker with it.
     failed: Option<WorkerError>,
-    /// The offset after the last record read from the queue.
-    read_next: Option<i64>,
+    /// `--until-end`: the end offset at assignment (0: nothing to do).
     end_target: Option<i64>,
     at_end: bool,
     /// Reused output buffer for the inline path.
     buf: Vec<u8>,
-}
-
-async fn front(pending: &VecDeque<Batch>) -> Ack {
-    pending
-        .front()
-        .expect("guarded by is_empty")
-        .acks
-        .done()
-        .await
 }
 
 fn can_block_in_place() -> bool {

@@ -1,0 +1,212 @@
+//! A partition's life, shared by its owner (the group member) and its worker.
+//!
+//! ```text
+//! Consuming ──owner: drain──▶ Draining ──worker: finished──▶ Done(exit)
+//!     │                           └──owner: deadline passed──▶ Abandoned { replayable }
+//!     └──worker: stopped on an error──▶ Done(exit with failed = true)
+//! ```
+//!
+//! The owner asks for a drain (revocation, stop) and waits for `Done` up to a deadline, on a
+//! plain thread; the worker watches for the drain request asynchronously, reports how many
+//! records it has in flight and whether it reached the end (`--until-end`), and says how it
+//! ended. One mutex holds it all; a condition variable wakes the owner, a `Notify` the worker.
+
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+/// How a worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerExit {
+    pub partition: i32,
+    /// The offset after the last acknowledged record (next to consume), if any.
+    pub next_offset: Option<i64>,
+    /// Whether it stopped on an error.
+    pub failed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Consuming,
+    Draining,
+    Done(WorkerExit),
+    /// The owner gave up waiting: the records still in flight will be consumed again.
+    Abandoned {
+        replayable: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    pub phase: Phase,
+    /// Records consumed and not yet acknowledged.
+    pub in_flight: usize,
+    /// Everything up to the end offset at assignment is acknowledged (`--until-end`).
+    pub at_end: bool,
+}
+
+pub struct PartitionState {
+    status: Mutex<Status>,
+    /// Wakes the owner waiting for `Done`.
+    ended: Condvar,
+    /// Wakes the worker waiting for a drain request.
+    drain: Notify,
+}
+
+impl Default for PartitionState {
+    fn default() -> Self {
+        PartitionState {
+            status: Mutex::new(Status {
+                phase: Phase::Consuming,
+                in_flight: 0,
+                at_end: false,
+            }),
+            ended: Condvar::new(),
+            drain: Notify::new(),
+        }
+    }
+}
+
+impl PartitionState {
+    pub fn status(&self) -> Status {
+        *self.status.lock().unwrap()
+    }
+
+    // --- The owner's side ---
+
+    /// Asks the worker to read nothing more and finish what it has in flight.
+    pub fn request_drain(&self) {
+        let mut status = self.status.lock().unwrap();
+        if status.phase == Phase::Consuming {
+            status.phase = Phase::Draining;
+        }
+        drop(status);
+        self.drain.notify_waiters();
+    }
+
+    /// Waits (blocking) until the worker is done, at most until `deadline`. Past it the
+    /// partition is abandoned: `Err` with its records still in flight.
+    pub fn wait_done(&self, deadline: Instant) -> Result<WorkerExit, usize> {
+        let mut status = self.status.lock().unwrap();
+        loop {
+            match status.phase {
+                Phase::Done(exit) => return Ok(exit),
+                Phase::Abandoned { replayable } => return Err(replayable),
+                Phase::Consuming | Phase::Draining => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let replayable = status.in_flight;
+                status.phase = Phase::Abandoned { replayable };
+                return Err(replayable);
+            }
+            status = self.ended.wait_timeout(status, deadline - now).unwrap().0;
+        }
+    }
+
+    // --- The worker's side ---
+
+    /// Whether the owner asked for a drain (or gave up on this worker).
+    pub fn draining(&self) -> bool {
+        self.status.lock().unwrap().phase != Phase::Consuming
+    }
+
+    /// Resolves once the owner asks for a drain.
+    pub async fn drain_requested(&self) {
+        loop {
+            let notified = self.drain.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.draining() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn set_in_flight(&self, in_flight: usize) {
+        self.status.lock().unwrap().in_flight = in_flight;
+    }
+
+    pub fn reach_end(&self) {
+        self.status.lock().unwrap().at_end = true;
+    }
+
+    /// The worker ended (drained, or stopped on an error). Ignored once abandoned: the owner
+    /// has already counted its records as replayable.
+    pub fn finish(&self, exit: WorkerExit) {
+        let mut status = self.status.lock().unwrap();
+        if !matches!(status.phase, Phase::Abandoned { .. }) {
+            status.phase = Phase::Done(exit);
+            status.in_flight = 0;
+        }
+        drop(status);
+        self.ended.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn exit(next: i64) -> WorkerExit {
+        WorkerExit {
+            partition: 3,
+            next_offset: Some(next),
+            failed: false,
+        }
+    }
+
+    #[test]
+    fn a_drained_worker_reports_its_exit_to_the_waiting_owner() {
+        let state = Arc::new(PartitionState::default());
+        assert!(!state.draining());
+        state.request_drain();
+        assert!(state.draining());
+        let worker = state.clone();
+        let finisher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            worker.finish(exit(42));
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        assert_eq!(state.wait_done(deadline), Ok(exit(42)));
+        finisher.join().unwrap();
+    }
+
+    #[test]
+    fn past_the_deadline_the_partition_is_abandoned_with_its_records_in_flight() {
+        let state = PartitionState::default();
+        state.set_in_flight(7);
+        state.request_drain();
+        assert_eq!(state.wait_done(Instant::now()), Err(7));
+        assert_eq!(state.status().phase, Phase::Abandoned { replayable: 7 });
+        // A worker that ends late changes nothing: its records are already counted.
+        state.finish(exit(1));
+        assert_eq!(state.status().phase, Phase::Abandoned { replayable: 7 });
+    }
+
+    #[test]
+    fn the_end_is_kept_in_the_status() {
+        let state = PartitionState::default();
+        assert!(!state.status().at_end);
+        state.reach_end();
+        assert!(state.status().at_end);
+    }
+
+    #[tokio::test]
+    async fn the_worker_hears_a_drain_request() {
+        let state = Arc::new(PartitionState::default());
+        let owner = state.clone();
+        let waiting = tokio::spawn(async move { state.drain_requested().await });
+        tokio::task::yield_now().await;
+        owner.request_drain();
+        tokio::time::timeout(Duration::from_secs(60), waiting)
+            .await
+            .expect("woken by the drain request")
+            .unwrap();
+    }
+}

@@ -1,0 +1,197 @@
+//! `run`: starts the pipeline (`startup`), runs it until something says stop, and stops it
+//! (`shutdown`).
+//!
+//! What stops a run: the shutdown future (SIGINT/SIGTERM in the binary), `--until-end` reaching
+//! the end, a worker's fatal error, a failed transaction, a partition that was not split, or an
+//! unrecoverable client error.
+
+mod shutdown;
+mod startup;
+
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{ConfigError, MetricsAddr, RunConfig};
+use crate::consumer::{self, Context, GroupEvent};
+use crate::error::Error;
+use crate::http::{self, Health};
+use crate::logging::FatalErrors;
+use crate::member::Member;
+use crate::metrics::{self, Snapshot, Stats};
+use crate::offsets::Offsets;
+use crate::partition::{Shared, WorkerEvent};
+use crate::sink::Sink;
+use crate::transaction::TxnError;
+
+/// `--until-end`: how long an empty assignment must last before this member counts as done.
+const EMPTY_ASSIGNMENT_GRACE: Duration = Duration::from_secs(10);
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub stats: Snapshot,
+    pub elapsed: Duration,
+}
+
+/// Runs the transformer until `shutdown` resolves (or `--until-end` is reached).
+///
+/// Needs a multi-thread tokio runtime: rebalance callbacks block their own thread while the
+/// partition tasks drain on the runtime's workers.
+pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Result<Summary, Error> {
+    config.validate()?;
+    let started = Instant::now();
+    let mut pipeline = Pipeline::start(&config).await?;
+    let outcome = pipeline.run_until_stopped(&config, shutdown).await;
+    shutdown::stop(pipeline, &config, outcome, started).await
+}
+
+/// A started instance: its clients, its tasks and threads, and what they report.
+struct Pipeline {
+    stats: Arc<Stats>,
+    fatal: Arc<FatalErrors>,
+    sink: Arc<Sink>,
+    offsets: Arc<Offsets>,
+    consumer: Arc<StreamConsumer<Context>>,
+    health: Arc<Health>,
+    server: Option<JoinHandle<()>>,
+    progress: JoinHandle<()>,
+    /// Exactly-once: the periodic commits.
+    committer: Option<JoinHandle<()>>,
+    /// The thread serving the consumer's main queue, and its stop signal.
+    main_queue: std::thread::JoinHandle<()>,
+    stop_main_queue: watch::Sender<bool>,
+    worker_events: mpsc::UnboundedReceiver<WorkerEvent>,
+    group_events: mpsc::UnboundedReceiver<GroupEvent>,
+    txn_failed: mpsc::UnboundedReceiver<TxnError>,
+}
+
+impl Pipeline {
+    async fn start(config: &RunConfig) -> Result<Self, Error> {
+        let stats = Stats::new();
+        let fatal = Arc::new(FatalErrors::default());
+        let sink = startup::sink(config, &fatal).await?;
+        let offsets = startup::offsets(config, &sink, &stats).await?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.hash_threads())
+            .thread_name(|i| format!("ktransform-hash-{i}"))
+            .build()?;
+        let (worker_tx, worker_events) = mpsc::unbounded_channel();
+        let (group_tx, group_events) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            sink: sink.clone(),
+            stats: stats.clone(),
+            pool: Arc::new(pool),
+            events: worker_tx,
+            batch_size: config.batch_size,
+            max_in_flight: config.max_in_flight,
+            parallel_min_bytes: config.parallel_min_bytes,
+            until_end: config.until_end,
+            offsets: offsets.clone(),
+        });
+        let context = Context::new(
+            config.source.clone(),
+            shared,
+            group_tx.clone(),
+            config.drain_timeout,
+            fatal.clone(),
+        );
+        let health = Arc::new(Health {
+            stats: stats.clone(),
+            stopping: AtomicBool::new(false),
+        });
+        let server = match config.metrics_addr {
+            MetricsAddr::Off => None,
+            MetricsAddr::At(addr) => {
+                let listener = http::bind(addr).await.map_err(|e| ConfigError {
+                    flag: "--metrics-addr".into(),
+                    message: format!("cannot listen on {addr}: {e}"),
+                })?;
+                let addr = listener.local_addr().unwrap_or(addr);
+                tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+                Some(tokio::spawn(http::serve(listener, health.clone())))
+            }
+        };
+        let consumer: Arc<StreamConsumer<Context>> =
+            Arc::new(config.consumer_config()?.create_with_context(context)?);
+        consumer.context().attach(&consumer);
+        offsets.attach(Arc::downgrade(&consumer) as Weak<dyn Member>);
+        consumer.subscribe(&[&config.source])?;
+        let (stop_main_queue, stop_rx) = watch::channel(false);
+        let main_queue = consumer::serve_main_queue(consumer.clone(), stop_rx, group_tx)?;
+        let progress = tokio::spawn(metrics::progress(stats.clone(), config.progress_interval));
+        let (txn_failed_tx, txn_failed) = mpsc::unbounded_channel();
+        let committer = offsets.commit_periodically(config.transaction_interval, txn_failed_tx);
+        tracing::info!(
+            source = %config.source,
+            destination = %config.destination,
+            dlq = %config.dlq_topic(),
+            group = %config.group,
+            "started"
+        );
+        Ok(Pipeline {
+            stats,
+            fatal,
+            sink,
+            offsets,
+            consumer,
+            health,
+            server,
+            progress,
+            committer,
+            main_queue,
+            stop_main_queue,
+            worker_events,
+            group_events,
+            txn_failed,
+        })
+    }
+
+    /// Until `shutdown`, the end (`--until-end`) or an error that stops the run.
+    async fn run_until_stopped(
+        &mut self,
+        config: &RunConfig,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        tokio::pin!(shutdown);
+        // `--until-end`: when the group last changed this member's assignment.
+        let mut last_rebalance: Option<Instant> = None;
+        let mut recheck = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = recheck.tick(), if config.until_end => {}
+                _ = &mut shutdown => {
+                    tracing::info!("shutdown requested; draining in-flight records");
+                    return Ok(());
+                }
+                Some(event) = self.worker_events.recv() => match event {
+                    WorkerEvent::ReachedEnd { .. } => {}
+                    WorkerEvent::Failed { partition, error } => return Err(Error::Worker { partition, error }),
+                },
+                Some(event) = self.group_events.recv() => match event {
+                    GroupEvent::Assigned(_) | GroupEvent::Revoked(_) => last_rebalance = Some(Instant::now()),
+                    GroupEvent::Failed(error) => return Err(error),
+                },
+                Some(error) = self.txn_failed.recv() => return Err(error.into()),
+                message = self.fatal.wait() => return Err(Error::Fatal(message)),
+            }
+            if let (true, Some(rebalanced)) = (config.until_end, last_rebalance) {
+                let (done, assigned) = self.consumer.context().all_at_end();
+                // Under cooperative rebalancing a joining member's first assignment is often
+                // empty, with its partitions following in a second round: an empty assignment
+                // only means "nothing to do" once it has been stable for a while.
+                let settled =
+                    !assigned.is_empty() || rebalanced.elapsed() >= EMPTY_ASSIGNMENT_GRACE;
+                if done && settled {
+                    tracing::info!(partitions = ?assigned, "every assigned partition processed to its end offset");
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The stop sequence: stop fetching, let every worker finish what it has in flight, commit
+//! (store-and-commit under at-least-once, the transaction under exactly-once), flush the
+//! producer, leave the group; all of it within `--shutdown-timeout`. Past the deadline the
+//! unacknowledged records are counted and reported as [`Error::ShutdownTimeout`]
+//! (uncommitted, so consumed again by the next owner, never lost).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rdkafka::consumer::Consumer;
+
+use super::{Pipeline, Summary};
+use crate::config::RunConfig;
+use crate::error::Error;
+use crate::member::Member;
+use crate::offsets::CommitError;
+use crate::transaction::TxnError;
+
+pub(super) async fn stop(
+    pipeline: Pipeline,
+    config: &RunConfig,
+    outcome: Result<(), Error>,
+    started: Instant,
+) -> Result<Summary, Error> {
+    let deadline = Instant::now() + config.shutdown_timeout;
+    let Pipeline {
+        stats,
+        sink,
+        offsets,
+        consumer,
+        health,
+        server,
+        progress,
+        committer,
+        main_queue,
+        stop_main_queue,
+        ..
+    } = pipeline;
+    health.stopping.store(true, Ordering::Relaxed);
+    consumer.context().close();
+    if let Some(committer) = committer {
+        committer.abort();
+    }
+    let drained = {
+        let consumer = consumer.clone();
+        blocking("drain", move || consumer.context().drain_all(deadline)).await?
+    };
+    // After a failure, committing could commit outputs whose offsets were not recorded.
+    let clean = outcome.is_ok() && drained.clean();
+    let committed = {
+        let (offsets, stats) = (offsets.clone(), stats.clone());
+        let member = consumer.clone() as Arc<dyn Member>;
+        let topic = config.source.clone();
+        let next_offsets = drained.next_offsets();
+        blocking("commit", move || {
+            offsets.commit_drained(
+                Some(&member),
+                &stats,
+                &topic,
+                &next_offsets,
+                clean,
+                deadline,
+            )
+        })
+        .await?
+    };
+    let committed = match committed {
+        Ok(()) => Ok(()),
+        Err(CommitError::NotCommitted) => Err(Error::NotCommitted {
+            timeout: config.shutdown_timeout,
+        }),
+        // The abort after a failure: the failure is what the run reports.
+        Err(CommitError::Transaction(TxnError::Abandoned)) if !clean => Ok(()),
+        Err(CommitError::Transaction(e)) => Err(e.into()),
+    };
+    let _ = stop_main_queue.send(true);
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let flushing = sink.clone();
+    if let Ok(Err(error)) = tokio::task::spawn_blocking(move || flushing.flush(remaining)).await {
+        tracing::warn!(%error, queued = sink.queued(), "producer flush incomplete");
+    }
+    // Leaving the group blocks (it serves a last revocation), so not on a runtime worker.
+    blocking("closing the consumer", move || {
+        let _ = main_queue.join();
+        drop(consumer);
+    })
+    .await?;
+    progress.abort();
+    if let Some(server) = server {
+        server.abort();
+    }
+
+    let summary = Summary {
+        stats: stats.snapshot(),
+        elapsed: started.elapsed(),
+    };
+    let s = summary.stats;
+    tracing::info!(
+        consumed = s.consumed,
+        produced = s.produced,
+        dead_lettered = s.dead_lettered,
+        replayable = s.replayable,
+        elapsed = ?summary.elapsed,
+        "stopped"
+    );
+    outcome?;
+    committed?;
+    if drained.abandoned > 0 {
+        return Err(Error::ShutdownTimeout {
+            timeout: config.shutdown_timeout,
+            uncommitted: drained.abandoned,
+        });
+    }
+    Ok(summary)
+}
+
+/// Runs `f` on tokio's blocking pool; a panic in it is reported as the task `what`.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|source| Error::Task { what, source })
+}
