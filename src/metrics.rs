@@ -126,68 +126,72 @@ impl Stats {
             started: Instant::now(),
             registry: Registry::default(),
         };
-        let r = &mut registry;
+        stats.register(&mut registry);
+        Arc::new(Stats { registry, ..stats })
+    }
+
+    /// Registers every family and metric under the `ktransform` prefix.
+    fn register(&self, r: &mut Registry) {
         r.register(
             "records_consumed",
             "Records read from the source",
-            stats.consumed.clone(),
+            self.consumed.clone(),
         );
         r.register(
             "records_produced",
             "Records acknowledged by the destination",
-            stats.produced.clone(),
+            self.produced.clone(),
         );
         r.register(
             "records_dead_lettered",
             "Records acknowledged by the dead-letter topic, by reason",
-            stats.dead_lettered.clone(),
+            self.dead_lettered.clone(),
         );
         r.register(
             "errors",
             "Errors by kind (consumer, undecodable, delivery, commit, transaction, offset_reset; rewound counts records)",
-            stats.errors.clone(),
+            self.errors.clone(),
         );
         r.register(
             "consumer_lag_records",
             "Records behind the log end, per partition (librdkafka statistics)",
-            stats.lag.clone(),
+            self.lag.clone(),
         );
         r.register(
             "records_in_flight",
             "Records consumed and not yet acknowledged",
-            stats.in_flight.clone(),
+            self.in_flight.clone(),
         );
         r.register(
             "assigned_partitions",
             "Partitions assigned to this instance",
-            stats.assigned.clone(),
+            self.assigned.clone(),
         );
         r.register(
             "rebalances",
             "Rebalances this instance took part in",
-            stats.rebalances.clone(),
+            self.rebalances.clone(),
         );
         r.register(
             "commits",
             "Synchronous offset commits, by result",
-            stats.commits.clone(),
+            self.commits.clone(),
         );
         r.register(
             "transactions",
             "Exactly-once transactions, by result",
-            stats.transactions.clone(),
+            self.transactions.clone(),
         );
         r.register(
             "records_replayed",
             "Records left uncommitted by a drain deadline: consumed again",
-            stats.replayed.clone(),
+            self.replayed.clone(),
         );
         r.register(
             "batch_duration_seconds",
             "Time to transform and enqueue one batch",
-            stats.batch_seconds.clone(),
+            self.batch_seconds.clone(),
         );
-        Arc::new(Stats { registry, ..stats })
     }
 
     /// The registry, for `/metrics`.

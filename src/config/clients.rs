@@ -27,16 +27,11 @@ impl RunConfig {
                 ("auto.offset.reset", "earliest"),
                 // Incremental rebalances: partitions that stay are not stopped when others move.
                 ("partition.assignment.strategy", "cooperative-sticky"),
-                // Memory (bench/ab.py, 2M-record drains of 12 partitions; peak RSS). Prefetch
-                // is per partition with split queues: librdkafka's defaults (100k records,
-                // 64 MiB) times 12 partitions peaked at 560 MB. And every record of a fetch
-                // response keeps the whole response alive (up to 50 MiB, 1 MiB per partition),
-                // so smaller responses bound memory: 4 MiB / 256 KiB (with --max-in-flight
-                // 5000) took the peak from 235 MB to 112 MB at the same drain rate within the
-                // machine's noise. Queues of 2500 records / 4 MiB per partition then took it
-                // to 87-90 MB (from 105-122 MB in the same A/B, throughput within noise), and
-                // the p99 at 390k records/s was no worse (58 vs 69 ms). 1000 records did not
-                // go lower (90-92 MB).
+                // Memory: with split queues librdkafka prefetches per partition, and every
+                // record of a fetch response keeps the whole response alive; small responses
+                // and queues bound the peak RSS (560 MB with librdkafka's defaults on 12
+                // partitions, under 100 MB with these) at the same drain rate. Measured with
+                // bench/ab.py; the figures are in the commit messages and bench/results.
                 ("fetch.max.bytes", "4194304"),
                 ("max.partition.fetch.bytes", "262144"),
                 ("queued.min.messages", "2500"),
@@ -44,12 +39,10 @@ impl RunConfig {
                 // With small queues the fetcher hits them often; librdkafka's default 1 s pause
                 // after a full queue would starve a fast worker.
                 ("fetch.queue.backoff.ms", "10"),
-                // One fetch per broker is in flight at a time. A fetch for partitions with no
-                // new data waits at the broker up to this long, and a partition that became
-                // fetchable meanwhile waits with it: at librdkafka's 500 ms default that was the
-                // p99 end-to-end latency (275-549 ms at 247k records/s; 20 ms with 5 ms,
-                // 44 ms with 100 ms). The price: an idle consumer asks each broker up to 200
-                // times a second.
+                // One fetch per broker is in flight at a time, and a fetch for idle partitions
+                // waits at the broker up to this long while the others wait with it: at
+                // librdkafka's 500 ms default that wait was the p99 end-to-end latency. The
+                // price: an idle consumer asks each broker up to 200 times a second.
                 ("fetch.wait.max.ms", "5"),
             ],
         )?;
@@ -75,11 +68,9 @@ impl RunConfig {
             &[
                 ("client.id", "ktransform"),
                 ("linger.ms", "5"),
-                // lz4 halves the bytes on the wire and on the broker's disk (53.8 vs 111.2 bytes
-                // per seed record) for 0.46 CPU s per million records (1.29x none), and every
-                // client since Kafka 0.10 reads it. zstd saves more (32.6 bytes) for more CPU
-                // (1.38x) and needs readers of Kafka 2.1+; gzip costs 2.6x. make bench,
-                // bench/results/2026-12-06-codecs.md; -X producer.compression.type overrides.
+                // lz4 halves the bytes on the wire and on the broker's disk for little CPU, and
+                // every client since Kafka 0.10 reads it (bench/results/2026-12-06-codecs.md;
+                // docs: the record's contract). -X producer.compression.type overrides it.
                 ("compression.type", "lz4"),
                 // The Java client's default partitioner, so keys land where Java producers put them.
                 ("partitioner", "murmur2_random"),

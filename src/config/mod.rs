@@ -28,10 +28,8 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 5_000;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "10s";
 /// Kafka Streams' default commit interval under exactly-once: `read_committed` readers see the
 /// outputs within about this long. Each commit stalls every partition for the flush, the
-/// offsets and the EndTxn round trips (1-8 ms on the development machine): draining 2M records,
-/// exactly-once ran at 0.90x at-least-once with 100 ms and 0.86x with 1 s (bench/ab.py, 3
-/// rounds; the 1 s default dates from when every commit also waited 100 ms in rust-rdkafka's
-/// flush).
+/// offsets and the EndTxn round trips, a few milliseconds; longer intervals did not drain
+/// faster (bench/ab.py).
 pub const DEFAULT_TRANSACTION_INTERVAL: &str = "100ms";
 pub const DEFAULT_TRANSACTION_RECORDS: usize = 250_000;
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "10s";

@@ -160,18 +160,49 @@ impl PartitionWorker {
     }
 
     /// Transforms and sends a batch read from the queue (up to `batch_size` records that were
-    /// already there); consumer errors and the end-of-partition signal in it are taken out first.
+    /// already there), after [`PartitionWorker::screen`] took out what must not be sent.
     async fn process_batch(
         &self,
         mut batch: Vec<Record<'_>>,
         work: &mut Work,
     ) -> Result<(), WorkerError> {
         let started = std::time::Instant::now();
+        let bytes = self.screen(&mut batch, work);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.stats.records_consumed(batch.len());
+        let last = batch.last().expect("a batch has a first record").offset();
+        work.tracker.read(last + 1);
+        let guard = self.shared.offsets.enter().await;
+        let mut sent = Batch::open(batch[0].offset(), last + 1);
+        if bytes >= self.shared.parallel_min_bytes && batch.len() > 1 && can_block_in_place() {
+            self.send_hashed_on_pool(&mut batch, &mut sent).await?;
+        } else {
+            self.send_hashed_inline(&mut batch, &mut sent, &mut work.buf)
+                .await?;
+        }
+        sent.acks.sealed();
+        work.tracker.sent(sent);
+        self.state.set_in_flight(work.tracker.in_flight());
+        self.shared
+            .offsets
+            .sent(self.partition, last + 1, batch.len());
+        drop(guard);
+        self.stats.batch_done(started.elapsed());
+        // A batch of sends that are all accepted at once never yields; let the signal handler
+        // and the other partitions run between batches.
+        tokio::task::yield_now().await;
+        Ok(())
+    }
+
+    /// Takes out of a batch what must not be sent: consumer errors (a batch that cannot be
+    /// decoded stops the worker, and nothing after it is sent: its offsets would be stored past
+    /// the records lost in it) and records read before (a rewind). Returns the value bytes left.
+    fn screen(&self, batch: &mut Vec<Record<'_>>, work: &mut Work) -> usize {
         let mut bytes = 0;
         let mut rewound = 0;
         batch.retain(|m| match m.error() {
-            // Nothing after a batch that cannot be decoded may be produced: its offsets would
-            // be stored past the records lost in it.
             _ if work.failed.is_some() => false,
             None if work.tracker.already_read(m.offset()) => {
                 rewound += 1;
@@ -202,68 +233,63 @@ impl PartitionWorker {
                 "the partition was rewound under its worker; records already read were dropped, not produced again"
             );
         }
-        if batch.is_empty() {
-            return Ok(());
+        bytes
+    }
+
+    /// A large batch: hashed on the pool. block_in_place keeps the borrowed payloads valid
+    /// without copying them, and lets tokio move other tasks off this thread meanwhile.
+    async fn send_hashed_on_pool(
+        &self,
+        batch: &mut [Record<'_>],
+        sent: &mut Batch,
+    ) -> Result<(), WorkerError> {
+        let results: Vec<Option<Result<Vec<u8>, Rejection>>> = tokio::task::block_in_place(|| {
+            self.shared.pool.install(|| {
+                batch
+                    .par_iter()
+                    .map(|m| m.payload().map(transform::transform))
+                    .collect()
+            })
+        });
+        for (message, result) in batch.iter_mut().zip(results) {
+            let outcome = match result {
+                None => self.send_output(message, None, &sent.acks).await?,
+                Some(Ok(out)) => self.send_output(message, Some(&out), &sent.acks).await?,
+                Some(Err(r)) => {
+                    self.send_dead_letter(message, r.kind.as_str(), &r.message, &sent.acks)
+                        .await?
+                }
+            };
+            sent.count(outcome, message.offset());
         }
-        self.stats.records_consumed(batch.len());
-        let last = batch.last().expect("a batch has a first record").offset();
-        work.tracker.read(last + 1);
-        let guard = self.shared.offsets.enter().await;
-        let mut sent = Batch::open(batch[0].offset(), last + 1);
-        if bytes >= self.shared.parallel_min_bytes && batch.len() > 1 && can_block_in_place() {
-            // Large batch: hash on the pool. block_in_place keeps the borrowed payloads valid
-            // without copying them, and lets tokio move other tasks off this thread meanwhile.
-            let results: Vec<Option<Result<Vec<u8>, Rejection>>> =
-                tokio::task::block_in_place(|| {
-                    self.shared.pool.install(|| {
-                        batch
-                            .par_iter()
-                            .map(|m| m.payload().map(transform::transform))
-                            .collect()
-                    })
-                });
-            for (message, result) in batch.iter_mut().zip(results) {
-                let outcome = match result {
-                    None => self.send_output(message, None, &sent.acks).await?,
-                    Some(Ok(out)) => self.send_output(message, Some(&out), &sent.acks).await?,
-                    Some(Err(r)) => {
+        Ok(())
+    }
+
+    /// A small batch: hashed here, one record at a time, into a reused buffer.
+    async fn send_hashed_inline(
+        &self,
+        batch: &mut [Record<'_>],
+        sent: &mut Batch,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), WorkerError> {
+        for message in batch.iter_mut() {
+            let outcome = match message.payload() {
+                None => self.send_output(message, None, &sent.acks).await?,
+                Some(value) => match transform::transform_into(value, buf) {
+                    Ok(()) => {
+                        let out = std::mem::take(buf);
+                        let outcome = self.send_output(message, Some(&out), &sent.acks).await;
+                        *buf = out;
+                        outcome?
+                    }
+                    Err(r) => {
                         self.send_dead_letter(message, r.kind.as_str(), &r.message, &sent.acks)
                             .await?
                     }
-                };
-                sent.count(outcome, message.offset());
-            }
-        } else {
-            for message in batch.iter_mut() {
-                let outcome = match message.payload() {
-                    None => self.send_output(message, None, &sent.acks).await?,
-                    Some(value) => match transform::transform_into(value, &mut work.buf) {
-                        Ok(()) => {
-                            let out = std::mem::take(&mut work.buf);
-                            let outcome = self.send_output(message, Some(&out), &sent.acks).await;
-                            work.buf = out;
-                            outcome?
-                        }
-                        Err(r) => {
-                            self.send_dead_letter(message, r.kind.as_str(), &r.message, &sent.acks)
-                                .await?
-                        }
-                    },
-                };
-                sent.count(outcome, message.offset());
-            }
+                },
+            };
+            sent.count(outcome, message.offset());
         }
-        sent.acks.sealed();
-        work.tracker.sent(sent);
-        self.state.set_in_flight(work.tracker.in_flight());
-        self.shared
-            .offsets
-            .sent(self.partition, last + 1, batch.len());
-        drop(guard);
-        self.stats.batch_done(started.elapsed());
-        // A batch of sends that are all accepted at once never yields; let the signal handler
-        // and the other partitions run between batches.
-        tokio::task::yield_now().await;
         Ok(())
     }
 

@@ -8,13 +8,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 
 use super::{Pipeline, Summary};
 use crate::config::RunConfig;
+use crate::consumer::{Context, Drained};
 use crate::error::Error;
 use crate::member::Member;
-use crate::offsets::CommitError;
+use crate::metrics::Stats;
+use crate::offsets::{CommitError, Offsets};
 use crate::transaction::TxnError;
 
 pub(super) async fn stop(
@@ -48,32 +50,10 @@ pub(super) async fn stop(
     };
     // After a failure, committing could commit outputs whose offsets were not recorded.
     let clean = outcome.is_ok() && drained.clean();
-    let committed = {
-        let (offsets, stats) = (offsets.clone(), stats.clone());
-        let member = consumer.clone() as Arc<dyn Member>;
-        let topic = config.source.clone();
-        let next_offsets = drained.next_offsets();
-        blocking("commit", move || {
-            offsets.commit_drained(
-                Some(&member),
-                &stats,
-                &topic,
-                &next_offsets,
-                clean,
-                deadline,
-            )
-        })
-        .await?
-    };
-    let committed = match committed {
-        Ok(()) => Ok(()),
-        Err(CommitError::NotCommitted) => Err(Error::NotCommitted {
-            timeout: config.shutdown_timeout,
-        }),
-        // The abort after a failure: the failure is what the run reports.
-        Err(CommitError::Transaction(TxnError::Abandoned)) if !clean => Ok(()),
-        Err(CommitError::Transaction(e)) => Err(e.into()),
-    };
+    let committed = commit(
+        &offsets, &stats, &consumer, config, &drained, clean, deadline,
+    )
+    .await?;
     let _ = stop_main_queue.send(true);
     let remaining = deadline.saturating_duration_since(Instant::now());
     let flushing = sink.clone();
@@ -113,6 +93,43 @@ pub(super) async fn stop(
         });
     }
     Ok(summary)
+}
+
+/// Commits what the drained partitions acknowledged (or, after a failure, aborts the
+/// transaction), as the run's result: `Err` only for the commit's own failure.
+async fn commit(
+    offsets: &Arc<Offsets>,
+    stats: &Arc<Stats>,
+    consumer: &Arc<StreamConsumer<Context>>,
+    config: &RunConfig,
+    drained: &Drained,
+    clean: bool,
+    deadline: Instant,
+) -> Result<Result<(), Error>, Error> {
+    let (offsets, stats) = (offsets.clone(), stats.clone());
+    let member = consumer.clone() as Arc<dyn Member>;
+    let topic = config.source.clone();
+    let next_offsets = drained.next_offsets();
+    let committed = blocking("commit", move || {
+        offsets.commit_drained(
+            Some(&member),
+            &stats,
+            &topic,
+            &next_offsets,
+            clean,
+            deadline,
+        )
+    })
+    .await?;
+    Ok(match committed {
+        Ok(()) => Ok(()),
+        Err(CommitError::NotCommitted) => Err(Error::NotCommitted {
+            timeout: config.shutdown_timeout,
+        }),
+        // The abort after a failure: the failure is what the run reports.
+        Err(CommitError::Transaction(TxnError::Abandoned)) if !clean => Ok(()),
+        Err(CommitError::Transaction(e)) => Err(e.into()),
+    })
 }
 
 /// Runs `f` on tokio's blocking pool; a panic in it is reported as the task `what`.
