@@ -1,5 +1,5 @@
-//! The transform fuzzed with proptest, against the output contract (README, "What it does to a
-//! record"): arbitrary bytes, and near-JSON bytes, never panic, and whatever is accepted comes
+//! The transform fuzzed with proptest, against the output contract (docs/records.md, "The
+//! output"): arbitrary bytes, and near-JSON bytes, never panic, and whatever is accepted comes
 //! out as a JSON object carrying the md5 of the input; every JSON object, nested arbitrarily and
 //! serialized compact or pretty, with white space around, comes out byte for byte as the input
 //! with `,"hash":"<md5>"` spliced in after the last member; an existing top-level `hash` is

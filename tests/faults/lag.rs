@@ -1,8 +1,8 @@
 //! Fault: an exactly-once group with transactional offsets pending. Every commit of a running
 //! exactly-once instance has them for a moment, and an instance that dies between sending its
 //! offsets and committing leaves them for up to `transaction.timeout.ms` (30 s). `ktransform
-//! lag` "only reads offsets, so it works on any group" (README): it must read such a group's
-//! last committed offsets, not wait for the transaction and time out.
+//! lag` "only reads offsets, so it works on any group" (docs/operations.md): it must read such a
+//! group's last committed offsets, not wait for the transaction and time out.
 //!
 //! The open transaction is held here, deterministically: a transactional producer sends offsets
 //! for the group and neither commits nor aborts until `lag` has answered. About 15 s.

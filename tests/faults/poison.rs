@@ -112,8 +112,8 @@ async fn output_too_large_is_dead_lettered() {
             figures.with("run", format!("{e:?}")).print();
             panic!(
                 "the --until-end run failed ({e}); an output too large for the destination \
-                 must be dead-lettered as output_too_large (README: \"What it does to a \
-                 record\"), not stop the service"
+                 must be dead-lettered as output_too_large (docs/records.md: \"Where each \
+                 record goes\"), not stop the service"
             );
         }
     };
