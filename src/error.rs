@@ -7,7 +7,7 @@ use rdkafka::error::KafkaError;
 use crate::config::ConfigError;
 use crate::partition::WorkerError;
 
-/// Exit codes of `ktransform run` (documented in the README).
+/// Exit codes of `ktransform run` (documented in docs/delivery.md).
 pub mod exit {
     /// Stopped on request, or `--until-end` reached the end; everything committed.
     pub const OK: i32 = 0;

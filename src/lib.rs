@@ -2,6 +2,11 @@
 //! bytes), produce them to another topic with the same key and headers; at-least-once, order kept
 //! per partition, bad records to a dead-letter topic.
 //!
+//! The contract is documented for users in the repository's `docs/`: what happens to a record
+//! (`docs/records.md`), the delivery guarantees, failures and exit codes (`docs/delivery.md`),
+//! configuration (`docs/configuration.md`) and operations (`docs/operations.md`). This page is
+//! about the code.
+//!
 //! # Layout
 //! The top-level modules import each other without a cycle (`tests/layers.rs` reads every
 //! `crate::` path under `src/`, comments aside, and fails on a cycle), bottom to top:
