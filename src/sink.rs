@@ -117,14 +117,16 @@ impl Sink {
                 message: format!("producer: {e}"),
             })?;
         let output_topic =
-            TopicHandle::new(&producer, &config.destination).map_err(|message| ConfigError {
-                flag: "--destination".into(),
-                message,
+            TopicHandle::new(&producer, &config.pipeline.destination).map_err(|message| {
+                ConfigError {
+                    flag: "--destination".into(),
+                    message,
+                }
             })?;
         Ok(Sink {
             output_topic,
             producer,
-            dlq: config.dlq_topic(),
+            dlq: config.pipeline.dlq_topic(),
             destination_max_bytes: limits.destination,
             dlq_max_bytes: limits.dlq,
             destination_partitions,

@@ -57,7 +57,7 @@ use clap::{Args, Parser, ValueEnum};
 use rdkafka::consumer::BaseConsumer;
 use serde::{Serialize, Serializer};
 
-use crate::config::{ConfigError, Guarantee, KafkaArgs, Side};
+use crate::config::{ConfigError, Guarantee, KafkaArgs, PipelineArgs, Side};
 use crate::error::Error;
 
 mod audit;
@@ -84,26 +84,8 @@ pub struct VerifyConfig {
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
-    /// Topic the service consumes.
-    #[arg(long, env = "KTRANSFORM_SOURCE")]
-    pub source: String,
-
-    /// Topic the service produces transformed records to.
-    #[arg(long, env = "KTRANSFORM_DESTINATION")]
-    pub destination: String,
-
-    /// Dead-letter topic [default: <source>.dlq]; a missing one counts as empty.
-    #[arg(long, env = "KTRANSFORM_DLQ")]
-    pub dlq: Option<String>,
-
-    /// The guarantee to check: exactly-once fails on duplicates as well.
-    #[arg(
-        long,
-        env = "KTRANSFORM_GUARANTEE",
-        value_enum,
-        default_value = "at-least-once"
-    )]
-    pub guarantee: Guarantee,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
 
     /// Print one JSON object instead of the table.
     #[arg(long, env = "KTRANSFORM_JSON")]
@@ -128,28 +110,25 @@ impl VerifyConfig {
         Verify::try_parse_from(argv).map(|v| v.config)
     }
 
-    pub fn dlq_topic(&self) -> String {
-        self.dlq
-            .clone()
-            .unwrap_or_else(|| format!("{}.dlq", self.source))
-    }
-
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |flag: &str, message: String| ConfigError {
             flag: flag.into(),
             message,
         };
-        let dlq = self.dlq_topic();
+        let dlq = self.pipeline.dlq_topic();
         for (flag, topic) in [
-            ("--source", &self.source),
-            ("--destination", &self.destination),
+            ("--source", &self.pipeline.source),
+            ("--destination", &self.pipeline.destination),
             ("--dlq", &dlq),
         ] {
             if topic.trim().is_empty() {
                 return Err(invalid(flag, "is empty".into()));
             }
         }
-        if self.source == self.destination || dlq == self.source || dlq == self.destination {
+        if self.pipeline.source == self.pipeline.destination
+            || dlq == self.pipeline.source
+            || dlq == self.pipeline.destination
+        {
             return Err(invalid(
                 "--destination",
                 "source, destination and dead-letter topic must differ".into(),
@@ -331,7 +310,7 @@ fn guarantee_name<S: Serializer>(g: &Guarantee, s: S) -> Result<S::Ok, S::Error>
 /// Reads the three topics and audits them. Blocking.
 pub fn audit(config: &VerifyConfig) -> Result<Report, Error> {
     config.validate()?;
-    let dlq = config.dlq_topic();
+    let dlq = config.pipeline.dlq_topic();
     let reader = Reader::new(config);
     // Source first: every output the captured source records can have is then in range.
     let missing = |flag: &str, topic: &str| ConfigError {
@@ -339,16 +318,16 @@ pub fn audit(config: &VerifyConfig) -> Result<Report, Error> {
         message: format!("topic `{topic}` does not exist"),
     };
     let source = reader
-        .snapshot(&config.source)?
-        .ok_or_else(|| missing("--source", &config.source))?;
+        .snapshot(&config.pipeline.source)?
+        .ok_or_else(|| missing("--source", &config.pipeline.source))?;
     let destination = reader
-        .snapshot(&config.destination)?
-        .ok_or_else(|| missing("--destination", &config.destination))?;
+        .snapshot(&config.pipeline.destination)?
+        .ok_or_else(|| missing("--destination", &config.pipeline.destination))?;
     let dead = reader.snapshot(&dlq)?.unwrap_or_default();
     // Records are numbered with u32s.
     for (topic, spans) in [
-        (&config.source, &source),
-        (&config.destination, &destination),
+        (&config.pipeline.source, &source),
+        (&config.pipeline.destination, &destination),
     ] {
         let records: i64 = spans.iter().map(|s| s.end - s.low).sum();
         if records > i64::from(u32::MAX) {
@@ -360,20 +339,20 @@ pub fn audit(config: &VerifyConfig) -> Result<Report, Error> {
     }
     let mut auditor = Auditor::new(
         [
-            config.source.clone(),
-            config.destination.clone(),
+            config.pipeline.source.clone(),
+            config.pipeline.destination.clone(),
             dlq.clone(),
         ],
         source.iter().map(|s| (s.end - s.low) as usize).sum(),
     );
     // One partition at a time, so source records are numbered in (partition, offset) order.
-    reader.read("source", &config.source, &source, true, |r| {
+    reader.read("source", &config.pipeline.source, &source, true, |r| {
         auditor.add_source(r)
     })?;
     auditor.seal_sources();
     reader.read(
         "destination",
-        &config.destination,
+        &config.pipeline.destination,
         &destination,
         false,
         |r| auditor.add_output(r),
@@ -385,13 +364,13 @@ pub fn audit(config: &VerifyConfig) -> Result<Report, Error> {
         auditor.seal_wrong_outputs();
         reader.read(
             "explaining wrong outputs",
-            &config.source,
+            &config.pipeline.source,
             &source,
             true,
             |r| auditor.explain(r),
         )?;
     }
-    Ok(auditor.finish(config.guarantee))
+    Ok(auditor.finish(config.pipeline.guarantee))
 }
 
 /// Audits and prints the report (`--json`: one JSON object) to stdout. Blocking. An audit that

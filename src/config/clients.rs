@@ -54,7 +54,7 @@ impl RunConfig {
         config.set("enable.auto.offset.store", "false");
         // Owned: see `properties::OWNED_PROPERTIES`.
         config.set("enable.partition.eof", "false");
-        if self.guarantee == Guarantee::ExactlyOnce {
+        if self.pipeline.guarantee == Guarantee::ExactlyOnce {
             // Offsets are committed by the producer's transactions, never by the consumer.
             config.set("enable.auto.commit", "false");
             config.set("isolation.level", "read_committed");
@@ -77,12 +77,14 @@ impl RunConfig {
             ],
         )?;
         config.set("enable.idempotence", "true");
-        if self.guarantee == Guarantee::AtLeastOnce && config.get("message.timeout.ms").is_none() {
+        if self.pipeline.guarantee == Guarantee::AtLeastOnce
+            && config.get("message.timeout.ms").is_none()
+        {
             // Retry a record until the broker takes it, however long an outage lasts: its offset
             // stays unstored meanwhile, and SIGTERM still stops within --shutdown-timeout.
             config.set("message.timeout.ms", "0");
         }
-        if self.guarantee == Guarantee::ExactlyOnce {
+        if self.pipeline.guarantee == Guarantee::ExactlyOnce {
             let id = self.transactional_id.clone().unwrap_or_else(|| {
                 let nanos = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

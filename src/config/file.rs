@@ -362,12 +362,12 @@ mod tests {
             linger.ms = 43
         "#;
         let c = parse(text, &["--batch-size", "8", "-X", "producer.linger.ms=44"]).unwrap();
-        assert_eq!(c.source, "from_file", "file over default");
+        assert_eq!(c.pipeline.source, "from_file", "file over default");
         assert_eq!(c.batch_size, 8, "flag over file");
         assert_eq!(c.shutdown_timeout, Duration::from_secs(3));
         assert!(c.until_end);
-        assert_eq!(c.guarantee, crate::config::Guarantee::ExactlyOnce);
-        assert_eq!(c.destination, "name_stream_transformed", "default");
+        assert_eq!(c.pipeline.guarantee, crate::config::Guarantee::ExactlyOnce);
+        assert_eq!(c.pipeline.destination, "name_stream_transformed", "default");
         let (consumer, producer) = (c.consumer_config().unwrap(), c.producer_config().unwrap());
         assert_eq!(consumer.get("linger.ms"), Some("42"));
         assert_eq!(

@@ -47,34 +47,12 @@ pub struct RunConfig {
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
-    /// Topic to consume JSON objects from.
-    #[arg(long, env = "KTRANSFORM_SOURCE", default_value = "name_stream")]
-    pub source: String,
-
-    /// Topic to produce the transformed records to.
-    #[arg(
-        long,
-        env = "KTRANSFORM_DESTINATION",
-        default_value = "name_stream_transformed"
-    )]
-    pub destination: String,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
 
     /// Consumer group: instances with the same group share the source's partitions.
     #[arg(long, env = "KTRANSFORM_GROUP", default_value = "ktransform")]
     pub group: String,
-
-    /// Dead-letter topic for records that are not JSON objects [default: <source>.dlq].
-    #[arg(long, env = "KTRANSFORM_DLQ")]
-    pub dlq: Option<String>,
-
-    /// Delivery guarantee.
-    #[arg(
-        long,
-        env = "KTRANSFORM_GUARANTEE",
-        value_enum,
-        default_value = "at-least-once"
-    )]
-    pub guarantee: Guarantee,
 
     /// Exactly-once: commit the open transaction at least this often. Shorter: outputs visible
     /// to read_committed readers sooner; longer: fewer commits, more throughput.
@@ -139,6 +117,43 @@ pub struct RunConfig {
     pub print_config: bool,
 }
 
+/// The pipeline that `run` makes and `verify` audits: its topics and its guarantee.
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Topic to consume JSON objects from.
+    #[arg(long, env = "KTRANSFORM_SOURCE", default_value = "name_stream")]
+    pub source: String,
+
+    /// Topic the transformed records go to.
+    #[arg(
+        long,
+        env = "KTRANSFORM_DESTINATION",
+        default_value = "name_stream_transformed"
+    )]
+    pub destination: String,
+
+    /// Dead-letter topic for records that are not JSON objects [default: <source>.dlq].
+    #[arg(long, env = "KTRANSFORM_DLQ")]
+    pub dlq: Option<String>,
+
+    /// Delivery guarantee (for `verify`, the one to check: exactly-once fails on duplicates).
+    #[arg(
+        long,
+        env = "KTRANSFORM_GUARANTEE",
+        value_enum,
+        default_value = "at-least-once"
+    )]
+    pub guarantee: Guarantee,
+}
+
+impl PipelineArgs {
+    pub fn dlq_topic(&self) -> String {
+        self.dlq
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.source))
+    }
+}
+
 /// What a consumed record's output is promised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Guarantee {
@@ -188,12 +203,6 @@ impl RunConfig {
         Ok(config)
     }
 
-    pub fn dlq_topic(&self) -> String {
-        self.dlq
-            .clone()
-            .unwrap_or_else(|| format!("{}.dlq", self.source))
-    }
-
     pub fn hash_threads(&self) -> usize {
         self.hash_threads.unwrap_or_else(num_cpus::get)
     }
@@ -201,20 +210,20 @@ impl RunConfig {
     /// Cross-field checks that clap cannot express. Run before anything connects.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (flag, topic) in [
-            ("--source", &self.source),
-            ("--destination", &self.destination),
+            ("--source", &self.pipeline.source),
+            ("--destination", &self.pipeline.destination),
         ] {
             check_topic_name(flag, topic)?;
         }
-        let dlq = self.dlq_topic();
+        let dlq = self.pipeline.dlq_topic();
         check_topic_name("--dlq", &dlq)?;
-        if self.source == self.destination {
+        if self.pipeline.source == self.pipeline.destination {
             return Err(invalid(
                 "--destination",
                 "equals --source: the output would be consumed again",
             ));
         }
-        if dlq == self.source || dlq == self.destination {
+        if dlq == self.pipeline.source || dlq == self.pipeline.destination {
             return Err(invalid(
                 "--dlq",
                 "must differ from --source and --destination",
@@ -256,7 +265,7 @@ impl RunConfig {
                 ),
             ));
         }
-        if self.guarantee == Guarantee::ExactlyOnce {
+        if self.pipeline.guarantee == Guarantee::ExactlyOnce {
             if self.transaction_interval.is_zero() {
                 return Err(invalid("--transaction-interval", "must be more than 0"));
             }
@@ -327,7 +336,7 @@ mod tests {
     fn defaults_are_valid() {
         let c = parse(&[]);
         c.validate().unwrap();
-        assert_eq!(c.dlq_topic(), "name_stream.dlq");
+        assert_eq!(c.pipeline.dlq_topic(), "name_stream.dlq");
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(
             c.consumer_config().unwrap().get("enable.auto.offset.store"),

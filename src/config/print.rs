@@ -19,7 +19,7 @@ pub fn render(config: &RunConfig) -> Result<String, ConfigError> {
     let string = |s: &str| Value::String(s.to_string());
     let int = |n: usize| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
     let c = config;
-    let guarantee = clap::ValueEnum::to_possible_value(&c.guarantee)
+    let guarantee = clap::ValueEnum::to_possible_value(&c.pipeline.guarantee)
         .map_or_else(String::new, |v| v.get_name().to_string());
     let metrics_addr = match c.metrics_addr {
         MetricsAddr::Off => "none".to_string(),
@@ -27,10 +27,10 @@ pub fn render(config: &RunConfig) -> Result<String, ConfigError> {
     };
     let mut t = Table::new();
     t.insert("brokers".into(), string(&c.kafka.brokers));
-    t.insert("source".into(), string(&c.source));
-    t.insert("destination".into(), string(&c.destination));
+    t.insert("source".into(), string(&c.pipeline.source));
+    t.insert("destination".into(), string(&c.pipeline.destination));
     t.insert("group".into(), string(&c.group));
-    t.insert("dlq".into(), string(&c.dlq_topic()));
+    t.insert("dlq".into(), string(&c.pipeline.dlq_topic()));
     t.insert("guarantee".into(), string(&guarantee));
     t.insert(
         "transaction_interval".into(),

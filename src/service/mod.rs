@@ -95,7 +95,7 @@ impl Pipeline {
             offsets: offsets.clone(),
         });
         let context = Context::new(
-            config.source.clone(),
+            config.pipeline.source.clone(),
             shared,
             group_tx.clone(),
             config.drain_timeout,
@@ -121,16 +121,16 @@ impl Pipeline {
             Arc::new(config.consumer_config()?.create_with_context(context)?);
         consumer.context().attach(&consumer);
         offsets.attach(Arc::downgrade(&consumer) as Weak<dyn Member>);
-        consumer.subscribe(&[&config.source])?;
+        consumer.subscribe(&[&config.pipeline.source])?;
         let (stop_main_queue, stop_rx) = watch::channel(false);
         let main_queue = consumer::serve_main_queue(consumer.clone(), stop_rx, group_tx)?;
         let progress = tokio::spawn(metrics::progress(stats.clone(), config.progress_interval));
         let (txn_failed_tx, txn_failed) = mpsc::unbounded_channel();
         let committer = offsets.commit_periodically(config.transaction_interval, txn_failed_tx);
         tracing::info!(
-            source = %config.source,
-            destination = %config.destination,
-            dlq = %config.dlq_topic(),
+            source = %config.pipeline.source,
+            destination = %config.pipeline.destination,
+            dlq = %config.pipeline.dlq_topic(),
             group = %config.group,
             "started"
         );

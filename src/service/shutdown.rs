@@ -108,7 +108,7 @@ async fn commit(
 ) -> Result<Result<(), Error>, Error> {
     let (offsets, stats) = (offsets.clone(), stats.clone());
     let member = consumer.clone() as Arc<dyn Member>;
-    let topic = config.source.clone();
+    let topic = config.pipeline.source.clone();
     let next_offsets = drained.next_offsets();
     let committed = blocking("commit", move || {
         offsets.commit_drained(

@@ -29,8 +29,8 @@ pub async fn sink(config: &RunConfig, fatal: &Arc<FatalErrors>) -> Result<Arc<Si
     let admin = Arc::new(admin);
     let destination_partitions = wait_for_brokers(&admin, config, fatal).await?;
     let limits = TopicLimits {
-        destination: topic_max_bytes(&admin, &config.destination).await,
-        dlq: topic_max_bytes(&admin, &config.dlq_topic()).await,
+        destination: topic_max_bytes(&admin, &config.pipeline.destination).await,
+        dlq: topic_max_bytes(&admin, &config.pipeline.dlq_topic()).await,
     };
     let sink = Arc::new(Sink::new(
         config,
@@ -55,11 +55,11 @@ pub async fn offsets(
     sink: &Arc<Sink>,
     stats: &Arc<Stats>,
 ) -> Result<Arc<Offsets>, Error> {
-    let offsets = match config.guarantee {
+    let offsets = match config.pipeline.guarantee {
         Guarantee::AtLeastOnce => Offsets::stored()?,
         Guarantee::ExactlyOnce => {
             let t = Arc::new(Transactions::new(
-                config.source.clone(),
+                config.pipeline.source.clone(),
                 sink.clone(),
                 stats.clone(),
                 config.transaction_records,
@@ -124,7 +124,7 @@ async fn wait_for_brokers(
         }
         match metadata {
             Ok((topics, broker)) => {
-                let missing = !topics.contains_key(config.destination.as_str());
+                let missing = !topics.contains_key(config.pipeline.destination.as_str());
                 if let (true, Some(id)) = (missing, broker) {
                     if !auto_creates_topics(admin, id).await {
                         // Every output would wait for the topic forever (at-least-once) or time out.
@@ -133,20 +133,20 @@ async fn wait_for_brokers(
                             message: format!(
                                 "topic {} does not exist and the brokers do not create topics \
                              (auto.create.topics.enable=false); create it first",
-                                config.destination
+                                config.pipeline.destination
                             ),
                         }));
                     }
                 }
                 for (flag, topic) in [
-                    ("--source", &config.source),
-                    ("--destination", &config.destination),
+                    ("--source", &config.pipeline.source),
+                    ("--destination", &config.pipeline.destination),
                 ] {
                     if !topics.contains_key(topic.as_str()) {
                         tracing::warn!(topic = %topic, flag, "topic does not exist yet");
                     }
                 }
-                let partitions = topics.get(config.destination.as_str()).copied();
+                let partitions = topics.get(config.pipeline.destination.as_str()).copied();
                 return Ok(partitions.filter(|n| *n > 0));
             }
             Err(source) if started.elapsed() + backoff >= config.connect_timeout => {
