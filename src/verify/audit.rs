@@ -9,15 +9,13 @@ use md5::{Digest, Md5};
 
 use super::{Counts, Finding, Kind, Position, Report};
 use crate::config::Guarantee;
-use crate::sink::headers;
+use crate::dead_letter::{headers, Reason};
 use crate::transform;
 
 /// Findings listed per kind, at most; the counts are always complete.
 const FINDINGS_PER_KIND: usize = 5;
-/// The dead-letter reason of an object whose output the destination refused (see partition.rs).
-const OUTPUT_TOO_LARGE: &[u8] = b"output_too_large";
-/// Headers the service adds; left out when headers are compared.
-const OWN_HEADER_PREFIX: &str = "ktransform.";
+/// The dead-letter reason of an object whose output was too large for the destination.
+const OUTPUT_TOO_LARGE: &[u8] = Reason::OutputTooLarge.as_str().as_bytes();
 
 /// One record as the audit sees it.
 pub(super) struct Record<'a> {
@@ -42,7 +40,7 @@ impl<'a> Record<'a> {
         for (k, v) in self
             .headers
             .iter()
-            .filter(|(k, _)| !k.starts_with(OWN_HEADER_PREFIX))
+            .filter(|(k, _)| !k.starts_with(headers::PREFIX))
         {
             (k, v).hash(&mut h);
         }
