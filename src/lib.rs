@@ -66,7 +66,8 @@
 //! - [`lag`]: `ktransform lag`, a group's lag, rates and keep-up verdict (reads offsets only).
 //! - [`verify`]: `ktransform verify`, audits source against destination and dead-letter topic
 //!   (matched by content) for a guarantee; reads dead letters by [`dead_letter`]'s reasons and
-//!   headers.
+//!   headers. The audit itself, without Kafka, is `verify/audit.rs`, its unit tests
+//!   `verify/audit/tests.rs`, and the content fingerprints it compares `verify/audit/content.rs`.
 //! - [`error`]: what stops a run, and its exit code.
 //!
 //! A record flows: split partition queue → [`partition::PartitionWorker`] batch →
