@@ -13,8 +13,8 @@
 //!
 //! 1. Ground, importing no other module: [`config`], [`transform`], [`fetch`], [`member`],
 //!    [`metrics`], [`logging`], [`committer`].
-//! 2. The pipeline: [`ack`] → [`sink`] → [`transaction`] → [`offsets`] → [`partition`] →
-//!    [`consumer`].
+//! 2. The pipeline: [`ack`] → [`sink`] → [`dead_letter`] → [`transaction`] →
+//!    [`offsets`] → [`partition`] → [`consumer`].
 //! 3. The commands: [`service`] (`run`), [`lag`], [`verify`], with [`error`] (what stops a
 //!    run) and [`http`] beside them; [`cli`] on top.
 //!
@@ -48,12 +48,18 @@
 //!   Done | Abandoned), both unit-tested without a broker.
 //! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out;
 //!   its validating JSON scanner is the submodule `transform/scan.rs`.
-//! - [`sink`]: the idempotent producer; outputs straight through `rd_kafka_producev` (a topic
-//!   handle, the input's headers handed over), dead-letter records (without the value when
-//!   too large); the destination's and dead-letter topic's size limits; the producer made
-//!   ready before the first record; flushes with librdkafka's own flush (rust-rdkafka's polls
-//!   in 100 ms steps). Record batch sizes, as the broker counts them against a topic's limit,
-//!   are the submodule `sink/size.rs`.
+//! - [`sink`]: the idempotent producer, sending what it is handed: outputs straight through
+//!   `rd_kafka_producev` (a topic handle, the input's headers handed over), other records to a
+//!   named topic; batches capped below the destination's and dead-letter topic's size limits;
+//!   the producer made ready before the first record; flushes with librdkafka's own flush
+//!   (rust-rdkafka's polls in 100 ms steps). Record batch sizes, as the broker counts them
+//!   against a topic's limit, are the submodule `sink/size.rs`.
+//! - [`dead_letter`]: what goes to the dead-letter topic and in what form: the reasons as one
+//!   enum, [`dead_letter::Reason`] (the `ktransform.error.kind` values and metrics labels), the
+//!   headers a dead letter carries, the checks for an output too large for the destination or
+//!   the producer, and a dead letter too large itself sent without its value.
+//!   [`dead_letter::Router`] sends each record to the destination or the dead-letter topic
+//!   through the sink.
 //! - [`ack`]: delivery reports counted per batch (the producer's delivery callback).
 //! - [`transaction`]: exactly-once: the open transaction, its gate, periodic and revocation
 //!   commits (outputs and offsets together).
@@ -64,23 +70,27 @@
 //!   (credentials, ACLs, fatal) raised to stop the run.
 //! - [`lag`]: `ktransform lag`, a group's lag, rates and keep-up verdict (reads offsets only).
 //! - [`verify`]: `ktransform verify`, audits source against destination and dead-letter topic
-//!   (matched by content) for a guarantee.
+//!   (matched by content) for a guarantee; reads dead letters by [`dead_letter`]'s reasons and
+//!   headers. The audit itself, without Kafka, is `verify/audit.rs`, its unit tests
+//!   `verify/audit/tests.rs`, and the content fingerprints it compares `verify/audit/content.rs`.
 //! - [`error`]: what stops a run, and its exit code.
 //!
 //! A record flows: split partition queue → [`partition::PartitionWorker`] batch →
-//! [`transform::transform_into`] (on the rayon pool for large batches) → [`sink::Sink`]: the
-//! output to the destination, or, for a value that is not a JSON object or an output too large,
-//! the input unchanged to the dead-letter topic with the reason in its headers →
-//! acknowledgement → [`offsets::Offsets`]: at-least-once stores the offset, committed by
-//! librdkafka's auto-commit of stored offsets and synchronously on revocation and shutdown;
-//! exactly-once has sent it in the open transaction, committed with the outputs every
-//! `--transaction-interval`, on revocation and at shutdown.
+//! [`transform::transform_into`] (on the rayon pool for large batches) →
+//! [`dead_letter::Router`]: the output to the destination through [`sink::Sink`], or, for a
+//! value the transform rejects or an output too large for the destination or the producer, the
+//! input unchanged to the dead-letter topic with the reason in its headers (without its value
+//! when too large even so) → acknowledgement → [`offsets::Offsets`]: at-least-once stores the
+//! offset, committed by librdkafka's auto-commit of stored offsets and synchronously on
+//! revocation and shutdown; exactly-once has sent it in the open transaction, committed with the
+//! outputs every `--transaction-interval`, on revocation and at shutdown.
 
 pub mod ack;
 pub mod cli;
 pub mod committer;
 pub mod config;
 pub mod consumer;
+pub mod dead_letter;
 pub mod error;
 pub mod fetch;
 pub mod http;

@@ -1,5 +1,6 @@
-//! The producing side: transformed records to the destination, rejected ones to the dead-letter
-//! topic, both through one idempotent producer.
+//! The producing side: one idempotent producer, sending the records it is handed: outputs to
+//! the destination, and records to a named topic (the dead letters of [`crate::dead_letter`],
+//! which decides what goes there).
 //!
 //! Sends never block and never drop: a full local queue is waited out here. Every record sent
 //! counts into its batch's [`Acks`], which the partition worker awaits batch by batch.
@@ -9,10 +10,9 @@ use std::ptr::{self, NonNull};
 use std::sync::Arc;
 use std::time::Duration;
 
-use md5::{Digest, Md5};
 use rdkafka::bindings as rdsys;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::util::IntoOpaque;
 use rdkafka::Message;
@@ -22,24 +22,9 @@ use crate::config::{ConfigError, RunConfig};
 use crate::fetch::{NativeHeaders, Record};
 use crate::logging::FatalErrors;
 
-/// Dead-letter headers. The original key, value and headers are kept as they were.
-pub mod headers {
-    pub const ERROR_KIND: &str = "ktransform.error.kind";
-    pub const ERROR_MESSAGE: &str = "ktransform.error.message";
-    pub const SOURCE_TOPIC: &str = "ktransform.source.topic";
-    pub const SOURCE_PARTITION: &str = "ktransform.source.partition";
-    pub const SOURCE_OFFSET: &str = "ktransform.source.offset";
-    /// On a dead letter sent without its value (too large for the producer's
-    /// `message.max.bytes` or the dead-letter topic's `max.message.bytes`): the value's length
-    /// in bytes.
-    pub const VALUE_DROPPED: &str = "ktransform.value.dropped";
-    /// With [`VALUE_DROPPED`]: the lowercase hex md5 of the dropped value.
-    pub const VALUE_MD5: &str = "ktransform.value.md5";
-}
+pub mod size;
 
-mod size;
-
-use size::{header_lengths, single_record_batch_size, BATCH_HEADER_BYTES};
+use size::BATCH_HEADER_BYTES;
 
 /// librdkafka's default `batch.size`.
 const LIBRDKAFKA_BATCH_SIZE: usize = 1_000_000;
@@ -62,11 +47,8 @@ pub struct Sink {
     /// Declared before the producer: a topic handle is released before its client.
     output_topic: TopicHandle,
     producer: ThreadedProducer<SinkContext>,
-    dlq: String,
-    /// The destination's `max.message.bytes`, when known.
-    destination_max_bytes: Option<usize>,
-    /// The dead-letter topic's `max.message.bytes`, when known.
-    dlq_max_bytes: Option<usize>,
+    /// The limits its batches are capped for.
+    limits: TopicLimits,
     /// The destination's partition count at start, when known: where keyless outputs go.
     destination_partitions: Option<i32>,
 }
@@ -75,10 +57,8 @@ impl Sink {
     /// `limits`: the destination's and the dead-letter topic's `max.message.bytes`, when known.
     ///
     /// The broker refuses a whole batch larger than its topic's limit, after the input is gone,
-    /// so the limits are enforced here instead: batches are capped below the lower one
-    /// (`batch.size` is the producer's, for both topics), an output that would not fit even
-    /// alone is refused before it is sent ([`Sink::output_too_large`]), to be dead-lettered
-    /// with its input, and a dead letter that would not fit goes without its value.
+    /// so batches are capped below the lower one here (`batch.size` is the producer's, for both
+    /// topics); a record that would not fit even alone is [`crate::dead_letter`]'s to catch.
     ///
     /// `destination_partitions`: the destination's partition count at start, when known. A
     /// record without a key then goes to the partition of its input's number (modulo that
@@ -126,9 +106,7 @@ impl Sink {
         Ok(Sink {
             output_topic,
             producer,
-            dlq: config.pipeline.dlq_topic(),
-            destination_max_bytes: limits.destination,
-            dlq_max_bytes: limits.dlq,
+            limits,
             destination_partitions,
         })
     }
@@ -154,31 +132,9 @@ impl Sink {
         }
     }
 
-    /// Why `value`, sent with `input`'s key and headers, cannot go to the destination: a batch of
-    /// that one record would be over the destination's `max.message.bytes`.
-    pub fn output_too_large(&self, input: &Record<'_>, value: &[u8]) -> Option<String> {
-        let limit = self.destination_max_bytes?;
-        let key = input.key().map(<[u8]>::len);
-        // Quick answer for the usual case: far below the limit even with every header at most
-        // 5 + 5 bytes of lengths.
-        let headers_upper: usize = input.headers().map_or(0, |h| {
-            h.iter()
-                .map(|h| 10 + h.key.len() + h.value.map_or(0, <[u8]>::len))
-                .sum()
-        });
-        let upper = BATCH_HEADER_BYTES + 40 + key.unwrap_or(0) + value.len() + headers_upper;
-        if upper <= limit {
-            return None;
-        }
-        let headers = input.headers().map_or(Vec::new(), header_lengths);
-        let size = single_record_batch_size(key, Some(value.len()), &headers);
-        (size > limit).then(|| {
-            format!(
-                "output of {} bytes makes a {size}-byte record batch, over the destination's \
-                 max.message.bytes of {limit}",
-                value.len()
-            )
-        })
+    /// The destination's and dead-letter topic's `max.message.bytes` it was built for.
+    pub fn limits(&self) -> TopicLimits {
+        self.limits
     }
 
     pub fn producer(&self) -> &ThreadedProducer<SinkContext> {
@@ -278,64 +234,10 @@ impl Sink {
         }
     }
 
-    /// Sends the input unchanged to the dead-letter topic, with the reason and origin in headers.
-    ///
-    /// A value too large even unchanged (the dead letter over the producer's `message.max.bytes`,
-    /// or over the dead-letter topic's `max.message.bytes`) is left out: the dead letter then
-    /// carries the value's length and md5 in headers instead, and still names the source record,
-    /// so the partition goes on and the record stays findable in the source.
-    pub async fn send_dead_letter(
-        &self,
-        input: &Record<'_>,
-        kind: &str,
-        message: &str,
-        acks: &Arc<Acks>,
-    ) -> Result<(), KafkaError> {
-        let headers = dead_letter_headers(input, kind, message, &[]);
-        let sent = if self.dead_letter_too_large(input, &headers) {
-            // What the producer answers over its own limit: the same fallback below.
-            Err(KafkaError::MessageProduction(
-                RDKafkaErrorCode::MessageSizeTooLarge,
-            ))
-        } else {
-            self.send(&self.dlq, input.key(), input.payload(), Some(headers), acks)
-                .await
-        };
-        match sent {
-            Err(e) if is_record_error(&e) && input.payload().is_some() => {
-                let value = input.payload().unwrap_or_default();
-                let (len, md5) = (value.len().to_string(), hex::encode(Md5::digest(value)));
-                tracing::warn!(
-                    topic = input.topic(),
-                    partition = input.partition(),
-                    offset = input.offset(),
-                    bytes = value.len(),
-                    "dead letter too large: sent without its value"
-                );
-                let dropped = [
-                    (headers::VALUE_DROPPED, len.as_str()),
-                    (headers::VALUE_MD5, md5.as_str()),
-                ];
-                let headers = dead_letter_headers(input, kind, message, &dropped);
-                self.send(&self.dlq, input.key(), None, Some(headers), acks)
-                    .await
-            }
-            sent => sent,
-        }
-    }
-
-    /// Whether a batch of this one dead letter would be over the dead-letter topic's limit.
-    fn dead_letter_too_large(&self, input: &Record<'_>, headers: &OwnedHeaders) -> bool {
-        let Some(limit) = self.dlq_max_bytes else {
-            return false;
-        };
-        let key = input.key().map(<[u8]>::len);
-        single_record_batch_size(key, Some(input.payload_len()), &header_lengths(headers)) > limit
-    }
-
-    /// Sends through rust-rdkafka's `BaseRecord`, the partitioner choosing the partition: the
-    /// dead-letter path, rare enough that its per-record costs do not matter.
-    async fn send(
+    /// Sends a record to `topic` through rust-rdkafka's `BaseRecord`, the partitioner choosing
+    /// the partition: for records off the hot path (dead letters), rare enough that its
+    /// per-record costs do not matter.
+    pub async fn send(
         &self,
         topic: &str,
         key: Option<&[u8]>,
@@ -419,40 +321,4 @@ impl Drop for TopicHandle {
     fn drop(&mut self) {
         unsafe { rdsys::rd_kafka_topic_destroy(self.ptr.as_ptr()) }
     }
-}
-
-/// The input's headers, then the dead-letter headers, then `extra`.
-fn dead_letter_headers(
-    input: &Record<'_>,
-    kind: &str,
-    message: &str,
-    extra: &[(&str, &str)],
-) -> OwnedHeaders {
-    let base = input.headers().map(|h| h.detach()).unwrap_or_default();
-    let partition = input.partition().to_string();
-    let offset = input.offset().to_string();
-    [
-        (headers::ERROR_KIND, kind),
-        (headers::ERROR_MESSAGE, message),
-        (headers::SOURCE_TOPIC, input.topic()),
-        (headers::SOURCE_PARTITION, partition.as_str()),
-        (headers::SOURCE_OFFSET, offset.as_str()),
-    ]
-    .iter()
-    .chain(extra)
-    .fold(base, |h, &(key, value)| {
-        h.insert(Header {
-            key,
-            value: Some(value),
-        })
-    })
-}
-
-/// Whether a local send error means this record can never be produced (it goes to the DLQ)
-/// rather than that the producer is unusable.
-pub fn is_record_error(e: &KafkaError) -> bool {
-    matches!(
-        e,
-        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
-    )
 }

@@ -11,8 +11,6 @@
 //! Values that are not a JSON object (invalid UTF-8, invalid JSON, arrays, scalars) are
 //! [`Rejection`]s: the caller dead-letters them unchanged.
 
-use std::fmt;
-
 use md5::{Digest, Md5};
 
 mod scan;
@@ -22,7 +20,8 @@ use scan::{Fail, Scanner};
 /// The field the transform adds.
 pub const HASH_FIELD: &str = "hash";
 
-/// Why a value cannot be transformed; it goes to the dead-letter topic with this reason.
+/// Why a value cannot be transformed; it goes to the dead-letter topic with this reason. Its
+/// name there, and so its `Display`, is the dead-letter module's (`crate::dead_letter::Reason`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     pub kind: RejectionKind,
@@ -38,25 +37,6 @@ pub enum RejectionKind {
     /// Valid JSON, but an array, string, number, boolean or null rather than an object.
     NotAnObject,
 }
-
-impl RejectionKind {
-    /// The stable name used in dead-letter headers and metrics labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectionKind::InvalidUtf8 => "invalid_utf8",
-            RejectionKind::InvalidJson => "invalid_json",
-            RejectionKind::NotAnObject => "not_an_object",
-        }
-    }
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind.as_str(), self.message)
-    }
-}
-
-impl std::error::Error for Rejection {}
 
 /// Lowercase hex md5 of `bytes`.
 pub fn md5_hex(bytes: &[u8]) -> [u8; 32] {

@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use common::data::{self, Mix, TestRecord};
 use common::{brokers, finish, produce, run_in_process, Names, CAP};
+use ktransform::dead_letter::{headers, Reason};
 use ktransform::error::exit;
-use ktransform::sink::headers;
 use ktransform::transform::transform;
 use ktransform::verify::{self, Counts, Kind, Position, Report, VerifyConfig};
 
@@ -200,7 +200,10 @@ impl ByHand {
                 Some(Err(rejection)) => {
                     let mut d = r.clone();
                     for (name, value) in [
-                        (headers::ERROR_KIND, rejection.kind.as_str().to_string()),
+                        (
+                            headers::ERROR_KIND,
+                            Reason::from(rejection.kind).as_str().to_string(),
+                        ),
                         (headers::ERROR_MESSAGE, rejection.message),
                         (headers::SOURCE_TOPIC, names.source.clone()),
                         (headers::SOURCE_PARTITION, partition.to_string()),

@@ -40,15 +40,15 @@ use rdkafka::Message;
 use tokio::sync::mpsc;
 
 use crate::ack::Acks;
+use crate::dead_letter::{Router, Sent};
 use crate::fetch::{PartitionQueue, Record, Undecodable};
 use crate::member::Member;
 use crate::metrics::{PartitionStats, Stats};
 use crate::offsets::Offsets;
-use crate::sink::{self, Sink};
 use crate::transform::{self, Rejection};
 
 pub use state::{PartitionState, Phase, Status, WorkerExit};
-use tracker::{Ack, Batch, Sent, Settled, Tracker};
+use tracker::{Ack, Batch, Settled, Tracker};
 
 /// A safety net for the queue's wake-up ([`crate::fetch`]): never wait on it longer than this
 /// without reading it again.
@@ -56,7 +56,8 @@ const RECV_WAKE: Duration = Duration::from_millis(250);
 
 /// What every worker of one run shares.
 pub struct Shared {
-    pub sink: Arc<Sink>,
+    /// Sends each record to the destination or the dead-letter topic.
+    pub router: Router,
     pub stats: Arc<Stats>,
     pub pool: Arc<rayon::ThreadPool>,
     pub events: mpsc::UnboundedSender<WorkerEvent>,
@@ -255,10 +256,7 @@ impl PartitionWorker {
             let outcome = match result {
                 None => self.send_output(message, None, &sent.acks).await?,
                 Some(Ok(out)) => self.send_output(message, Some(&out), &sent.acks).await?,
-                Some(Err(r)) => {
-                    self.send_dead_letter(message, r.kind.as_str(), &r.message, &sent.acks)
-                        .await?
-                }
+                Some(Err(r)) => self.send_rejected(message, &r, &sent.acks).await?,
             };
             sent.count(outcome, message.offset());
         }
@@ -282,10 +280,7 @@ impl PartitionWorker {
                         *buf = out;
                         outcome?
                     }
-                    Err(r) => {
-                        self.send_dead_letter(message, r.kind.as_str(), &r.message, &sent.acks)
-                            .await?
-                    }
+                    Err(r) => self.send_rejected(message, &r, &sent.acks).await?,
                 },
             };
             sent.count(outcome, message.offset());
@@ -293,50 +288,35 @@ impl PartitionWorker {
         Ok(())
     }
 
+    /// Sends an output, or dead-letters its input when it is too large ([`Router`]).
     async fn send_output(
         &self,
         message: &mut Record<'_>,
         value: Option<&[u8]>,
         acks: &Arc<Acks>,
     ) -> Result<Sent, WorkerError> {
-        if let Some(reason) = value.and_then(|v| self.shared.sink.output_too_large(message, v)) {
-            return self
-                .send_dead_letter(message, "output_too_large", &reason, acks)
-                .await;
-        }
-        match self.shared.sink.send_output(message, value, acks).await {
-            Ok(()) => Ok(Sent::Output),
-            // Too large for the producer (`message.max.bytes`) once the hash is added.
-            Err(e) if sink::is_record_error(&e) => {
-                self.send_dead_letter(message, "output_too_large", &e.to_string(), acks)
-                    .await
-            }
-            Err(source) => Err(WorkerError::Delivery {
-                offset: message.offset(),
-                source,
-            }),
-        }
+        let sent = self.shared.router.send_output(message, value, acks).await;
+        sent.map_err(|source| WorkerError::Delivery {
+            offset: message.offset(),
+            source,
+        })
     }
 
-    async fn send_dead_letter(
+    async fn send_rejected(
         &self,
         message: &Record<'_>,
-        kind: &'static str,
-        reason: &str,
+        rejection: &Rejection,
         acks: &Arc<Acks>,
     ) -> Result<Sent, WorkerError> {
-        match self
+        let sent = self
             .shared
-            .sink
-            .send_dead_letter(message, kind, reason, acks)
-            .await
-        {
-            Ok(()) => Ok(Sent::DeadLetter(kind)),
-            Err(source) => Err(WorkerError::Delivery {
-                offset: message.offset(),
-                source,
-            }),
-        }
+            .router
+            .send_rejected(message, rejection, acks)
+            .await;
+        sent.map_err(|source| WorkerError::Delivery {
+            offset: message.offset(),
+            source,
+        })
     }
 
     /// Settles `first` (the front batch's outcome) and every later batch already complete,
@@ -346,8 +326,8 @@ impl PartitionWorker {
         let Settled { batches, failed } = work.tracker.settle(first);
         for batch in &batches {
             self.stats.records_produced(batch.produced);
-            for (kind, offset) in &batch.dead {
-                self.stats.record_dead_lettered(kind, *offset);
+            for (reason, offset) in &batch.dead {
+                self.stats.record_dead_lettered(reason.as_str(), *offset);
             }
         }
         if let (false, Some(next)) = (batches.is_empty(), work.tracker.next_offset()) {

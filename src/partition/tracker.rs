@@ -12,6 +12,7 @@ use std::sync::Arc;
 use rdkafka::error::KafkaError;
 
 use crate::ack::Acks;
+use crate::dead_letter::{Reason, Sent};
 
 /// One batch's outcome: every record acknowledged, or the first delivery error.
 pub type Ack = Result<(), KafkaError>;
@@ -27,14 +28,7 @@ pub struct Batch {
     /// Records sent to the destination.
     pub produced: usize,
     /// Records sent to the dead-letter topic, with their reason.
-    pub dead: Vec<(&'static str, i64)>,
-}
-
-/// Where one record went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
-    Output,
-    DeadLetter(&'static str),
+    pub dead: Vec<(Reason, i64)>,
 }
 
 impl Batch {
@@ -56,7 +50,7 @@ impl Batch {
     pub fn count(&mut self, sent: Sent, offset: i64) {
         match sent {
             Sent::Output => self.produced += 1,
-            Sent::DeadLetter(kind) => self.dead.push((kind, offset)),
+            Sent::DeadLetter(reason) => self.dead.push((reason, offset)),
         }
     }
 }

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, MetricsAddr, RunConfig};
 use crate::consumer::{self, Context, GroupEvent};
+use crate::dead_letter::Router;
 use crate::error::Error;
 use crate::http::{self, Health};
 use crate::logging::FatalErrors;
@@ -84,7 +85,7 @@ impl Pipeline {
         let (worker_tx, worker_events) = mpsc::unbounded_channel();
         let (group_tx, group_events) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            sink: sink.clone(),
+            router: Router::new(sink.clone(), config.pipeline.dlq_topic()),
             stats: stats.clone(),
             pool: Arc::new(pool),
             events: worker_tx,

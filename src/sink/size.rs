@@ -1,11 +1,12 @@
 //! Record batch sizes as the broker counts them against a topic's `max.message.bytes`, so that
-//! the sink can refuse locally what the broker would refuse after the input is gone.
+//! the sink caps its batches below the limit and the dead-letter path refuses locally a record
+//! the broker would refuse after its input is gone.
 
 use rdkafka::message::Headers;
 
 /// Bytes of a v2 record batch's header (baseOffset .. recordCount), counted by the broker
 /// against the topic's `max.message.bytes` with the records.
-pub(super) const BATCH_HEADER_BYTES: usize = 61;
+pub const BATCH_HEADER_BYTES: usize = 61;
 
 /// Bytes of a v2 record batch holding one record with these key, value and header lengths
 /// (`None`: null), as the broker measures it against `max.message.bytes`.
