@@ -26,9 +26,6 @@ pub mod size;
 
 use size::BATCH_HEADER_BYTES;
 
-/// librdkafka's default `batch.size`.
-const LIBRDKAFKA_BATCH_SIZE: usize = 1_000_000;
-
 /// librdkafka's `RD_KAFKA_PARTITION_UA` (a C macro, absent from the bindings): the partitioner
 /// chooses.
 const PARTITION_UNASSIGNED: i32 = -1;
@@ -73,23 +70,14 @@ impl Sink {
         destination_partitions: Option<i32>,
         fatal: Arc<FatalErrors>,
     ) -> Result<Self, ConfigError> {
-        let mut client = config.producer_config()?;
-        let batch_size = client
-            .get("batch.size")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(LIBRDKAFKA_BATCH_SIZE);
         let lowest = match (limits.destination, limits.dlq) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if let Some(limit) = lowest {
-            // A batch's size as librdkafka counts it includes the batch header and the request's
-            // own prefix before it, so this keeps every multi-record batch under the limit.
-            let cap = limit.saturating_sub(BATCH_HEADER_BYTES).max(1);
-            if cap < batch_size {
-                client.set("batch.size", cap.to_string());
-            }
-        }
+        // A batch's size as librdkafka counts it includes the batch header and the request's
+        // own prefix before it, so this keeps every multi-record batch under the limit.
+        let cap = lowest.map(|limit| limit.saturating_sub(BATCH_HEADER_BYTES).max(1));
+        let client = config.producer_config_capped(cap)?;
         let producer = client
             .create_with_context(SinkContext::raising(fatal))
             .map_err(|e| ConfigError {

@@ -1,6 +1,7 @@
-//! The crate's top-level modules import each other without a cycle: configuration at the
-//! bottom, the pipeline above it, one module per command on top (the `# Layout` of
-//! `src/lib.rs`). No broker needed.
+//! The crate's structure, checked from its source (no broker needed): the top-level modules
+//! import each other without a cycle (configuration at the bottom, the pipeline above it, one
+//! module per command on top: the `# Layout` of `src/lib.rs`), and `run`'s clients get every
+//! librdkafka property from `src/config/` alone, so that `--print-config` shows them.
 //!
 //! How: every `.rs` file under `src/` belongs to the top-level module named by its first path
 //! component (`src/config/file.rs` to `config`, `src/sink.rs` to `sink`); with comments removed,
@@ -66,6 +67,39 @@ fn module_graph(src: &Path) -> Graph {
         deps.retain(|d| modules.contains(d));
     }
     graph
+}
+
+/// The modules of `run` besides `config` build no librdkafka configuration of their own: they
+/// take `RunConfig::consumer_config` / `producer_config_capped` as they are. (`lag` and
+/// `verify` make their own readers.)
+#[test]
+fn run_clients_are_configured_in_config_only() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    collect(&src, &mut files);
+    let mut offenders = Vec::new();
+    for file in files {
+        let relative = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let own_clients = ["config/", "lag.rs", "verify", "main.rs", "lib.rs"];
+        if own_clients.iter().any(|p| relative.starts_with(p)) {
+            continue;
+        }
+        let code = without_comments(&std::fs::read_to_string(&file).unwrap());
+        for (n, line) in code.lines().enumerate() {
+            if line.contains("ClientConfig") || line.contains(".set(\"") {
+                offenders.push(format!("src/{relative}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "librdkafka properties set outside src/config/ (move them to src/config/clients.rs):\n{}",
+        offenders.join("\n")
+    );
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {

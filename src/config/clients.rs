@@ -8,6 +8,9 @@ use rdkafka::ClientConfig;
 
 use crate::config::{ConfigError, Guarantee, MetricsAddr, RunConfig, Side};
 
+/// librdkafka's default `batch.size`.
+const LIBRDKAFKA_BATCH_SIZE: usize = 1_000_000;
+
 /// How often librdkafka reports its statistics while `/metrics` is served: the consumer lag
 /// gauges and `/healthz`'s "broker seen" come from them.
 pub const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
@@ -58,6 +61,24 @@ impl RunConfig {
             // Offsets are committed by the producer's transactions, never by the consumer.
             config.set("enable.auto.commit", "false");
             config.set("isolation.level", "read_committed");
+        }
+        Ok(config)
+    }
+
+    /// The producer's configuration with `batch.size` at most `batch_cap` bytes: the sink caps
+    /// batches below the destination's and dead-letter topic's `max.message.bytes`, which only
+    /// the brokers know (so `--print-config`, which does not connect, shows the uncapped value).
+    pub fn producer_config_capped(
+        &self,
+        batch_cap: Option<usize>,
+    ) -> Result<ClientConfig, ConfigError> {
+        let mut config = self.producer_config()?;
+        let batch_size = config
+            .get("batch.size")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(LIBRDKAFKA_BATCH_SIZE);
+        if let Some(cap) = batch_cap.filter(|cap| *cap < batch_size) {
+            config.set("batch.size", cap.to_string());
         }
         Ok(config)
     }

@@ -65,7 +65,56 @@ pub fn render(config: &RunConfig) -> Result<String, ConfigError> {
     Ok(format!(
         "# ktransform run: effective configuration (flag > env > file > default); secrets are \"{}\".\n\
          # [rdkafka.*] list every property the clients get, including those ktransform owns,\n\
-         # which a --config file may not set.\n{body}",
+         # which a --config file may not set; batch.size is lowered at start if the destination's\n\
+         # or the dead-letter topic's max.message.bytes is smaller.\n{body}",
         redact::MASK
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `[rdkafka.*]` tables are the properties the clients are created with, also those
+    /// that depend on other settings (statistics for `/metrics`, exactly-once's).
+    #[test]
+    fn the_client_tables_are_what_the_clients_get() {
+        // A stable transactional id: without one, each call draws a new random one.
+        let exactly_once = [
+            "--guarantee",
+            "exactly-once",
+            "--transactional-id",
+            "t-1",
+            "--metrics-addr",
+            "none",
+        ];
+        for flags in [&[][..], &exactly_once] {
+            let c = RunConfig::from_args(flags.iter().copied()).unwrap();
+            let table: Table = render(&c).unwrap().parse().unwrap();
+            let shown = |side: &str| -> Vec<(String, String)> {
+                table[RDKAFKA][side]
+                    .as_table()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                    .collect()
+            };
+            let given = |config: rdkafka::ClientConfig| -> Vec<(String, String)> {
+                redact::client_config(&config).into_iter().collect()
+            };
+            assert_eq!(shown("consumer"), given(c.consumer_config().unwrap()));
+            assert_eq!(
+                shown("producer"),
+                given(c.producer_config_capped(None).unwrap())
+            );
+            let statistics = shown("consumer")
+                .into_iter()
+                .any(|(k, _)| k == "statistics.interval.ms");
+            assert_eq!(
+                statistics,
+                flags.is_empty(),
+                "statistics only with /metrics"
+            );
+        }
+    }
 }
