@@ -11,9 +11,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's start-up options (the `MALLOC_CONF` environment variable still overrides them).
 /// One arena: librdkafka's threads allocate every record and the workers free them, and with
-/// jemalloc's default of 4 arenas per core each arena kept its own freed pages. bench/ab.py,
-/// 2M-record drains, 4 interleaved rounds: peak RSS 77-88 MB against 93-120 MB, for about 5%
-/// more CPU per record (narenas:2: 92-100 MB).
+/// jemalloc's default of 4 arenas per core each arena kept its own freed pages (a fifth more
+/// peak memory, for about 5% less CPU per record).
 #[cfg(all(feature = "jemalloc", unix, not(target_env = "msvc")))]
 #[export_name = "malloc_conf"]
 pub static MALLOC_CONF: &[u8; 10] = b"narenas:1\0";
