@@ -1,7 +1,9 @@
 //! The fault suite's tools (`tests/faults/`): brokers of a test's own that it can kill and
-//! restart ([`super::nodes`]), Kafka clients for brokers other than the shared one,
-//! SIGKILL-and-restart of the binary at random moments, `ktransform verify` as the judge, and
-//! the one line of figures each scenario prints.
+//! restart ([`super::nodes`]) and waits on their nodes (leaders, coordinators, replicas in
+//! sync), SIGKILL-and-restart of the binary at random moments, `ktransform verify` as the
+//! judge, and the one line of figures each scenario prints. The Kafka clients for any brokers
+//! (the `_on(bootstrap, …)` helpers) are in [`super::kafka`], ktransform in-process on any
+//! brokers in [`super::run`].
 //!
 //! Short versions run in the default `cargo test`; env `KTRANSFORM_CHAOS=1` (`make chaos`)
 //! selects the long soak versions.
@@ -10,23 +12,17 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::sync::oneshot;
+use rdkafka::producer::{BaseProducer, Producer};
 
 use ktransform::verify::{self, Report, VerifyConfig};
-use ktransform::RunConfig;
 
 use super::data::TestRecord;
-use super::{blocking, brokers, Binary, Names, Running, CAP};
+use super::kafka::{
+    config_on, lag_on, leaders_on, partition_lag_on, reader_on, topic_count_on, REQUEST,
+};
+use super::{blocking, brokers, Binary, Names, CAP};
 
-/// Timeout of one broker request made by a helper.
-const REQUEST: Duration = Duration::from_secs(10);
 /// How long a killed or signalled binary may take to be gone.
 pub const EXIT_CAP: Duration = Duration::from_secs(60);
 
@@ -146,157 +142,7 @@ pub fn assert_passed(scenario: &str, report: &Report) {
     );
 }
 
-// --- Clients for any brokers -----------------------------------------------------------------
-
-fn config_on(bootstrap: &str, extra: &[(&str, &str)]) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap);
-    for (k, v) in extra {
-        config.set(*k, *v);
-    }
-    config
-}
-
-fn reader_on(bootstrap: &str) -> BaseConsumer {
-    config_on(bootstrap, &[]).create().expect("consumer")
-}
-
-/// Creates source and destination with `partitions` partitions and the dead-letter topic
-/// with 2, each with `replication` replicas, and waits until the metadata shows them led.
-pub async fn create_topics_on(bootstrap: &str, names: &Names, partitions: i32, replication: i32) {
-    for (topic, count) in [
-        (&names.source, partitions),
-        (&names.destination, partitions),
-        (&names.dlq, 2),
-    ] {
-        create_topic_on(bootstrap, topic, count, replication, &[]).await;
-    }
-}
-
-/// Creates `topic` with `partitions` partitions of `replication` replicas and topic
-/// `configs`, and waits until the metadata shows every partition led.
-pub async fn create_topic_on(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    replication: i32,
-    configs: &[(&str, &str)],
-) {
-    let admin: AdminClient<DefaultClientContext> =
-        config_on(bootstrap, &[]).create().expect("admin client");
-    let new = configs.iter().fold(
-        NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)),
-        |t, (k, v)| t.set(k, v),
-    );
-    let options = AdminOptions::new().operation_timeout(Some(REQUEST));
-    for result in admin
-        .create_topics([&new], &options)
-        .await
-        .expect("create_topics")
-    {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => panic!("cannot create topic {topic}: {code}"),
-        }
-    }
-    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
-    super::poll_until(&format!("topic {topic} led in the metadata"), CAP, || {
-        let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
-        blocking(move || {
-            let leaders = leaders_on(&bootstrap, &topic);
-            leaders.len() == partitions as usize && leaders.values().all(|&l| l >= 0)
-        })
-    })
-    .await;
-}
-
-/// Produces `records` in order with one idempotent producer (acks=all), at most `rate`
-/// records per second if given, and waits for every delivery; returns each record's
-/// (partition, offset).
-pub async fn produce_on(
-    bootstrap: &str,
-    topic: &str,
-    records: &[TestRecord],
-    rate: Option<f64>,
-) -> Vec<(i32, i64)> {
-    produce_to_on(bootstrap, topic, None, records, rate).await
-}
-
-/// [`produce_on`] into `partition` if given, else where the key hashes.
-pub async fn produce_to_on(
-    bootstrap: &str,
-    topic: &str,
-    partition: Option<i32>,
-    records: &[TestRecord],
-    rate: Option<f64>,
-) -> Vec<(i32, i64)> {
-    let producer: FutureProducer = config_on(
-        bootstrap,
-        &[
-            ("enable.idempotence", "true"),
-            ("linger.ms", "20"),
-            ("message.timeout.ms", "0"),
-        ],
-    )
-    .create()
-    .expect("producer");
-    let started = Instant::now();
-    let mut deliveries = Vec::with_capacity(records.len());
-    for (i, r) in records.iter().enumerate() {
-        if let Some(rate) = rate {
-            let due = started + Duration::from_secs_f64(i as f64 / rate);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                tokio::time::sleep(wait).await;
-            }
-        }
-        let headers = r
-            .headers
-            .iter()
-            .fold(OwnedHeaders::new(), |h, (key, value)| {
-                h.insert(Header {
-                    key: key.as_str(),
-                    value: value.as_deref(),
-                })
-            });
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-            .key(&r.key)
-            .headers(headers);
-        record.payload = r.value.as_deref();
-        record.partition = partition;
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => break deliveries.push(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => panic!("producing to {topic}: {e}"),
-            }
-        }
-    }
-    let mut positions = Vec::with_capacity(records.len());
-    for (i, delivery) in deliveries.into_iter().enumerate() {
-        match delivery.await {
-            Ok(Ok(d)) => positions.push((d.partition, d.offset)),
-            Ok(Err((e, _))) => panic!("record {i} to {topic} not delivered: {e}"),
-            Err(_) => panic!("record {i} to {topic}: producer dropped"),
-        }
-    }
-    positions
-}
-
-/// The leader's node id of each partition of `topic` (-1: none). Blocking.
-pub fn leaders_on(bootstrap: &str, topic: &str) -> HashMap<i32, i32> {
-    let Ok(metadata) = reader_on(bootstrap).fetch_metadata(Some(topic), REQUEST) else {
-        return HashMap::new();
-    };
-    metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| (p.id(), p.leader())))
-        .collect()
-}
+// --- A cluster's nodes ------------------------------------------------------------------------
 
 /// Waits (up to [`CAP`]) until `topic` has `partitions` partitions with a leader each, and
 /// returns the leaders' node ids.
@@ -316,6 +162,20 @@ pub async fn settled_leaders(bootstrap: &str, topic: &str, partitions: usize) ->
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The node that coordinates `key`'s transactions (`__transaction_state`) or group
+/// (`__consumer_offsets`): the leader of partition `abs(hashCode(key)) % partitions` of that
+/// topic, as the broker computes it (Java `String.hashCode`). Blocking.
+pub fn coordinator_on(bootstrap: &str, internal_topic: &str, key: &str) -> Option<i32> {
+    let hash = key
+        .encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
+    let leaders = leaders_on(bootstrap, internal_topic);
+    // Kafka's Utils.abs: Math.abs, except that i32::MIN maps to 0.
+    let abs = if hash == i32::MIN { 0 } else { hash.abs() };
+    let partition = abs % i32::try_from(leaders.len()).ok().filter(|&n| n > 0)?;
+    leaders.get(&partition).copied()
 }
 
 /// Waits (up to [`CAP`]) until every partition of every topic on `bootstrap`, internal ones
@@ -379,139 +239,11 @@ pub async fn wait_caught_up(
     }
 }
 
-/// Per partition of `topic`: (low, high) watermarks and `group`'s committed offset; `None`
-/// if any of it cannot be read now (a leader or the group coordinator down, a broker too busy
-/// to answer in time).
-async fn offsets_on(
-    bootstrap: &str,
-    group: &str,
-    topic: &str,
-) -> Option<HashMap<i32, ((i64, i64), Option<i64>)>> {
-    let (bootstrap, group, topic) = (bootstrap.to_string(), group.to_string(), topic.to_string());
-    blocking(move || {
-        let consumer: BaseConsumer = config_on(
-            &bootstrap,
-            &[
-                ("group.id", &group),
-                ("enable.auto.commit", "false"),
-                // A read_committed consumer (librdkafka's default) asks for stable offsets only
-                // (KIP-447), and its request is refused while an exactly-once group has a
-                // transaction open, which is most of the time: read the last committed ones.
-                ("isolation.level", "read_uncommitted"),
-            ],
-        )
-        .create()
-        .expect("consumer");
-        let partitions: Vec<i32> = leaders_on(&bootstrap, &topic).into_keys().collect();
-        if partitions.is_empty() {
-            return None;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for &p in &partitions {
-            tpl.add_partition(&topic, p);
-        }
-        let committed: HashMap<i32, Option<i64>> = consumer
-            .committed_offsets(tpl, REQUEST)
-            .ok()?
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => (e.partition(), Some(o)),
-                _ => (e.partition(), None),
-            })
-            .collect();
-        partitions
-            .into_iter()
-            .map(|p| {
-                let marks = consumer.fetch_watermarks(&topic, p, REQUEST).ok()?;
-                Some((p, (marks, committed.get(&p).copied().flatten())))
-            })
-            .collect()
-    })
-    .await
-}
-
-/// Records of `topic` not yet committed by `group`, per partition; `None` while the offsets
-/// cannot be read (see `offsets_on`).
-pub async fn partition_lag_on(
-    bootstrap: &str,
-    group: &str,
-    topic: &str,
-) -> Option<HashMap<i32, i64>> {
-    let offsets = offsets_on(bootstrap, group, topic).await?;
-    Some(
-        offsets
-            .into_iter()
-            .map(|(p, ((low, high), committed))| (p, high - committed.unwrap_or(low)))
-            .collect(),
-    )
-}
-
-/// Records of `topic` not yet committed by `group`; `None` while that cannot be read.
-pub async fn lag_on(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
-    partition_lag_on(bootstrap, group, topic)
-        .await
-        .map(|lag| lag.values().sum())
-}
-
-/// [`partition_lag_on`], retried until it can be read (up to [`CAP`]).
-pub async fn settled_partition_lag(bootstrap: &str, group: &str, topic: &str) -> HashMap<i32, i64> {
-    let started = Instant::now();
-    loop {
-        if let Some(lag) = partition_lag_on(bootstrap, group, topic).await {
-            return lag;
-        }
-        assert!(
-            started.elapsed() < CAP,
-            "the lag of {group} on {topic} could not be read within {CAP:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// [`lag_on`], retried until it can be read (up to [`CAP`]).
-pub async fn settled_lag(bootstrap: &str, group: &str, topic: &str) -> i64 {
-    settled_partition_lag(bootstrap, group, topic)
-        .await
-        .values()
-        .sum()
-}
-
-/// Records in `topic` now (sum of high - low watermarks over the partitions that answer).
-pub async fn topic_count_on(bootstrap: &str, topic: &str) -> i64 {
-    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
-    blocking(move || {
-        let consumer = reader_on(&bootstrap);
-        leaders_on(&bootstrap, &topic)
-            .into_keys()
-            .filter_map(|p| consumer.fetch_watermarks(&topic, p, REQUEST).ok())
-            .map(|(low, high)| high - low)
-            .sum()
-    })
-    .await
-}
-
-/// Waits (up to [`CAP`]) until `topic` on `bootstrap` holds at least `min` records.
-pub async fn wait_for_records_on(bootstrap: &str, topic: &str, min: i64) {
-    let started = Instant::now();
-    loop {
-        let count = topic_count_on(bootstrap, topic).await;
-        if count >= min {
-            return;
-        }
-        assert!(
-            started.elapsed() < CAP,
-            "gave up after {CAP:?} waiting for {min} records in {topic} (has {count})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Creates the internal topics while every node is up: one group join (`__consumer_offsets`)
 /// and one transaction (`__transaction_state`), on a throwaway topic.
 pub async fn warm_up(bootstrap: &str) {
     let names = Names::new("warm-up");
-    create_topics_on(bootstrap, &names, 1, 3).await;
+    names.create_on(bootstrap, 1, 3).await;
     let bootstrap = bootstrap.to_string();
     blocking(move || {
         let consumer: BaseConsumer = config_on(&bootstrap, &[("group.id", &names.group)])
@@ -537,26 +269,6 @@ pub async fn warm_up(bootstrap: &str) {
             .expect("commit_transaction");
     })
     .await;
-}
-
-/// Starts `ktransform::run` in-process against `bootstrap` (the common `run_in_process`
-/// always uses the shared broker).
-pub fn run_on(bootstrap: &str, args: &[String]) -> Running {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
-    let argv = ["--brokers", bootstrap]
-        .into_iter()
-        .chain(args.iter().map(String::as_str));
-    let config = RunConfig::from_args(argv).expect("valid run flags");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(ktransform::run(config, async move {
-        let _ = stopped.await;
-    }));
-    (handle, stop)
 }
 
 // --- Killing the binary ------------------------------------------------------------------------
@@ -683,18 +395,4 @@ pub fn check_dead_letters(records: &[TestRecord], dead: &[super::Received]) -> D
             .count();
     }
     out
-}
-
-/// The node that coordinates `key`'s transactions (`__transaction_state`) or group
-/// (`__consumer_offsets`): the leader of partition `abs(hashCode(key)) % partitions` of that
-/// topic, as the broker computes it (Java `String.hashCode`). Blocking.
-pub fn coordinator_on(bootstrap: &str, internal_topic: &str, key: &str) -> Option<i32> {
-    let hash = key
-        .encode_utf16()
-        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
-    let leaders = leaders_on(bootstrap, internal_topic);
-    // Kafka's Utils.abs: Math.abs, except that i32::MIN maps to 0.
-    let abs = if hash == i32::MIN { 0 } else { hash.abs() };
-    let partition = abs % i32::try_from(leaders.len()).ok().filter(|&n| n > 0)?;
-    leaders.get(&partition).copied()
 }

@@ -1,4 +1,7 @@
-//! Kafka clients of the tests: topics, producing, reading whole topics, group offsets and state.
+//! Kafka clients of the tests: topics, producing, reading whole topics, group offsets, lag and
+//! state. A helper for any brokers takes them first, `…_on(bootstrap, …)` (the fault suite runs
+//! brokers of its own, [`super::nodes`]); a helper without `_on` works on the shared test
+//! broker ([`brokers`]), either as a one-line call of its `_on` form or for that broker only.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -8,59 +11,191 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::Headers;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use super::data::TestRecord;
 use super::{blocking, brokers, poll_until, unique, CAP};
 
 /// Timeout of one broker request made by a helper.
-const REQUEST: Duration = Duration::from_secs(10);
+pub const REQUEST: Duration = Duration::from_secs(10);
 
-fn client_config(extra: &[(&str, &str)]) -> ClientConfig {
+/// A client configuration for `bootstrap` with `extra` settings.
+pub fn config_on(bootstrap: &str, extra: &[(&str, &str)]) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers());
+    config.set("bootstrap.servers", bootstrap);
     for (k, v) in extra {
         config.set(*k, *v);
     }
     config
 }
 
-/// Creates `name` and waits until the metadata shows all its partitions.
+/// A consumer for metadata and watermarks only.
+pub fn reader_on(bootstrap: &str) -> BaseConsumer {
+    config_on(bootstrap, &[]).create().expect("consumer")
+}
+
+// --- Topics ----------------------------------------------------------------------------------
+
+/// [`create_topic_on`] the shared broker, one replica, no topic configs.
 pub async fn create_topic(name: &str, partitions: i32) {
+    create_topic_on(&brokers(), name, partitions, 1, &[]).await;
+}
+
+/// Creates `topic` with `partitions` partitions of `replication` replicas and topic
+/// `configs`, and waits until the metadata shows every partition led.
+pub async fn create_topic_on(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    configs: &[(&str, &str)],
+) {
     let admin: AdminClient<DefaultClientContext> =
-        client_config(&[]).create().expect("admin client");
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        config_on(bootstrap, &[]).create().expect("admin client");
+    let new = configs.iter().fold(
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)),
+        |t, (k, v)| t.set(k, v),
+    );
     let options = AdminOptions::new().operation_timeout(Some(REQUEST));
-    let results = admin
-        .create_topics([&topic], &options)
+    for result in admin
+        .create_topics([&new], &options)
         .await
-        .expect("create_topics");
-    for result in results {
+        .expect("create_topics")
+    {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => panic!("cannot create topic {topic}: {code}"),
         }
     }
-    let name = name.to_string();
-    poll_until(&format!("topic {name} in the metadata"), CAP, || {
-        let name = name.clone();
-        blocking(move || partitions_of(&reader(), &name).len() == partitions as usize)
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    poll_until(&format!("topic {topic} led in the metadata"), CAP, || {
+        let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
+        blocking(move || {
+            let leaders = leaders_on(&bootstrap, &topic);
+            leaders.len() == partitions as usize && leaders.values().all(|&l| l >= 0)
+        })
     })
     .await;
 }
 
-/// Produces `records` in order (idempotent, so order holds per partition) and waits for every
-/// delivery; returns each record's (partition, offset).
+/// The leader's node id of each partition of `topic` (-1: none); empty while the metadata
+/// cannot be read. Blocking.
+pub fn leaders_on(bootstrap: &str, topic: &str) -> HashMap<i32, i32> {
+    leaders(&reader_on(bootstrap), topic)
+}
+
+/// [`leaders_on`] as `client` sees the metadata.
+fn leaders(client: &BaseConsumer, topic: &str) -> HashMap<i32, i32> {
+    let Ok(metadata) = client.fetch_metadata(Some(topic), REQUEST) else {
+        return HashMap::new();
+    };
+    metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| (p.id(), p.leader())))
+        .collect()
+}
+
+/// The partitions of `topic` as `client` sees the metadata, in order; empty while it cannot be
+/// read.
+fn partitions_of(client: &BaseConsumer, topic: &str) -> Vec<i32> {
+    let mut partitions: Vec<i32> = leaders(client, topic).into_keys().collect();
+    partitions.sort_unstable();
+    partitions
+}
+
+// --- Producing -------------------------------------------------------------------------------
+
+/// [`produce_on`] the shared broker, as fast as it goes.
 pub async fn produce(topic: &str, records: &[TestRecord]) -> Vec<(i32, i64)> {
-    super::faults::produce_on(&brokers(), topic, records, None).await
+    produce_on(&brokers(), topic, records, None).await
 }
 
 /// [`produce`] into one partition.
 pub async fn produce_to(topic: &str, partition: i32, records: &[TestRecord]) -> Vec<(i32, i64)> {
-    super::faults::produce_to_on(&brokers(), topic, Some(partition), records, None).await
+    produce_to_on(&brokers(), topic, Some(partition), records, None).await
 }
+
+/// Produces `records` in order with one idempotent producer (acks=all, so order holds per
+/// partition), at most `rate` records per second if given, and waits for every delivery;
+/// returns each record's (partition, offset).
+pub async fn produce_on(
+    bootstrap: &str,
+    topic: &str,
+    records: &[TestRecord],
+    rate: Option<f64>,
+) -> Vec<(i32, i64)> {
+    produce_to_on(bootstrap, topic, None, records, rate).await
+}
+
+/// [`produce_on`] into `partition` if given, else where the key hashes.
+pub async fn produce_to_on(
+    bootstrap: &str,
+    topic: &str,
+    partition: Option<i32>,
+    records: &[TestRecord],
+    rate: Option<f64>,
+) -> Vec<(i32, i64)> {
+    let producer: FutureProducer = config_on(
+        bootstrap,
+        &[
+            ("enable.idempotence", "true"),
+            ("linger.ms", "20"),
+            ("message.timeout.ms", "0"),
+        ],
+    )
+    .create()
+    .expect("producer");
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let headers = r
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new(), |h, (key, value)| {
+                h.insert(Header {
+                    key: key.as_str(),
+                    value: value.as_deref(),
+                })
+            });
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+            .key(&r.key)
+            .headers(headers);
+        record.payload = r.value.as_deref();
+        record.partition = partition;
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break deliveries.push(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => panic!("producing to {topic}: {e}"),
+            }
+        }
+    }
+    let mut positions = Vec::with_capacity(records.len());
+    for (i, delivery) in deliveries.into_iter().enumerate() {
+        match delivery.await {
+            Ok(Ok(d)) => positions.push((d.partition, d.offset)),
+            Ok(Err((e, _))) => panic!("record {i} to {topic} not delivered: {e}"),
+            Err(_) => panic!("record {i} to {topic}: producer dropped"),
+        }
+    }
+    positions
+}
+
+// --- Reading ---------------------------------------------------------------------------------
 
 /// A record read back, owned.
 #[derive(Debug, Clone)]
@@ -95,11 +230,14 @@ pub async fn consume_all(topic: &str, expected_min: usize, idle: Duration) -> Ve
     blocking(move || {
         // librdkafka wants a group.id even for assign(); this one never joins or commits.
         let group = unique("kt-reader");
-        let consumer: BaseConsumer = client_config(&[
-            ("group.id", &group),
-            ("enable.auto.commit", "false"),
-            ("isolation.level", "read_committed"),
-        ])
+        let consumer: BaseConsumer = config_on(
+            &brokers(),
+            &[
+                ("group.id", &group),
+                ("enable.auto.commit", "false"),
+                ("isolation.level", "read_committed"),
+            ],
+        )
         .create()
         .expect("consumer");
         let mut tpl = TopicPartitionList::new();
@@ -147,24 +285,34 @@ pub async fn consume_all(topic: &str, expected_min: usize, idle: Duration) -> Ve
     .await
 }
 
-/// Records in `topic` now: the sum over partitions of high - low watermark.
-pub async fn topic_count(topic: &str) -> i64 {
-    let topic = topic.to_string();
+// --- Counting --------------------------------------------------------------------------------
+
+/// Records in `topic` on `bootstrap` now: the sum of high - low watermarks over the partitions
+/// that answer.
+pub async fn topic_count_on(bootstrap: &str, topic: &str) -> i64 {
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
     blocking(move || {
-        let consumer = reader();
-        watermarks(&consumer, &topic)
-            .values()
+        let consumer = reader_on(&bootstrap);
+        partitions_of(&consumer, &topic)
+            .into_iter()
+            .filter_map(|p| consumer.fetch_watermarks(&topic, p, REQUEST).ok())
             .map(|(low, high)| high - low)
             .sum()
     })
     .await
 }
 
-/// Waits (up to [`CAP`]) until `topic` holds at least `min` records; returns how many it held.
+/// [`wait_for_records_on`] the shared broker.
 pub async fn wait_for_records(topic: &str, min: i64) -> i64 {
+    wait_for_records_on(&brokers(), topic, min).await
+}
+
+/// Waits (up to [`CAP`]) until `topic` on `bootstrap` holds at least `min` records; returns
+/// how many it held.
+pub async fn wait_for_records_on(bootstrap: &str, topic: &str, min: i64) -> i64 {
     let started = Instant::now();
     loop {
-        let count = topic_count(topic).await;
+        let count = topic_count_on(bootstrap, topic).await;
         if count >= min {
             return count;
         }
@@ -176,49 +324,140 @@ pub async fn wait_for_records(topic: &str, min: i64) -> i64 {
     }
 }
 
-/// Records of `topic` not yet committed by `group`: the sum over partitions of the high
-/// watermark minus the committed offset (minus the low watermark when nothing is committed).
-pub async fn group_lag(group: &str, topic: &str) -> i64 {
-    let (marks, committed) = tokio::join!(
-        {
-            let topic = topic.to_string();
-            blocking(move || watermarks(&reader(), &topic))
-        },
-        committed(group, topic)
-    );
-    marks
-        .iter()
-        .map(|(p, (low, high))| high - committed.get(p).copied().flatten().unwrap_or(*low))
-        .sum()
-}
+// --- Group offsets and lag -------------------------------------------------------------------
 
-/// The offsets `group` has committed for each partition of `topic` (None: nothing committed).
+/// The offsets `group` has committed on the shared broker for each partition of `topic` (None:
+/// nothing committed).
 pub async fn committed(group: &str, topic: &str) -> HashMap<i32, Option<i64>> {
     let (group, topic) = (group.to_string(), topic.to_string());
     blocking(move || {
         // Only reads the group's offsets: it never subscribes, so it never joins the group.
-        let consumer: BaseConsumer =
-            client_config(&[("group.id", &group), ("enable.auto.commit", "false")])
-                .create()
-                .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        for p in partitions_of(&consumer, &topic) {
-            tpl.add_partition(&topic, p);
+        let consumer: BaseConsumer = config_on(
+            &brokers(),
+            &[("group.id", &group), ("enable.auto.commit", "false")],
+        )
+        .create()
+        .expect("consumer");
+        let partitions = partitions_of(&consumer, &topic);
+        committed_by(&consumer, &topic, &partitions).expect("committed offsets")
+    })
+    .await
+}
+
+/// The offsets committed for `partitions` of `topic` by the group of `consumer` (its
+/// `group.id`; None: nothing committed). Blocking.
+fn committed_by(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> KafkaResult<HashMap<i32, Option<i64>>> {
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    Ok(consumer
+        .committed_offsets(tpl, REQUEST)?
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => (e.partition(), Some(o)),
+            _ => (e.partition(), None),
+        })
+        .collect())
+}
+
+/// Per partition of `topic`: (low, high) watermarks and `group`'s committed offset; `None`
+/// if any of it cannot be read now (a leader or the group coordinator down, a broker too busy
+/// to answer in time).
+async fn offsets_on(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+) -> Option<HashMap<i32, ((i64, i64), Option<i64>)>> {
+    let (bootstrap, group, topic) = (bootstrap.to_string(), group.to_string(), topic.to_string());
+    blocking(move || {
+        let consumer: BaseConsumer = config_on(
+            &bootstrap,
+            &[
+                ("group.id", &group),
+                ("enable.auto.commit", "false"),
+                // A read_committed consumer (librdkafka's default) asks for stable offsets only
+                // (KIP-447), and its request is refused while an exactly-once group has a
+                // transaction open, which is most of the time: read the last committed ones.
+                ("isolation.level", "read_uncommitted"),
+            ],
+        )
+        .create()
+        .expect("consumer");
+        let partitions = partitions_of(&consumer, &topic);
+        if partitions.is_empty() {
+            return None;
         }
-        let committed = consumer
-            .committed_offsets(tpl, REQUEST)
-            .expect("committed offsets");
-        committed
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => (e.partition(), Some(o)),
-                _ => (e.partition(), None),
+        let committed = committed_by(&consumer, &topic, &partitions).ok()?;
+        partitions
+            .into_iter()
+            .map(|p| {
+                let marks = consumer.fetch_watermarks(&topic, p, REQUEST).ok()?;
+                Some((p, (marks, committed.get(&p).copied().flatten())))
             })
             .collect()
     })
     .await
 }
+
+/// Records of `topic` not yet committed by `group`, per partition: the high watermark minus
+/// the committed offset (minus the low watermark when nothing is committed); `None` while the
+/// offsets cannot be read (see `offsets_on`).
+pub async fn partition_lag_on(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+) -> Option<HashMap<i32, i64>> {
+    let offsets = offsets_on(bootstrap, group, topic).await?;
+    Some(
+        offsets
+            .into_iter()
+            .map(|(p, ((low, high), committed))| (p, high - committed.unwrap_or(low)))
+            .collect(),
+    )
+}
+
+/// Records of `topic` not yet committed by `group`; `None` while that cannot be read.
+pub async fn lag_on(bootstrap: &str, group: &str, topic: &str) -> Option<i64> {
+    partition_lag_on(bootstrap, group, topic)
+        .await
+        .map(|lag| lag.values().sum())
+}
+
+/// [`partition_lag_on`], retried until it can be read (up to [`CAP`]).
+pub async fn settled_partition_lag(bootstrap: &str, group: &str, topic: &str) -> HashMap<i32, i64> {
+    let started = Instant::now();
+    loop {
+        if let Some(lag) = partition_lag_on(bootstrap, group, topic).await {
+            return lag;
+        }
+        assert!(
+            started.elapsed() < CAP,
+            "the lag of {group} on {topic} could not be read within {CAP:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// [`lag_on`], retried until it can be read (up to [`CAP`]).
+pub async fn settled_lag(bootstrap: &str, group: &str, topic: &str) -> i64 {
+    settled_partition_lag(bootstrap, group, topic)
+        .await
+        .values()
+        .sum()
+}
+
+/// [`settled_lag`] on the shared broker.
+pub async fn group_lag(group: &str, topic: &str) -> i64 {
+    settled_lag(&brokers(), group, topic).await
+}
+
+// --- Group state -----------------------------------------------------------------------------
 
 /// A plain group member that subscribes to `topic` and never commits: it makes the group
 /// rebalance when it joins. Its heartbeat interval sets how long it takes to notice the next
@@ -231,12 +470,15 @@ pub struct IdleMember {
 impl IdleMember {
     pub fn join(group: &str, topic: &str, heartbeat: Duration) -> Self {
         let heartbeat = heartbeat.as_millis().to_string();
-        let consumer: BaseConsumer = client_config(&[
-            ("group.id", group),
-            ("enable.auto.commit", "false"),
-            ("partition.assignment.strategy", "cooperative-sticky"),
-            ("heartbeat.interval.ms", &heartbeat),
-        ])
+        let consumer: BaseConsumer = config_on(
+            &brokers(),
+            &[
+                ("group.id", group),
+                ("enable.auto.commit", "false"),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+                ("heartbeat.interval.ms", &heartbeat),
+            ],
+        )
         .create()
         .expect("consumer");
         consumer.subscribe(&[topic]).expect("subscribe");
@@ -275,7 +517,7 @@ pub struct GroupState {
 pub async fn describe_group(group: &str) -> GroupState {
     let group = group.to_string();
     blocking(move || {
-        let list = reader()
+        let list = reader_on(&brokers())
             .fetch_group_list(Some(&group), REQUEST)
             .expect("describe group");
         let Some(info) = list.groups().iter().find(|g| g.name() == group) else {
@@ -314,35 +556,4 @@ fn partition_count(assignment: &[u8]) -> usize {
         Some(total)
     };
     count().unwrap_or(0)
-}
-
-/// A consumer for metadata and watermarks only.
-fn reader() -> BaseConsumer {
-    client_config(&[]).create().expect("consumer")
-}
-
-fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
-    let Ok(metadata) = consumer.fetch_metadata(Some(topic), REQUEST) else {
-        return Vec::new();
-    };
-    metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect()
-}
-
-fn watermarks(consumer: &BaseConsumer, topic: &str) -> HashMap<i32, (i64, i64)> {
-    partitions_of(consumer, topic)
-        .into_iter()
-        .map(|p| {
-            (
-                p,
-                consumer
-                    .fetch_watermarks(topic, p, REQUEST)
-                    .expect("watermarks"),
-            )
-        })
-        .collect()
 }

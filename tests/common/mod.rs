@@ -1,7 +1,8 @@
 //! Helpers shared by the integration tests: a real broker (env `KTRANSFORM_TEST_BROKERS`, default
 //! 127.0.0.1:9092, `make up`), unique topic and group names, test data ([`data`]), Kafka clients
-//! for setting up and checking ([`kafka`]), and ktransform run in-process or as the binary
-//! ([`run`]).
+//! for setting up and checking, on that broker or any other ([`kafka`]), and ktransform run
+//! in-process or as the binary ([`run`]). The fault suite's own brokers and tools are in
+//! [`nodes`] and [`faults`].
 //!
 //! Every wait has a hard cap so that a broken run fails with a message instead of hanging; no
 //! test asserts on how long anything took.
@@ -92,11 +93,21 @@ impl Names {
         }
     }
 
-    /// Creates source and destination with `partitions` partitions, the dead-letter topic with 2.
+    /// [`Names::create_on`] the shared broker, one replica.
     pub async fn create(&self, partitions: i32) {
-        create_topic(&self.source, partitions).await;
-        create_topic(&self.destination, partitions).await;
-        create_topic(&self.dlq, 2).await;
+        self.create_on(&brokers(), partitions, 1).await;
+    }
+
+    /// Creates source and destination with `partitions` partitions and the dead-letter topic
+    /// with 2, each with `replication` replicas, and waits until the metadata shows them led.
+    pub async fn create_on(&self, bootstrap: &str, partitions: i32, replication: i32) {
+        for (topic, count) in [
+            (&self.source, partitions),
+            (&self.destination, partitions),
+            (&self.dlq, 2),
+        ] {
+            create_topic_on(bootstrap, topic, count, replication, &[]).await;
+        }
     }
 
     /// `run` flags for these names, then `extra`.

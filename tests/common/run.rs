@@ -12,10 +12,9 @@ use tokio::task::JoinHandle;
 
 use super::{blocking, brokers, CAP};
 
-/// A `run` configuration as the binary would parse it, against the test broker.
-pub fn config(args: &[String]) -> RunConfig {
-    let brokers = brokers();
-    let argv = ["ktransform", "run", "--brokers", &brokers]
+/// A `run` configuration as the binary would parse it, against `bootstrap`.
+fn config(bootstrap: &str, args: &[String]) -> RunConfig {
+    let argv = ["ktransform", "run", "--brokers", bootstrap]
         .into_iter()
         .chain(args.iter().map(String::as_str));
     match Cli::try_parse_from(argv).expect("valid flags").command {
@@ -27,10 +26,15 @@ pub fn config(args: &[String]) -> RunConfig {
 /// An in-process run: its task, and its shutdown signal (sending on, or dropping, the sender).
 pub type Running = (JoinHandle<Result<Summary, Error>>, oneshot::Sender<()>);
 
-/// Starts `ktransform::run` on the current (multi-thread) runtime.
+/// [`run_in_process_on`] the shared broker.
 pub fn run_in_process(args: &[String]) -> Running {
+    run_in_process_on(&brokers(), args)
+}
+
+/// Starts `ktransform::run` against `bootstrap` on the current (multi-thread) runtime.
+pub fn run_in_process_on(bootstrap: &str, args: &[String]) -> Running {
     init_logs();
-    let config = config(args);
+    let config = config(bootstrap, args);
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(ktransform::run(config, async move {
         let _ = stopped.await;

@@ -6,13 +6,11 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::ClientConfig;
 
-use super::brokers;
+use super::{brokers, config_on, REQUEST};
 
 /// A record batch's place in its segment and the header fields the tests look at.
 #[derive(Debug, Clone, Copy)]
@@ -51,11 +49,9 @@ impl Batch {
 
 /// The broker's first log directory (`log.dirs`), which must be on this machine.
 pub async fn log_dir() -> PathBuf {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .expect("admin client");
-    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let admin: AdminClient<DefaultClientContext> =
+        config_on(&brokers(), &[]).create().expect("admin client");
+    let options = AdminOptions::new().request_timeout(Some(REQUEST));
     let config = admin
         .describe_configs([&ResourceSpecifier::Broker(1)], &options)
         .await

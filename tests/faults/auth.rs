@@ -12,7 +12,7 @@ use ktransform::error::exit;
 use crate::common::data::{self, Mix};
 use crate::common::faults::{self, assert_passed, audit_on, Figures};
 use crate::common::nodes::{self, Brokers};
-use crate::common::{Names, KEYS};
+use crate::common::{create_topic_on, produce_on, run_in_process_on, Names, KEYS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_and_denied_operations_are_fatal() {
@@ -26,10 +26,10 @@ async fn refused_credentials_and_denied_operations_are_fatal() {
     let secured = format!("127.0.0.1:{sasl_port}");
     let names = Names::new("auth");
     let n = 200;
-    faults::create_topic_on(&plain, &names.source, 2, 1, &[]).await;
-    faults::create_topic_on(&plain, &names.destination, 2, 1, &[]).await;
+    create_topic_on(&plain, &names.source, 2, 1, &[]).await;
+    create_topic_on(&plain, &names.destination, 2, 1, &[]).await;
     let records = data::generate(n, KEYS, Mix::Clean, data::seed());
-    faults::produce_on(&plain, &names.source, &records, None).await;
+    produce_on(&plain, &names.source, &records, None).await;
 
     for (case, password, cause) in [
         ("authentication", "wrong", "authentication failed"),
@@ -48,7 +48,7 @@ async fn refused_credentials_and_denied_operations_are_fatal() {
             "-X",
             &password,
         ];
-        let (handle, _shutdown) = faults::run_on(&secured, &names.args(&flags));
+        let (handle, _shutdown) = run_in_process_on(&secured, &names.args(&flags));
         let result = tokio::time::timeout(faults::EXIT_CAP, handle)
             .await
             .unwrap_or_else(|_| panic!("{scenario}: the run must stop by itself"))
@@ -74,7 +74,7 @@ async fn refused_credentials_and_denied_operations_are_fatal() {
     }
 
     // Nothing was committed or produced: the right credentials process every record once.
-    let (handle, _shutdown) = faults::run_on(&plain, &names.args(&["--until-end"]));
+    let (handle, _shutdown) = run_in_process_on(&plain, &names.args(&["--until-end"]));
     tokio::time::timeout(faults::EXIT_CAP, handle)
         .await
         .expect("the plain run must reach the end")

@@ -17,7 +17,10 @@ use rand::Rng;
 use crate::common::data::{self, Mix};
 use crate::common::faults::{self, assert_passed, audit_on, Figures};
 use crate::common::nodes::Brokers;
-use crate::common::{stop, Names, KEYS, THROTTLE};
+use crate::common::{
+    create_topic_on, produce_on, run_in_process_on, stop, wait_for_records_on, Names, KEYS,
+    THROTTLE,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_stream() {
@@ -28,18 +31,18 @@ async fn broker_restart_mid_stream() {
         .unwrap();
     let bootstrap = broker.bootstrap.clone();
     let names = Names::new("broker-restart");
-    faults::create_topics_on(&bootstrap, &names, 6, 1).await;
+    names.create_on(&bootstrap, 6, 1).await;
     let seed = data::seed();
     let records = data::generate(n, KEYS, Mix::Clean, seed);
-    faults::produce_on(&bootstrap, &names.source, &records, None).await;
+    produce_on(&bootstrap, &names.source, &records, None).await;
 
-    let (mut handle, shutdown) = faults::run_on(&bootstrap, &names.args(THROTTLE));
+    let (mut handle, shutdown) = run_in_process_on(&bootstrap, &names.args(THROTTLE));
     let broker = std::sync::Arc::new(broker);
     let mut outages = Vec::new();
     for round in 0..restarts {
         // Spread the outages over the first half of the stream.
         let at = (n * (round + 1) / (2 * restarts + 1)) as i64;
-        faults::wait_for_records_on(&bootstrap, &names.destination, at).await;
+        wait_for_records_on(&bootstrap, &names.destination, at).await;
         let (kill, outage) = if faults::chaos() {
             let secs = rand::thread_rng().gen_range(5..=20);
             (round % 2 == 0, Duration::from_secs(secs))
@@ -96,11 +99,11 @@ async fn missing_destination_without_auto_creation_is_fatal() {
     .unwrap();
     let bootstrap = broker.bootstrap.clone();
     let names = Names::new("missing-destination");
-    faults::create_topic_on(&bootstrap, &names.source, 2, 1, &[]).await;
+    create_topic_on(&bootstrap, &names.source, 2, 1, &[]).await;
     let records = data::generate(100, KEYS, Mix::Clean, data::seed());
-    faults::produce_on(&bootstrap, &names.source, &records, None).await;
+    produce_on(&bootstrap, &names.source, &records, None).await;
 
-    let (handle, _shutdown) = faults::run_on(&bootstrap, &names.args(&["--until-end"]));
+    let (handle, _shutdown) = run_in_process_on(&bootstrap, &names.args(&["--until-end"]));
     let result = tokio::time::timeout(faults::EXIT_CAP, handle)
         .await
         .expect("the run must stop by itself")

@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 use crate::common::data::{self, Mix};
 use crate::common::faults::{self, assert_passed, audit_on, Figures};
 use crate::common::nodes::Brokers;
-use crate::common::{stop, Names, CAP, KEYS, THROTTLE};
+use crate::common::{
+    lag_on, produce_on, run_in_process_on, settled_partition_lag, stop, wait_for_records_on, Names,
+    CAP, KEYS, THROTTLE,
+};
 
 const PARTITIONS: i32 = 6;
 
@@ -41,10 +44,10 @@ async fn leader_kill(cluster: &Arc<Brokers>, guarantee: &str) {
     let kills = faults::scaled("KTRANSFORM_FAULT_CLUSTER_KILLS", 1, 3);
     let bootstrap = cluster.bootstrap.as_str();
     let names = Names::new(&format!("cluster-{guarantee}"));
-    faults::create_topics_on(bootstrap, &names, PARTITIONS, 3).await;
+    names.create_on(bootstrap, PARTITIONS, 3).await;
     let seed = data::seed();
     let records = data::generate(n, KEYS, Mix::Clean, seed);
-    faults::produce_on(bootstrap, &names.source, &records, None).await;
+    produce_on(bootstrap, &names.source, &records, None).await;
 
     let transactional_id = format!("ktr-{}", names.group);
     let flags = [
@@ -54,13 +57,13 @@ async fn leader_kill(cluster: &Arc<Brokers>, guarantee: &str) {
         &transactional_id,
     ];
     let (mut handle, shutdown) =
-        faults::run_on(bootstrap, &names.args(&[THROTTLE, &flags].concat()));
+        run_in_process_on(bootstrap, &names.args(&[THROTTLE, &flags].concat()));
     let mut victims: Vec<(i32, i32)> = Vec::new();
     for round in 0..kills {
         // Spread the kills over the first half of the stream.
         let at = (n * (round + 1) / (2 * kills + 1)) as i64;
-        faults::wait_for_records_on(bootstrap, &names.destination, at).await;
-        let lag = faults::settled_partition_lag(bootstrap, &names.group, &names.source).await;
+        wait_for_records_on(bootstrap, &names.destination, at).await;
+        let lag = settled_partition_lag(bootstrap, &names.group, &names.source).await;
         let leaders = faults::settled_leaders(bootstrap, &names.source, PARTITIONS as usize).await;
         // The busiest partition's leader; over several kills, not the node killed last.
         let mut busiest: Vec<(i32, i64)> = lag.iter().map(|(&p, &l)| (p, l)).collect();
@@ -109,7 +112,7 @@ async fn leader_kill(cluster: &Arc<Brokers>, guarantee: &str) {
                     handle.await
                 );
             }
-            let now = faults::lag_on(bootstrap, &names.group, &names.source).await;
+            let now = lag_on(bootstrap, &names.group, &names.source).await;
             if now.is_some_and(|l| l == 0 || l < before - (n / (4 * kills)) as i64) {
                 break;
             }

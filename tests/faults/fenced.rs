@@ -10,8 +10,8 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientConfig;
 
 use crate::common::data::Mix;
-use crate::common::faults::{self, assert_passed, audit_on, wait_for_records_on, Figures};
-use crate::common::{brokers, prepare, Binary, THROTTLE};
+use crate::common::faults::{self, assert_passed, audit_on, Figures};
+use crate::common::{brokers, prepare, wait_for_records_on, Binary, THROTTLE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fenced_producer_stops_cleanly() {

@@ -9,7 +9,7 @@
 
 use crate::common::data::Mix;
 use crate::common::faults::{self, assert_passed, audit_on, Figures};
-use crate::common::{brokers, prepare, THROTTLE};
+use crate::common::{brokers, prepare, settled_lag, THROTTLE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_restarts_at_least_once() {
@@ -45,7 +45,7 @@ async fn kill_restarts(guarantee: &str) {
 
     let done = faults::kill_restart_drain(names, &args, kills, n).await;
 
-    let lag = faults::settled_lag(&brokers(), &names.group, &names.source).await;
+    let lag = settled_lag(&brokers(), &names.group, &names.source).await;
     let report = audit_on(&brokers(), names, guarantee).await;
     Figures::from_report(
         &format!("sigkill-restarts/{guarantee}"),

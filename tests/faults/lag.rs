@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::common::data::Mix;
-use crate::common::{brokers, prepare, run_binary};
+use crate::common::{brokers, config_on, prepare, run_binary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_reads_a_group_with_a_transaction_open() {
@@ -22,18 +22,15 @@ async fn lag_reads_a_group_with_a_transaction_open() {
     let names = &test.names;
     let (group, source) = (names.group.clone(), names.source.clone());
     let producer = tokio::task::spawn_blocking(move || {
-        let config = |extra: &[(&str, &str)]| {
-            let mut c = ClientConfig::new();
-            c.set("bootstrap.servers", brokers());
-            for (k, v) in extra {
-                c.set(*k, *v);
-            }
-            c
-        };
+        let bootstrap = brokers();
         // The group's metadata without joining it (generation -1: no generation check).
-        let member: BaseConsumer = config(&[("group.id", &group)]).create().unwrap();
+        let member: BaseConsumer = config_on(&bootstrap, &[("group.id", &group)])
+            .create()
+            .unwrap();
         let metadata = member.group_metadata().expect("group metadata");
-        let producer: BaseProducer = config(&[("transactional.id", &group)]).create().unwrap();
+        let producer: BaseProducer = config_on(&bootstrap, &[("transactional.id", &group)])
+            .create()
+            .unwrap();
         let timeout = Duration::from_secs(30);
         producer
             .init_transactions(timeout)

@@ -18,9 +18,11 @@
 use md5::Digest;
 
 use crate::common::data::{self, Expect, Mix};
-use crate::common::faults::{self, assert_passed, audit_on, create_topic_on, Figures};
-use crate::common::{brokers, consume_all, finish, prepare, produce, run_in_process, Names};
-use crate::common::{IDLE, KEYS, THROTTLE};
+use crate::common::faults::{self, assert_passed, audit_on, Figures};
+use crate::common::{
+    brokers, consume_all, create_topic_on, finish, prepare, produce, run_in_process, settled_lag,
+    Names, IDLE, KEYS, THROTTLE,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_mix_exactly_once_with_kills() {
@@ -43,7 +45,7 @@ async fn poison_mix_exactly_once_with_kills() {
     let args = names.args(&[THROTTLE, &flags].concat());
     let done = faults::kill_restart_drain(names, &args, kills, n).await;
 
-    let lag = faults::settled_lag(&brokers(), &names.group, &names.source).await;
+    let lag = settled_lag(&brokers(), &names.group, &names.source).await;
     let report = audit_on(&brokers(), names, "exactly-once").await;
     let expected_dead = test
         .records

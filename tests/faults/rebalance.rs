@@ -14,7 +14,7 @@ use rand::Rng;
 
 use crate::common::data::{self, Mix};
 use crate::common::faults::{self, assert_passed, audit_on, Figures};
-use crate::common::{brokers, run_in_process, stop, Names, Running, KEYS};
+use crate::common::{brokers, lag_on, produce_on, run_in_process, stop, Names, Running, KEYS};
 use ktransform::error::exit;
 
 const MAX_INSTANCES: usize = 4;
@@ -39,9 +39,9 @@ async fn storm(strategy: &str) {
     let records = data::generate(seconds * rate, KEYS, Mix::Clean, seed);
     let producer = {
         let source = names.source.clone();
-        tokio::spawn(async move {
-            faults::produce_on(&brokers(), &source, &records, Some(rate as f64)).await
-        })
+        tokio::spawn(
+            async move { produce_on(&brokers(), &source, &records, Some(rate as f64)).await },
+        )
     };
 
     let assignment = format!("consumer.partition.assignment.strategy={strategy}");
@@ -79,7 +79,7 @@ async fn storm(strategy: &str) {
 
     // The survivors catch up.
     let caught_up = Instant::now();
-    while faults::lag_on(&brokers(), &names.group, &names.source).await != Some(0) {
+    while lag_on(&brokers(), &names.group, &names.source).await != Some(0) {
         assert!(
             caught_up.elapsed() < faults::drain_cap(),
             "{scenario}: group lag not 0 within {:?} of the storm's end",
