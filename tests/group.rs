@@ -223,17 +223,15 @@ async fn until_end_through_joins_and_leaves(guarantee: &str) {
     }
     drop(joiner);
     // Under exactly-once, a transaction commit that races a rebalance is refused with
-    // ILLEGAL_GENERATION and the instance stops (exit 1, nothing committed past it; issue 16):
-    // restart it as a supervisor would. The audit below still allows no duplicate.
+    // ILLEGAL_GENERATION, the transaction is aborted and the instance stops (exit 1, nothing
+    // committed past it; issue 16). The stop is reported as the failed commit, or as a worker
+    // whose in-flight records the abort purged: restart it as a supervisor would. The audit
+    // below still allows no duplicate.
     let mut restarts = 0;
     let summary = loop {
         match common::finish(handle).await {
             Ok(summary) => break summary,
-            Err(e)
-                if guarantee == "exactly-once"
-                    && e.to_string().contains("generation id is not valid")
-                    && restarts < 5 =>
-            {
+            Err(e) if guarantee == "exactly-once" && aborted_by_the_race(&e) && restarts < 5 => {
                 restarts += 1;
                 (handle, _stop) = run_in_process(&names.args(&flags));
             }
@@ -284,6 +282,21 @@ async fn until_end_through_joins_and_leaves(guarantee: &str) {
     // Exactly-once commits the offset after the last record; the transaction markers of the
     // source (none here: it was written without transactions) would not count.
     assert_eq!(end, expected, "committed offsets at the end");
+}
+
+/// Whether an exactly-once run stopped because its transaction was aborted by a commit that
+/// raced a rebalance (issue 16): the commit's ILLEGAL_GENERATION, or a delivery the abort purged.
+fn aborted_by_the_race(error: &Error) -> bool {
+    use ktransform::partition::WorkerError;
+    use rdkafka::error::RDKafkaErrorCode::{PurgeQueue, State};
+    match error {
+        Error::Transaction(e) => e.to_string().contains("generation id is not valid"),
+        Error::Worker {
+            error: WorkerError::Delivery { source, .. },
+            ..
+        } => matches!(source.rdkafka_error_code(), Some(PurgeQueue | State)),
+        _ => false,
+    }
 }
 
 /// The group's committed offsets, sampled every 100 ms until stopped; every step back is kept.
