@@ -9,7 +9,8 @@
 //!
 //! # Layout
 //! The top-level modules import each other without a cycle (`tests/layers.rs` reads every
-//! `crate::` path under `src/`, comments aside, and fails on a cycle), bottom to top:
+//! `crate::` path under `src/`, comments aside, and fails on a cycle; it also fails when a
+//! module of `run` other than [`config`] sets a librdkafka property), bottom to top:
 //!
 //! 1. Ground, importing no other module: [`config`], [`transform`], [`fetch`], [`member`],
 //!    [`metrics`], [`logging`], [`committer`].
