@@ -1,6 +1,6 @@
 //! What the pipeline asks of the group member, without its rebalance machinery: store a
 //! partition's next offset, read a partition's offsets, the group's metadata for a
-//! transaction, a synchronous commit. Partition workers, the offsets and the transaction hold
+//! transaction, a synchronous commit, a seek (the rewind after an aborted transaction). Partition workers, the offsets and the transaction hold
 //! the consumer as `dyn Member`, so they do not depend on the consumer's context type, and
 //! [`crate::consumer`], which starts them, stays above them in the module graph.
 
@@ -10,7 +10,7 @@ use rdkafka::consumer::{
     CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, StreamConsumer,
 };
 use rdkafka::error::KafkaResult;
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 
 pub trait Member: Send + Sync {
     /// Stores `offset + 1` as the partition's next offset to commit.
@@ -38,6 +38,9 @@ pub trait Member: Send + Sync {
 
     /// Commits `offsets` (each the next offset to consume) and waits for the answer.
     fn commit_sync(&self, offsets: &TopicPartitionList) -> KafkaResult<()>;
+
+    /// Moves the partition's fetch position to `offset`; records fetched before are discarded.
+    fn seek(&self, topic: &str, partition: i32, offset: i64, timeout: Duration) -> KafkaResult<()>;
 }
 
 impl<C: ConsumerContext + 'static> Member for StreamConsumer<C> {
@@ -75,5 +78,9 @@ impl<C: ConsumerContext + 'static> Member for StreamConsumer<C> {
 
     fn commit_sync(&self, offsets: &TopicPartitionList) -> KafkaResult<()> {
         Consumer::commit(self, offsets, CommitMode::Sync)
+    }
+
+    fn seek(&self, topic: &str, partition: i32, offset: i64, timeout: Duration) -> KafkaResult<()> {
+        Consumer::seek(self, topic, partition, Offset::Offset(offset), timeout)
     }
 }

@@ -49,6 +49,7 @@ pub struct Stats {
     commits: Family<ResultLabels, Counter>,
     transactions: Family<ResultLabels, Counter>,
     replayed: Counter,
+    rewinds: Counter,
     batch_seconds: Histogram,
     /// When a broker was last seen up (ms since `started`), for `/healthz`.
     broker_seen_ms: AtomicU64,
@@ -71,6 +72,7 @@ struct Totals {
     assigned: AtomicI64,
     txn_commits: AtomicU64,
     txn_aborts: AtomicU64,
+    txn_rewinds: AtomicU64,
 }
 
 /// A copy of the run totals at one moment.
@@ -93,6 +95,8 @@ pub struct Snapshot {
     pub assigned_partitions: i64,
     pub transactions_committed: u64,
     pub transactions_aborted: u64,
+    /// Partitions rewound to their committed offset after an aborted transaction.
+    pub transaction_rewinds: u64,
 }
 
 /// Handles of one partition's series, resolved once when its worker starts.
@@ -121,6 +125,7 @@ impl Stats {
             commits: Family::default(),
             transactions: Family::default(),
             replayed: Counter::default(),
+            rewinds: Counter::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             broker_seen_ms: AtomicU64::new(0),
             started: Instant::now(),
@@ -186,6 +191,11 @@ impl Stats {
             "records_replayed",
             "Records left uncommitted by a drain deadline: consumed again",
             self.replayed.clone(),
+        );
+        r.register(
+            "partition_rewinds",
+            "Exactly-once: partitions rewound to their committed offset after an aborted transaction",
+            self.rewinds.clone(),
         );
         r.register(
             "batch_duration_seconds",
@@ -340,6 +350,7 @@ impl Stats {
             assigned_partitions: t.assigned.load(Relaxed),
             transactions_committed: t.txn_commits.load(Relaxed),
             transactions_aborted: t.txn_aborts.load(Relaxed),
+            transaction_rewinds: t.txn_rewinds.load(Relaxed),
         }
     }
 }
@@ -390,6 +401,12 @@ impl PartitionStats {
     /// A record batch that cannot be decoded stops the partition.
     pub fn batch_undecodable(&self) {
         self.stats.error(&self.topic, "undecodable");
+    }
+
+    /// Exactly-once: the partition went back to its committed offset after an abort.
+    pub fn rewound_after_abort(&self) {
+        self.stats.totals.txn_rewinds.fetch_add(1, Relaxed);
+        self.stats.rewinds.inc();
     }
 
     /// Records handed out again below what the worker had read: dropped, not produced twice.

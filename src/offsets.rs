@@ -7,7 +7,9 @@
 //! - Exactly-once ([`Offsets::Transactional`]): nothing is stored in the consumer (its
 //!   auto-commit is off). A batch is sent inside the open transaction and its next offset goes
 //!   into it, committed together with the outputs; revocation and stop commit the transaction,
-//!   or abort it when a partition could not finish its batch.
+//!   or abort it when a partition could not finish its batch. After an abort (that one, or a
+//!   commit the group refused) every worker that sent into the aborted transaction rewinds its
+//!   partition to the committed offset ([`Offsets::aborts`]).
 //!
 //! The partition worker, the revocation path and the stop sequence call the same methods.
 
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaResult;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{mpsc, RwLockReadGuard};
+use tokio::sync::{mpsc, watch, RwLockReadGuard};
 use tokio::task::JoinHandle;
 
 use crate::committer::Committer;
@@ -81,6 +83,15 @@ impl Offsets {
         }
     }
 
+    /// Exactly-once: the count of aborted transactions, which changes after each abort. None
+    /// under at-least-once, where nothing sent is ever taken back.
+    pub fn aborts(&self) -> Option<watch::Receiver<u64>> {
+        match self {
+            Offsets::Stored { .. } => None,
+            Offsets::Transactional(t) => Some(t.aborts()),
+        }
+    }
+
     /// A batch of `records` up to before `next` was sent (with the guard of [`Offsets::enter`]).
     pub fn sent(&self, partition: i32, next: i64, records: usize) {
         if let Offsets::Transactional(t) = self {
@@ -106,7 +117,8 @@ impl Offsets {
     /// Commits what drained partitions acknowledged, before `deadline` (blocking): `drained`
     /// holds each partition's next offset, if it acknowledged any record. `clean` is false when
     /// a partition was abandoned or failed: under exactly-once its batch may be half sent with
-    /// its offsets unrecorded, so the transaction is aborted instead (`Err(Abandoned)`). Under
+    /// its offsets unrecorded, so the transaction is aborted instead (and the partitions still
+    /// owned rewind). Under
     /// at-least-once, without a consumer (it is closing) librdkafka commits the stored offsets
     /// itself.
     pub fn commit_drained(

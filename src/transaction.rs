@@ -14,9 +14,16 @@
 //!   `transaction.timeout.ms`.
 //! - Commits happen every `--transaction-interval`, when `--transaction-records` records are in
 //!   the open transaction, on revocation (before the partitions are released) and at shutdown.
-//! - A failed commit aborts the transaction and stops the process ([`TxnError`]): the aborted
-//!   outputs are invisible to `read_committed` readers and the restart resumes from the last
-//!   committed offsets.
+//! - A commit the brokers refuse aborts the transaction, and the process goes on: the aborted
+//!   outputs are invisible to `read_committed` readers, and every partition worker that sent
+//!   into it rewinds its partition to the group's committed offset and sends those records
+//!   again in the next transaction (see [`Transactions::aborts`]). That is what a rebalance
+//!   does to a commit in flight: the offsets are refused because the group moved on
+//!   (`ILLEGAL_GENERATION`, `REBALANCE_IN_PROGRESS`, `UNKNOWN_MEMBER_ID`, and under KIP-848
+//!   `STALE_MEMBER_EPOCH`; librdkafka makes them all abortable), and the group metadata of the
+//!   next commit is read afresh. Only a fatal error stops the process ([`TxnError::Fatal`]): a
+//!   producer fenced by another live one with the same transactional id, or an abort that
+//!   fails itself.
 //! - Every commit and abort runs on its own thread under a watchdog ([`TXN_WATCHDOG`]).
 //!   librdkafka's `send_offsets_to_transaction` can block past its timeout when the group
 //!   coordinator's broker disappears (librdkafka issues #5456 and #5511, open in 2.12): rather
@@ -29,10 +36,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{mpsc, Notify, RwLock, RwLockReadGuard};
+use tokio::sync::{mpsc, watch, Notify, RwLock, RwLockReadGuard};
 
 use crate::committer::Committer;
 use crate::member::Member;
@@ -51,12 +58,10 @@ pub const TXN_WATCHDOG: Duration = Duration::from_secs(3 * 30 + 15);
 pub enum TxnError {
     #[error("initialising transactions failed: {0}")]
     Init(KafkaError),
-    #[error("transaction commit failed and was aborted ({0}); the outputs since the last commit are discarded and will be produced again after a restart")]
-    Aborted(KafkaError),
-    #[error("transaction commit failed and could not be aborted: {0}")]
+    #[error("the transactional producer failed fatally ({0}); the open transaction's outputs are discarded and a restart resumes from the committed offsets")]
     Fatal(KafkaError),
-    #[error("the open transaction was aborted (a partition could not finish its batch, or a commit failed); the process stops so that a restart resumes from the committed offsets")]
-    Abandoned,
+    #[error("an earlier transactional call failed fatally; nothing more can be committed")]
+    Broken,
     #[error("the consumer is gone; cannot read its group metadata")]
     NoConsumer,
     #[error("a transaction call panicked")]
@@ -77,8 +82,11 @@ pub struct Transactions {
     positions: Mutex<HashMap<i32, i64>>,
     records: AtomicUsize,
     max_records: usize,
-    /// Set once a transaction is aborted: every later commit fails, so the process stops.
+    /// Set once a transactional call failed fatally: every later commit fails, so the process
+    /// stops.
     broken: AtomicBool,
+    /// How many transactions were aborted: partition workers watch it to rewind.
+    aborts: watch::Sender<u64>,
     /// Set once a commit or abort outlived [`TXN_WATCHDOG`]: its thread still holds the gate.
     stuck: AtomicBool,
     full: Notify,
@@ -103,6 +111,7 @@ impl Transactions {
             records: AtomicUsize::new(0),
             max_records,
             broken: AtomicBool::new(false),
+            aborts: watch::Sender::new(0),
             stuck: AtomicBool::new(false),
             full: Notify::new(),
             committer: Committer::start()?,
@@ -168,7 +177,8 @@ impl Transactions {
     }
 
     /// Aborts the open transaction (its outputs are never visible to read_committed readers) and
-    /// reports why the process must stop. From a plain thread, like `commit_blocking`.
+    /// opens the next; the workers rewind ([`Transactions::aborts`]). From a plain thread, like
+    /// `commit_blocking`.
     pub fn abort_blocking(self: &Arc<Self>) -> Result<(), TxnError> {
         self.watched("abort", |this| this.abort_locked())
     }
@@ -212,26 +222,45 @@ impl Transactions {
     }
 
     fn abort_locked(&self) -> Result<(), TxnError> {
-        self.broken.store(true, Relaxed);
+        if self.broken.load(Relaxed) {
+            return Err(TxnError::Broken);
+        }
         self.positions.lock().unwrap().clear();
         let records = self.records.swap(0, Relaxed);
-        self.stats.transaction_aborted();
         tracing::warn!(
             records,
-            "transaction aborted; its records will be consumed again after a restart"
+            "aborting the open transaction; its partitions are rewound to their committed offsets"
         );
-        self.sink
-            .producer()
+        self.abort_and_reopen()
+    }
+
+    /// Aborts the open transaction, opens the next and tells the workers (gate held by caller).
+    /// An abort that fails is fatal: the producer's state is unknown.
+    fn abort_and_reopen(&self) -> Result<(), TxnError> {
+        self.stats.transaction_aborted();
+        let producer = self.sink.producer();
+        let reopened = producer
             .abort_transaction(TXN_CALL_TIMEOUT)
-            .map_err(TxnError::Fatal)?;
-        Err(TxnError::Abandoned)
+            .and_then(|()| producer.begin_transaction());
+        if let Err(error) = reopened {
+            self.broken.store(true, Relaxed);
+            return Err(TxnError::Fatal(error));
+        }
+        // Under the exclusive gate: no worker sends before it sees the new count.
+        self.aborts.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// How many transactions were aborted so far; changes after each abort. A worker that sent
+    /// into the open transaction rewinds when it changes: what it sent is discarded.
+    pub fn aborts(&self) -> watch::Receiver<u64> {
+        self.aborts.subscribe()
     }
 
     /// Commits the open transaction with its offsets and opens the next. Gate held by caller.
     fn commit_locked(&self) -> Result<(), TxnError> {
         if self.broken.load(Relaxed) {
-            // After an abort there is no open transaction and no offset to trust: stop.
-            return Err(TxnError::Abandoned);
+            return Err(TxnError::Broken);
         }
         let positions: Vec<(i32, i64)> = {
             let mut positions = self.positions.lock().unwrap();
@@ -262,17 +291,32 @@ impl Transactions {
             .and_then(|()| self.sink.flush(TXN_CALL_TIMEOUT))
             .and_then(|()| producer.commit_transaction(TXN_CALL_TIMEOUT));
         if let Err(error) = result {
-            self.broken.store(true, Relaxed);
-            self.stats.transaction_aborted();
-            tracing::error!(%error, records, "transaction commit failed; aborting");
-            return match producer.abort_transaction(TXN_CALL_TIMEOUT) {
-                Ok(()) => Err(TxnError::Aborted(error)),
-                Err(abort) => Err(TxnError::Fatal(abort)),
-            };
+            if is_fatal(&error) {
+                self.broken.store(true, Relaxed);
+                self.stats.transaction_aborted();
+                tracing::error!(%error, records, "transaction commit failed fatally");
+                return Err(TxnError::Fatal(error));
+            }
+            // Mostly a rebalance: the group moved on while the offsets were on their way.
+            tracing::warn!(%error, records, "transaction commit refused; aborting it, its partitions are rewound to their committed offsets");
+            return self.abort_and_reopen();
         }
         tracing::debug!(?positions, records, "transaction committed");
         self.stats.transaction_committed(records);
         producer.begin_transaction().map_err(TxnError::Fatal)
+    }
+}
+
+/// Whether a transactional call's error leaves the producer unusable: fenced by another producer
+/// with the same transactional id, or librdkafka's other fatal errors. Every other error only
+/// requires an abort.
+fn is_fatal(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::Transaction(e) => e.is_fatal(),
+        _ => matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::ProducerFenced)
+        ),
     }
 }
 

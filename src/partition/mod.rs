@@ -23,6 +23,12 @@
 //!   partition was rewound under it, e.g. by an `auto.offset.reset` after an out-of-range
 //!   fetch) is not produced twice: it is dropped, counted and logged as an error. So the offsets
 //!   a worker stores only ever move forward.
+//! - Exactly-once: when a transaction is aborted (a commit the group refused during a
+//!   rebalance, mostly), what the worker sent into it is discarded: it forgets its batches in
+//!   flight, seeks its partition back to the group's committed offset and sends those records
+//!   again in the next transaction. Deliveries that the abort purged (`PurgeQueue`,
+//!   `PurgeInflight`, or a send refused in the aborting transaction's `State`) are the abort's
+//!   casualties, not failures: the worker waits for the abort and rewinds.
 //! - `--until-end`: the end is the high watermark when the worker starts (the last stable
 //!   offset under `read_committed`), not librdkafka's end-of-partition event (see
 //!   [`crate::fetch`]); it is reached once everything read is acknowledged and either the
@@ -35,9 +41,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rayon::prelude::*;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::ack::Acks;
 use crate::dead_letter::{Router, Sent};
@@ -131,23 +137,33 @@ impl PartitionWorker {
     }
 
     async fn consume(&self, work: &mut Work) -> Result<(), WorkerError> {
+        let mut aborts = self.shared.offsets.aborts();
+        if let Some(aborts) = &mut aborts {
+            work.aborts_seen = *aborts.borrow_and_update();
+        }
         loop {
+            if let Some(count) = aborts.as_mut().map(|a| *a.borrow_and_update()) {
+                if count != work.aborts_seen && !self.rewind(work, count).await {
+                    break;
+                }
+            }
             self.settle(work, None)?;
             self.check_end(work);
             if self.state.draining() || work.failed.is_some() {
                 break;
             }
-            let room =
-                work.tracker.in_flight() + self.shared.batch_size <= self.shared.max_in_flight;
+            let room = !work.abort_pending
+                && work.tracker.in_flight() + self.shared.batch_size <= self.shared.max_in_flight;
             tokio::select! {
                 biased;
                 _ = self.state.drain_requested() => {}
+                _ = aborted(&mut aborts) => {}
                 ack = work.tracker.front(), if !work.tracker.is_idle() => {
                     self.settle(work, Some(ack))?;
                 }
                 received = tokio::time::timeout(RECV_WAKE, self.queue.next_batch(self.shared.batch_size)), if room => {
                     if let Ok(batch) = received {
-                        self.process_batch(batch, work).await?;
+                        self.process_batch(batch, work, aborts.as_ref()).await?;
                     }
                 }
             }
@@ -160,12 +176,88 @@ impl PartitionWorker {
         work.failed.take().map_or(Ok(()), Err)
     }
 
+    /// Exactly-once, after an abort (the `count`th): forgets what was sent into the aborted
+    /// transaction and seeks the partition back to the group's committed offset, so those
+    /// records go into the next transaction. False if told to drain before it could.
+    async fn rewind(&self, work: &mut Work, count: u64) -> bool {
+        // The abort has returned, so every delivery report of its transaction is in.
+        let discarded = work.tracker.in_flight();
+        work.tracker.abandon_in_flight();
+        work.abort_pending = false;
+        work.aborts_seen = count;
+        self.state.set_in_flight(0);
+        if work.at_end {
+            work.at_end = false;
+            self.state.leave_end();
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let consumer = self.consumer.clone();
+            let (topic, partition) = (self.topic.clone(), self.partition);
+            let (first_read, read_next) = (work.tracker.first_read(), work.tracker.read_next());
+            let rewound = tokio::task::spawn_blocking(move || {
+                let timeout = Duration::from_secs(10);
+                let committed = consumer.committed_offset(&topic, partition, timeout)?;
+                match committed.or(first_read) {
+                    Some(to) if read_next.is_some_and(|next| next > to) => {
+                        consumer.seek(&topic, partition, to, timeout)?;
+                        Ok::<_, KafkaError>(Some(to))
+                    }
+                    _ => Ok(None),
+                }
+            })
+            .await;
+            match rewound {
+                Ok(Ok(to)) => {
+                    if let Some(to) = to {
+                        work.tracker.rewind(to);
+                    }
+                    self.stats.rewound_after_abort();
+                    tracing::info!(
+                        topic = %self.topic,
+                        partition = self.partition,
+                        to,
+                        discarded,
+                        "transaction aborted; partition rewound to its committed offset"
+                    );
+                    return true;
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(partition = self.partition, %error, "cannot rewind the partition yet; retrying");
+                }
+                Err(error) => {
+                    tracing::warn!(partition = self.partition, %error, "rewind task failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = self.state.drain_requested() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Whether a delivery error is a casualty of an abort under way (exactly-once): librdkafka
+    /// purges what is queued when the transaction fails, and refuses sends until it is aborted.
+    fn abort_casualty(&self, error: &KafkaError) -> bool {
+        self.shared.offsets.aborts().is_some()
+            && matches!(
+                error.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::PurgeQueue
+                        | RDKafkaErrorCode::PurgeInflight
+                        | RDKafkaErrorCode::State
+                )
+            )
+    }
+
     /// Transforms and sends a batch read from the queue (up to `batch_size` records that were
     /// already there), after [`PartitionWorker::screen`] took out what must not be sent.
     async fn process_batch(
         &self,
         mut batch: Vec<Record<'_>>,
         work: &mut Work,
+        aborts: Option<&watch::Receiver<u64>>,
     ) -> Result<(), WorkerError> {
         let started = std::time::Instant::now();
         let bytes = self.screen(&mut batch, work);
@@ -174,14 +266,28 @@ impl PartitionWorker {
         }
         self.stats.records_consumed(batch.len());
         let last = batch.last().expect("a batch has a first record").offset();
-        work.tracker.read(last + 1);
+        work.tracker.read(batch[0].offset(), last + 1);
         let guard = self.shared.offsets.enter().await;
+        if aborts.is_some_and(|a| *a.borrow() != work.aborts_seen) {
+            // Read under the aborted transaction: dropped; the rewind reads it again.
+            return Ok(());
+        }
         let mut sent = Batch::open(batch[0].offset(), last + 1);
-        if bytes >= self.shared.parallel_min_bytes && batch.len() > 1 && can_block_in_place() {
-            self.send_hashed_on_pool(&mut batch, &mut sent).await?;
-        } else {
-            self.send_hashed_inline(&mut batch, &mut sent, &mut work.buf)
-                .await?;
+        let result =
+            if bytes >= self.shared.parallel_min_bytes && batch.len() > 1 && can_block_in_place() {
+                self.send_hashed_on_pool(&mut batch, &mut sent).await
+            } else {
+                self.send_hashed_inline(&mut batch, &mut sent, &mut work.buf)
+                    .await
+            };
+        match result {
+            Err(WorkerError::Delivery { source, .. }) if self.abort_casualty(&source) => {
+                // The transaction is failing: nothing more is sent until it is aborted.
+                work.abort_pending = true;
+                work.tracker.abandon_in_flight();
+                return Ok(());
+            }
+            result => result?,
         }
         sent.acks.sealed();
         work.tracker.sent(sent);
@@ -342,6 +448,13 @@ impl PartitionWorker {
         }
         match failed {
             None => Ok(()),
+            Some((_, source)) if self.abort_casualty(&source) => {
+                // Purged by a failing transaction: wait for its abort, then rewind.
+                work.abort_pending = true;
+                work.tracker.abandon_in_flight();
+                self.state.set_in_flight(0);
+                Ok(())
+            }
             Some((offset, source)) => {
                 self.stats.delivery_failed();
                 Err(WorkerError::Delivery { offset, source })
@@ -407,9 +520,24 @@ struct Work {
     failed: Option<WorkerError>,
     /// `--until-end`: the end offset at assignment (0: nothing to do).
     end_target: Option<i64>,
+    /// Exactly-once: the count of aborted transactions this worker has rewound for.
+    aborts_seen: u64,
+    /// Exactly-once: a delivery was purged by a failing transaction; read nothing until it is
+    /// aborted.
+    abort_pending: bool,
     at_end: bool,
     /// Reused output buffer for the inline path.
     buf: Vec<u8>,
+}
+
+/// Resolves when another transaction was aborted (exactly-once); never under at-least-once.
+async fn aborted(aborts: &mut Option<watch::Receiver<u64>>) {
+    if let Some(aborts) = aborts {
+        if aborts.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 fn can_block_in_place() -> bool {

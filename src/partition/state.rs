@@ -133,6 +133,12 @@ impl PartitionState {
         self.status.lock().unwrap().at_end = true;
     }
 
+    /// The records that reached the end were taken back (an aborted transaction): not at the
+    /// end any more.
+    pub fn leave_end(&self) {
+        self.status.lock().unwrap().at_end = false;
+    }
+
     /// The worker ended (drained, or stopped on an error). Ignored once abandoned: the owner
     /// has already counted its records as replayable.
     pub fn finish(&self, exit: WorkerExit) {

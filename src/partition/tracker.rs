@@ -74,6 +74,8 @@ pub struct Tracker {
     next_offset: Option<i64>,
     /// The offset after the last record read from the queue.
     read_next: Option<i64>,
+    /// The offset of the first record read from the queue.
+    first_read: Option<i64>,
 }
 
 impl Tracker {
@@ -83,9 +85,35 @@ impl Tracker {
         self.read_next.is_some_and(|next| offset < next)
     }
 
-    /// Records up to before `next` were read from the queue.
-    pub fn read(&mut self, next: i64) {
+    /// Records from `first` to before `next` were read from the queue.
+    pub fn read(&mut self, first: i64, next: i64) {
+        self.first_read.get_or_insert(first);
         self.read_next = Some(next);
+    }
+
+    /// Where a rewind goes when the group has no committed offset for the partition: the first
+    /// record read (the partition started at `auto.offset.reset`). None if nothing was read.
+    pub fn first_read(&self) -> Option<i64> {
+        self.first_read
+    }
+
+    /// The offset after the last record read, if any was.
+    pub fn read_next(&self) -> Option<i64> {
+        self.read_next
+    }
+
+    /// Forgets every batch in flight (exactly-once: an abort discarded them).
+    pub fn abandon_in_flight(&mut self) {
+        self.pending.clear();
+        self.in_flight = 0;
+    }
+
+    /// Reads again from `offset`, after [`Tracker::abandon_in_flight`]: everything before it
+    /// counts as done (committed).
+    pub fn rewind(&mut self, offset: i64) {
+        self.abandon_in_flight();
+        self.next_offset = Some(offset);
+        self.read_next = Some(offset);
     }
 
     /// A sealed batch was handed to the producer.
@@ -256,8 +284,34 @@ mod tests {
     fn records_read_again_are_recognised() {
         let mut t = Tracker::default();
         assert!(!t.already_read(0));
-        t.read(50);
+        t.read(0, 50);
         assert!(t.already_read(0) && t.already_read(49));
         assert!(!t.already_read(50));
+    }
+
+    #[test]
+    fn a_rewind_forgets_what_is_in_flight_and_reads_again() {
+        let mut t = Tracker::default();
+        t.read(7, 10);
+        let a = sent(&mut t, 7, 3);
+        t.read(10, 20);
+        let _b = sent(&mut t, 10, 10);
+        ack_all(&a, 3);
+        t.settle(None);
+        assert_eq!(t.next_offset(), Some(10));
+        assert_eq!(t.read_next(), Some(20));
+        t.abandon_in_flight();
+        assert!(t.is_idle() && t.in_flight() == 0);
+        assert_eq!(t.next_offset(), Some(10), "what was settled stays settled");
+        t.rewind(8);
+        assert!(t.is_idle() && t.in_flight() == 0);
+        assert_eq!(t.next_offset(), Some(8));
+        assert!(
+            !t.already_read(8),
+            "records from the rewind's offset are read again"
+        );
+        assert!(t.already_read(7));
+        assert_eq!(t.read_next(), Some(8));
+        assert_eq!(t.first_read(), Some(7), "the first read stays");
     }
 }

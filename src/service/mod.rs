@@ -47,8 +47,16 @@ pub struct Summary {
 pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Result<Summary, Error> {
     config.validate()?;
     let started = Instant::now();
-    let mut pipeline = Pipeline::start(&config).await?;
-    let outcome = pipeline.run_until_stopped(&config, shutdown).await;
+    tokio::pin!(shutdown);
+    let mut pipeline = tokio::select! {
+        pipeline = Pipeline::start(&config) => pipeline?,
+        // Nothing consumed yet: nothing to drain or commit.
+        _ = &mut shutdown => {
+            tracing::info!("shutdown requested during start-up");
+            return Ok(Summary { stats: Snapshot::default(), elapsed: started.elapsed() });
+        }
+    };
+    let outcome = pipeline.run_until_stopped(&config, &mut shutdown).await;
     shutdown::stop(pipeline, &config, outcome, started).await
 }
 

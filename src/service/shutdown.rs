@@ -17,7 +17,6 @@ use crate::error::Error;
 use crate::member::Member;
 use crate::metrics::Stats;
 use crate::offsets::{CommitError, Offsets};
-use crate::transaction::TxnError;
 
 pub(super) async fn stop(
     pipeline: Pipeline,
@@ -126,8 +125,6 @@ async fn commit(
         Err(CommitError::NotCommitted) => Err(Error::NotCommitted {
             timeout: config.shutdown_timeout,
         }),
-        // The abort after a failure: the failure is what the run reports.
-        Err(CommitError::Transaction(TxnError::Abandoned)) if !clean => Ok(()),
         Err(CommitError::Transaction(e)) => Err(e.into()),
     })
 }

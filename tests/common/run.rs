@@ -128,6 +128,11 @@ impl Binary {
         assert!(status.success(), "kill -TERM {} failed", self.child.id());
     }
 
+    /// Whether the child has exited (by itself or by a signal).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().expect("poll the child").is_some()
+    }
+
     /// Sends SIGKILL.
     pub fn kill(&mut self) {
         self.child.kill().expect("kill the child");

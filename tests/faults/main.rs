@@ -9,6 +9,7 @@
 //! - [`rebalance`]: instances joining and leaving every few seconds, cooperative and eager.
 //! - [`poison`]: 1% bad records of every kind, under exactly-once with kills.
 //! - [`fenced`]: the transactional producer fenced by a twin with the same id.
+//! - [`handoff`]: exactly-once through hand-offs (SIGTERM and SIGKILL): no member stops.
 //! - [`auth`]: refused credentials and denied operations stop the run at once, exit 1.
 //! - [`lag`]: `ktransform lag` on a group with transactional offsets pending.
 //!
@@ -26,6 +27,7 @@ mod auth;
 mod broker;
 mod cluster;
 mod fenced;
+mod handoff;
 mod kill;
 mod lag;
 mod poison;
