@@ -84,7 +84,8 @@ async fn handoffs(how: Stop) {
         )
     };
     // A short session, so that a killed member's partitions move on soon (the drain timeout
-    // stays below it).
+    // stays below it). Commits five times as often as by default, so that more of them race
+    // a rebalance.
     let start = |slot: usize| {
         let id = format!("ktr-{}-{slot}", names.group);
         let flags = [
@@ -94,6 +95,8 @@ async fn handoffs(how: Stop) {
             &id,
             "--drain-timeout",
             "3s",
+            "--transaction-interval",
+            "20ms",
             "-X",
             "consumer.session.timeout.ms=6000",
         ];
