@@ -205,6 +205,7 @@ impl Router {
         acks: &Arc<Acks>,
     ) -> Result<Sent, KafkaError> {
         let kind = reason.as_str();
+        let timestamp = self.sink.timestamp_of(input);
         let headers = dead_letter_headers(input, kind, message, &[]);
         let sent = if self.dead_letter_too_large(input, &headers) {
             // What the producer answers over its own limit: the same fallback below.
@@ -217,6 +218,7 @@ impl Router {
                     &self.topic,
                     input.key(),
                     input.payload(),
+                    timestamp,
                     Some(headers),
                     acks,
                 )
@@ -239,7 +241,14 @@ impl Router {
                 ];
                 let headers = dead_letter_headers(input, kind, message, &dropped);
                 self.sink
-                    .send(&self.topic, input.key(), None, Some(headers), acks)
+                    .send(
+                        &self.topic,
+                        input.key(),
+                        None,
+                        timestamp,
+                        Some(headers),
+                        acks,
+                    )
                     .await
             }
             sent => sent,

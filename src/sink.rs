@@ -18,7 +18,7 @@ use rdkafka::util::IntoOpaque;
 use rdkafka::Message;
 
 use crate::ack::{Acks, SinkContext};
-use crate::config::{ConfigError, RunConfig};
+use crate::config::{ConfigError, RunConfig, Timestamps};
 use crate::fetch::{NativeHeaders, Record};
 use crate::logging::FatalErrors;
 
@@ -48,6 +48,8 @@ pub struct Sink {
     limits: TopicLimits,
     /// The destination's partition count at start, when known: where keyless outputs go.
     destination_partitions: Option<i32>,
+    /// Outputs and dead letters keep their input's timestamp (`--timestamp source`).
+    keep_timestamps: bool,
 }
 
 impl Sink {
@@ -96,6 +98,7 @@ impl Sink {
             producer,
             limits,
             destination_partitions,
+            keep_timestamps: config.pipeline.timestamp == Timestamps::Source,
         })
     }
 
@@ -118,6 +121,20 @@ impl Sink {
                 return;
             }
         }
+    }
+
+    /// The timestamp to send a record derived from `input` with, in ms since the epoch: the
+    /// input's (its create time, or its append time on a `LogAppendTime` topic: what its
+    /// consumers saw) under `--timestamp source`, else 0, which lets librdkafka stamp it.
+    pub fn timestamp_of(&self, input: &Record<'_>) -> i64 {
+        if !self.keep_timestamps {
+            return 0;
+        }
+        input
+            .timestamp()
+            .to_millis()
+            .filter(|ms| *ms > 0)
+            .unwrap_or(0)
     }
 
     /// The destination's and dead-letter topic's `max.message.bytes` it was built for.
@@ -148,10 +165,12 @@ impl Sink {
             (None, Some(n)) => input.partition() % n,
             _ => PARTITION_UNASSIGNED,
         };
+        let timestamp = self.timestamp_of(input);
         let mut headers = input.take_headers();
         let mut acks = acks.expect_one();
         loop {
-            match self.produce_output(partition, input.key(), value, &mut headers, acks) {
+            match self.produce_output(partition, input.key(), value, timestamp, &mut headers, acks)
+            {
                 Ok(()) => return Ok(()),
                 Err((RDKafkaErrorCode::QueueFull, back)) => {
                     acks = back;
@@ -172,6 +191,7 @@ impl Sink {
         partition: i32,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
+        timestamp: i64,
         headers: &mut Option<NativeHeaders>,
         acks: Arc<Acks>,
     ) -> Result<(), (RDKafkaErrorCode, Arc<Acks>)> {
@@ -204,6 +224,8 @@ impl Sink {
                 key_len,
                 RD_KAFKA_VTYPE_OPAQUE,
                 opaque,
+                RD_KAFKA_VTYPE_TIMESTAMP,
+                timestamp,
                 RD_KAFKA_VTYPE_HEADERS,
                 headers_ptr,
                 RD_KAFKA_VTYPE_END,
@@ -225,11 +247,13 @@ impl Sink {
     /// Sends a record to `topic` through rust-rdkafka's `BaseRecord`, the partitioner choosing
     /// the partition: for records off the hot path (dead letters), rare enough that its
     /// per-record costs do not matter.
+    /// `timestamp`: ms since the epoch, 0 to let librdkafka stamp it.
     pub async fn send(
         &self,
         topic: &str,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
+        timestamp: i64,
         headers: Option<OwnedHeaders>,
         acks: &Arc<Acks>,
     ) -> Result<(), KafkaError> {
@@ -237,6 +261,7 @@ impl Sink {
             BaseRecord::with_opaque_to(topic, acks.expect_one());
         record.key = key;
         record.payload = value;
+        record.timestamp = (timestamp > 0).then_some(timestamp);
         record.headers = headers;
         loop {
             match self.producer.send(record) {

@@ -23,7 +23,9 @@
 //! sent without its value (`ktransform.value.dropped`: too large for the producer or the topic)
 //! is right if the record there belongs in the dead-letter topic or names `output_too_large`,
 //! and is counted apart: its content is not checked. Headers must equal the input's, as ordered
-//! (name, value) lists that leave out names starting with `ktransform.` on both sides.
+//! (name, value) lists that leave out names starting with `ktransform.` on both sides. The
+//! timestamp of an output or dead letter must equal its input's under `--timestamp source` (the
+//! default), and is only counted (`changed_timestamps`) under `now`.
 //!
 //! # Wrong outputs
 //! A destination record that matches no expected content is explained by a second read of the
@@ -40,14 +42,14 @@
 //! its position counts as changed fields.
 //!
 //! # Rules
-//! At-least-once: nothing lost, no wrong hash, nothing changed (keys, fields, headers), nothing
-//! forged, and first deliveries in order: per (source partition, output partition, key), the
+//! At-least-once: nothing lost, no wrong hash, nothing changed (keys, fields, headers), no
+//! changed timestamp (under `--timestamp source`), nothing forged, and first deliveries in order: per (source partition, output partition, key), the
 //! source offsets of first deliveries increase with the output offset. Duplicates are reported.
 //! Exactly-once: also no duplicates.
 //!
 //! # Memory
-//! Contents are compared by 128-bit fingerprints (md5 of key and value) and never kept: about 60
-//! bytes per source record (2M records: some 170 MB resident in all), plus an entry per (source
+//! Contents are compared by 128-bit fingerprints (md5 of key and value) and never kept: about 75
+//! bytes per source record (with its timestamp) (2M records: some 170 MB resident in all), plus an entry per (source
 //! partition, output partition, key) for the order check and some 100 bytes per wrong output.
 
 use std::fmt::Write as _;
@@ -57,7 +59,7 @@ use clap::{Args, Parser, ValueEnum};
 use rdkafka::consumer::BaseConsumer;
 use serde::{Serialize, Serializer};
 
-use crate::config::{ConfigError, Guarantee, KafkaArgs, PipelineArgs, Side};
+use crate::config::{ConfigError, Guarantee, KafkaArgs, PipelineArgs, Side, Timestamps};
 use crate::error::Error;
 
 mod audit;
@@ -207,6 +209,9 @@ pub struct Counts {
     pub changed_fields: u64,
     /// Correct outputs whose headers differ from their input's.
     pub changed_headers: u64,
+    /// Outputs and dead letters whose timestamp is not their input's (a broken rule under
+    /// `--timestamp source`, expected under `now`). Not part of `changed`.
+    pub changed_timestamps: u64,
     /// Records that can be tied to no source record, or are in the wrong topic.
     pub forged: u64,
     /// First deliveries that come after a later source record of their key.
@@ -219,7 +224,7 @@ impl Counts {
     }
 
     /// The rules of `guarantee` that do not hold, as `name = count`.
-    pub fn broken_rules(&self, guarantee: Guarantee) -> Vec<String> {
+    pub fn broken_rules(&self, guarantee: Guarantee, timestamps: Timestamps) -> Vec<String> {
         let mut rules = vec![
             ("lost", self.lost),
             ("wrong_hash", self.wrong_hash),
@@ -227,6 +232,9 @@ impl Counts {
             ("forged", self.forged),
             ("order_violations", self.order_violations),
         ];
+        if timestamps == Timestamps::Source {
+            rules.push(("changed_timestamps", self.changed_timestamps));
+        }
         if guarantee == Guarantee::ExactlyOnce {
             rules.push(("duplicates", self.duplicates));
         }
@@ -248,6 +256,7 @@ pub enum Kind {
     ChangedKey,
     ChangedFields,
     ChangedHeaders,
+    ChangedTimestamp,
     Forged,
     OrderViolation,
 }
@@ -262,6 +271,7 @@ impl Kind {
             Kind::ChangedKey => "changed_key",
             Kind::ChangedFields => "changed_fields",
             Kind::ChangedHeaders => "changed_headers",
+            Kind::ChangedTimestamp => "changed_timestamp",
             Kind::Forged => "forged",
             Kind::OrderViolation => "order_violation",
         }
@@ -292,6 +302,9 @@ pub struct Report {
     pub dlq: String,
     #[serde(serialize_with = "guarantee_name")]
     pub guarantee: Guarantee,
+    /// The timestamps outputs were checked against (`--timestamp`).
+    #[serde(serialize_with = "timestamps_name")]
+    pub timestamps: Timestamps,
     #[serde(flatten)]
     pub counts: Counts,
     /// `changed_keys + changed_fields + changed_headers`.
@@ -305,6 +318,10 @@ pub struct Report {
 
 fn guarantee_name<S: Serializer>(g: &Guarantee, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(g.to_possible_value().as_ref().map_or("?", |v| v.get_name()))
+}
+
+fn timestamps_name<S: Serializer>(t: &Timestamps, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(t.to_possible_value().as_ref().map_or("?", |v| v.get_name()))
 }
 
 /// Reads the three topics and audits them. Blocking.
@@ -344,6 +361,7 @@ pub fn audit(config: &VerifyConfig) -> Result<Report, Error> {
             dlq.clone(),
         ],
         source.iter().map(|s| (s.end - s.low) as usize).sum(),
+        config.pipeline.timestamp,
     );
     // One partition at a time, so source records are numbered in (partition, offset) order.
     reader.read("source", &config.pipeline.source, &source, true, |r| {
@@ -419,6 +437,11 @@ pub fn render(report: &Report) -> String {
         "  ({} tombstones, {} not objects)",
         c.tombstones, c.expected_dead_letters
     );
+    let timestamps = if report.timestamps == Timestamps::Now {
+        "  (allowed: --timestamp now)"
+    } else {
+        ""
+    };
     let without_value = if c.dead_letters_without_value > 0 {
         format!("  ({} without their value)", c.dead_letters_without_value)
     } else {
@@ -433,6 +456,7 @@ pub fn render(report: &Report) -> String {
         ("duplicates", c.duplicates, duplicates),
         ("wrong hashes", c.wrong_hash, ""),
         ("changed", report.changed, changed.as_str()),
+        ("timestamps changed", c.changed_timestamps, timestamps),
         ("forged", c.forged, ""),
         ("order violations", c.order_violations, ""),
     ] {

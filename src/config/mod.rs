@@ -144,6 +144,26 @@ pub struct PipelineArgs {
         default_value = "at-least-once"
     )]
     pub guarantee: Guarantee,
+
+    /// Timestamp of outputs and dead letters: `source` keeps the input record's (its create
+    /// time, or its append time on a source topic with `LogAppendTime`), `now` lets the producer
+    /// stamp them when sent. For `verify`, `source` makes a changed timestamp a broken rule.
+    #[arg(
+        long,
+        env = "KTRANSFORM_TIMESTAMP",
+        value_enum,
+        default_value = "source"
+    )]
+    pub timestamp: Timestamps,
+}
+
+/// Which timestamp an output carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Timestamps {
+    /// The input record's: event time survives the transform.
+    Source,
+    /// The moment the producer sends it.
+    Now,
 }
 
 impl PipelineArgs {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::producer::{BaseProducer, Producer};
 
-use crate::config::{ConfigError, Guarantee, RunConfig, Side};
+use crate::config::{ConfigError, Guarantee, RunConfig, Side, Timestamps};
 use crate::error::Error;
 use crate::logging::{FatalErrors, QuietContext};
 use crate::metrics::Stats;
@@ -32,6 +32,7 @@ pub async fn sink(config: &RunConfig, fatal: &Arc<FatalErrors>) -> Result<Arc<Si
         destination: topic_max_bytes(&admin, &config.pipeline.destination).await,
         dlq: topic_max_bytes(&admin, &config.pipeline.dlq_topic()).await,
     };
+    note_destination_timestamps(&admin, config).await;
     let sink = Arc::new(Sink::new(
         config,
         limits,
@@ -191,18 +192,41 @@ async fn auto_creates_topics(admin: &AdminClient<QuietContext>, id: i32) -> bool
 /// refused locally (and dead-lettered, or sent without its value) rather than by the broker
 /// after the input is gone.
 async fn topic_max_bytes(admin: &AdminClient<QuietContext>, topic: &str) -> Option<usize> {
+    let bytes = topic_config(admin, topic, "max.message.bytes")
+        .await?
+        .parse()
+        .ok()?;
+    tracing::debug!(topic, bytes, "max.message.bytes");
+    Some(bytes)
+}
+
+/// One setting of a topic, if the topic exists and the brokers say.
+async fn topic_config(admin: &AdminClient<QuietContext>, topic: &str, key: &str) -> Option<String> {
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
         .await
         .ok()?;
     let resource = results.into_iter().next()?.ok()?;
-    let bytes = resource
-        .get("max.message.bytes")?
-        .value
-        .as_deref()?
-        .parse()
-        .ok()?;
-    tracing::debug!(topic, bytes, "max.message.bytes");
-    Some(bytes)
+    resource.get(key)?.value.clone()
+}
+
+/// `--timestamp source` on a destination whose broker stamps every record with its append time
+/// (`message.timestamp.type=LogAppendTime`): the input's timestamp cannot survive; say so.
+async fn note_destination_timestamps(admin: &AdminClient<QuietContext>, config: &RunConfig) {
+    if config.pipeline.timestamp != Timestamps::Source {
+        return;
+    }
+    let topic = &config.pipeline.destination;
+    if topic_config(admin, topic, "message.timestamp.type")
+        .await
+        .as_deref()
+        == Some("LogAppendTime")
+    {
+        tracing::warn!(
+            topic = %topic,
+            "the destination has message.timestamp.type=LogAppendTime: the broker replaces each \
+             output's timestamp (the input's, --timestamp source) with its append time"
+        );
+    }
 }

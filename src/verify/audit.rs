@@ -7,7 +7,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use md5::{Digest, Md5};
 
 use super::{Counts, Finding, Kind, Position, Report};
-use crate::config::Guarantee;
+use crate::config::{Guarantee, Timestamps};
 use crate::dead_letter::{headers, Reason};
 use crate::transform;
 
@@ -31,6 +31,8 @@ pub(super) struct Record<'a> {
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
     pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+    /// ms since the epoch (create or append time), if it has one.
+    pub timestamp: Option<i64>,
 }
 
 impl<'a> Record<'a> {
@@ -70,6 +72,7 @@ struct Source {
     partition: i32,
     offset: i64,
     headers: u64,
+    timestamp: Option<i64>,
     flags: u8,
 }
 
@@ -97,6 +100,8 @@ enum Topic {
 
 pub(super) struct Auditor {
     topics: [String; 3],
+    /// Whether outputs must carry their input's timestamp (`--timestamp source`).
+    timestamps: Timestamps,
     sources: Vec<Source>,
     expected: Index,
     /// Per run of equal expected content longer than one: how many of its first entries are
@@ -115,9 +120,10 @@ pub(super) struct Auditor {
 }
 
 impl Auditor {
-    pub(super) fn new(topics: [String; 3], capacity: usize) -> Self {
+    pub(super) fn new(topics: [String; 3], capacity: usize, timestamps: Timestamps) -> Self {
         Auditor {
             topics,
+            timestamps,
             sources: Vec::with_capacity(capacity),
             expected: Index::with_capacity(capacity),
             taken: HashMap::new(),
@@ -157,6 +163,7 @@ impl Auditor {
             partition: r.partition,
             offset: r.offset,
             headers: r.headers_digest(),
+            timestamp: r.timestamp,
             flags,
         });
     }
@@ -309,6 +316,18 @@ impl Auditor {
             self.counts.changed_headers += 1;
             self.note(Kind::ChangedHeaders, to, r, Some(source));
         }
+        self.check_timestamp(source, to, r);
+    }
+
+    /// An output or dead letter whose timestamp is not its input's: a broken rule under
+    /// `--timestamp source`, expected (and only counted) under `now`.
+    fn check_timestamp(&mut self, source: usize, to: Topic, r: &Record<'_>) {
+        if self.sources[source].timestamp != r.timestamp {
+            self.counts.changed_timestamps += 1;
+            if self.timestamps == Timestamps::Source {
+                self.note(Kind::ChangedTimestamp, to, r, Some(source));
+            }
+        }
     }
 
     fn position(&self, partition: i32, offset: i64) -> Option<usize> {
@@ -402,13 +421,14 @@ impl Auditor {
                 self.add_finding(Kind::Lost, Topic::Source, at, None);
             }
         }
-        let failed_rules = self.counts.broken_rules(guarantee);
+        let failed_rules = self.counts.broken_rules(guarantee, self.timestamps);
         let [source, destination, dlq] = self.topics;
         Report {
             source,
             destination,
             dlq,
             guarantee,
+            timestamps: self.timestamps,
             counts: self.counts,
             changed: self.counts.changed(),
             passed: failed_rules.is_empty(),

@@ -201,5 +201,6 @@ fn record<'a>(m: &'a BorrowedMessage<'_>) -> Record<'a> {
         headers: m
             .headers()
             .map_or_else(Vec::new, |h| h.iter().map(|h| (h.key, h.value)).collect()),
+        timestamp: m.timestamp().to_millis(),
     }
 }

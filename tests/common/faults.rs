@@ -113,6 +113,16 @@ impl Figures {
 /// `ktransform verify` in-process on `bootstrap` for `names` under `guarantee`
 /// (`at-least-once` or `exactly-once`).
 pub async fn audit_on(bootstrap: &str, names: &Names, guarantee: &str) -> Report {
+    audit_with_on(bootstrap, names, guarantee, &[]).await
+}
+
+/// [`audit_on`] with `extra` verify flags.
+pub async fn audit_with_on(
+    bootstrap: &str,
+    names: &Names,
+    guarantee: &str,
+    extra: &[&str],
+) -> Report {
     let args = [
         "--brokers",
         bootstrap,
@@ -124,7 +134,9 @@ pub async fn audit_on(bootstrap: &str, names: &Names, guarantee: &str) -> Report
         &names.dlq,
         "--guarantee",
         guarantee,
-    ];
+    ]
+    .into_iter()
+    .chain(extra.iter().copied());
     let config = VerifyConfig::from_args(args).expect("valid verify flags");
     blocking(move || verify::audit(&config))
         .await

@@ -137,5 +137,6 @@ fn parse(line: &str) -> Received {
         key: unfield(f[2]),
         value: unfield(f[3]),
         headers,
+        timestamp: f[4].parse().ok().filter(|t: &i64| *t >= 0),
     }
 }

@@ -205,6 +205,8 @@ pub struct Received {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// ms since the epoch (create or append time), if it has one.
+    pub timestamp: Option<i64>,
 }
 
 impl Received {
@@ -264,6 +266,7 @@ pub async fn consume_all(topic: &str, expected_min: usize, idle: Duration) -> Ve
                         key: m.key().map(<[u8]>::to_vec),
                         value: m.payload().map(<[u8]>::to_vec),
                         headers,
+                        timestamp: m.timestamp().to_millis(),
                     });
                 }
                 Some(Err(e)) => eprintln!("consume_all {topic}: {e}"),

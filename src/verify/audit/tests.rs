@@ -5,6 +5,9 @@ use crate::verify::render;
 
 type Header<'a> = (&'a str, Option<&'a [u8]>);
 
+/// Every record built here has this timestamp unless a test changes it.
+const TIMESTAMP: i64 = 1_700_000_000_000;
+
 fn record<'a>(
     partition: i32,
     offset: i64,
@@ -18,6 +21,7 @@ fn record<'a>(
         key: Some(key.as_bytes()),
         value,
         headers: headers.to_vec(),
+        timestamp: Some(TIMESTAMP),
     }
 }
 
@@ -66,7 +70,17 @@ fn run(
     dead: &[Record<'_>],
     guarantee: Guarantee,
 ) -> Report {
-    let mut a = Auditor::new(["in".into(), "out".into(), "in.dlq".into()], 0);
+    run_with(sources, outputs, dead, guarantee, Timestamps::Source)
+}
+
+fn run_with(
+    sources: &[Record<'_>],
+    outputs: &[Record<'_>],
+    dead: &[Record<'_>],
+    guarantee: Guarantee,
+    timestamps: Timestamps,
+) -> Report {
+    let mut a = Auditor::new(["in".into(), "out".into(), "in.dlq".into()], 0, timestamps);
     sources.iter().for_each(|r| a.add_source(r));
     a.seal_sources();
     outputs.iter().for_each(|r| a.add_output(r));
@@ -314,6 +328,40 @@ fn changed_headers_count() {
     assert_eq!(report.counts.changed_headers, 3);
     assert_eq!(report.counts.delivered, 5);
     assert_eq!(report.failed_rules, ["changed = 3"]);
+}
+
+#[test]
+fn changed_timestamps_break_the_rule_unless_now() {
+    let values = expected_values();
+    let mut outs = outputs(&values);
+    outs[0].timestamp = Some(TIMESTAMP + 1);
+    outs[1].timestamp = None;
+    let n = numbers(1, 0);
+    let mut dead = dead_letter("d", b"[1]", &n);
+    dead.timestamp = Some(0);
+    let dead = [dead];
+    let report = run(&source(), &outs, &dead, Guarantee::AtLeastOnce);
+    assert_eq!(report.counts.changed_timestamps, 3, "{}", render(&report));
+    assert_eq!(report.counts.changed(), 0, "content is not changed");
+    assert_eq!(report.failed_rules, ["changed_timestamps = 3"]);
+    assert_eq!(
+        report
+            .findings
+            .iter()
+            .filter(|f| f.kind == Kind::ChangedTimestamp)
+            .count(),
+        3
+    );
+    let report = run_with(
+        &source(),
+        &outs,
+        &dead,
+        Guarantee::AtLeastOnce,
+        Timestamps::Now,
+    );
+    assert_eq!(report.counts.changed_timestamps, 3);
+    assert!(report.passed, "{}", render(&report));
+    assert!(report.findings.is_empty(), "no findings under now");
 }
 
 #[test]
