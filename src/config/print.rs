@@ -21,6 +21,8 @@ pub fn render(config: &RunConfig) -> Result<String, ConfigError> {
     let c = config;
     let guarantee = clap::ValueEnum::to_possible_value(&c.pipeline.guarantee)
         .map_or_else(String::new, |v| v.get_name().to_string());
+    let timestamp = clap::ValueEnum::to_possible_value(&c.pipeline.timestamp)
+        .map_or_else(String::new, |v| v.get_name().to_string());
     let metrics_addr = match c.metrics_addr {
         MetricsAddr::Off => "none".to_string(),
         MetricsAddr::At(addr) => addr.to_string(),
@@ -32,6 +34,7 @@ pub fn render(config: &RunConfig) -> Result<String, ConfigError> {
     t.insert("group".into(), string(&c.group));
     t.insert("dlq".into(), string(&c.pipeline.dlq_topic()));
     t.insert("guarantee".into(), string(&guarantee));
+    t.insert("timestamp".into(), string(&timestamp));
     t.insert(
         "transaction_interval".into(),
         duration(c.transaction_interval),
