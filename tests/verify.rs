@@ -154,6 +154,7 @@ async fn clean_run_passes_and_a_forged_output_fails() {
         value: Some(format!(r#"{{"id":-1,"hash":"{}"}}"#, "f".repeat(32)).into_bytes()),
         headers: Vec::new(),
         expect: data::Expect::Transformed,
+        timestamp: None,
     };
     let at = produce(&names.destination, &[forged]).await[0];
     let report = audit(&names, "at-least-once").await;
@@ -175,8 +176,8 @@ async fn clean_run_passes_and_a_forged_output_fails() {
     assert_eq!(report["findings"][0]["kind"], "forged");
 }
 
-/// A pipeline written by hand: the source, then what the service would write for it, changed
-/// by `tamper` before it is produced.
+/// A pipeline written by hand: the source, then what the service would write for it (also the
+/// input's timestamp), changed by `tamper` before it is produced.
 struct ByHand {
     names: Names,
     records: Vec<TestRecord>,
@@ -185,7 +186,11 @@ struct ByHand {
 
 impl ByHand {
     async fn new(test: &str, tamper: impl FnOnce(&mut Vec<TestRecord>)) -> ByHand {
-        let (records, _) = records();
+        let (mut records, _) = records();
+        // Stamped by hand, so that the outputs can carry the same timestamps.
+        for (i, r) in records.iter_mut().enumerate() {
+            r.timestamp = Some(1_700_000_000_000 + i as i64);
+        }
         let names = Names::new(test);
         names.create(3).await;
         let positions = produce(&names.source, &records).await;

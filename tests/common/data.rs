@@ -34,6 +34,8 @@ pub struct TestRecord {
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     pub expect: Expect,
+    /// Its create time in ms, if the test sets one (else the producer stamps it).
+    pub timestamp: Option<i64>,
 }
 
 /// What to mix in besides valid objects.
@@ -106,6 +108,7 @@ pub fn generate(n: usize, keys: usize, mix: Mix, seed: u64) -> Vec<TestRecord> {
                 value,
                 headers,
                 expect,
+                timestamp: None,
             }
         })
         .collect()

@@ -173,6 +173,7 @@ pub async fn produce_to_on(
             .headers(headers);
         record.payload = r.value.as_deref();
         record.partition = partition;
+        record.timestamp = r.timestamp;
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => break deliveries.push(delivery),
