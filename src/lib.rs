@@ -22,8 +22,9 @@
 //! Modules:
 //! - [`config`]: flags and env vars (clap), start-up checks; its submodules are the `--config`
 //!   TOML file (`file`), the librdkafka pass-through and owned keys (`properties`), secret
-//!   masking (`redact`), `run --print-config` (`print`), and the consumer's and producer's
-//!   librdkafka settings, each with its reason (`clients`).
+//!   masking (`redact`), `run --print-config` (`print`), the consumer's and producer's
+//!   librdkafka settings, each with its reason (`clients`), and the consumer group protocol with
+//!   the properties it leaves to the brokers (`protocol`).
 //! - [`cli`]: the command line, `run | lag | verify`, parsed with the file's fallbacks.
 //! - [`service`]: [`run`]: start (`service/startup.rs`: brokers, topic limits, producer, the
 //!   guarantee), run until something says stop, stop (`service/shutdown.rs`: drain, commit,

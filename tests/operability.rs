@@ -381,6 +381,52 @@ async fn precedence_is_flag_env_file_default() {
     );
 }
 
+/// `--group-protocol` from the environment; under `consumer` the properties the broker owns
+/// stop the start (exit 2) naming the property and what replaces it, and `-X group.protocol`
+/// names the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_protocol_from_env_refuses_broker_side_properties() {
+    let env = [("KTRANSFORM_GROUP_PROTOCOL", "consumer")];
+    let (code, stdout, stderr) = output(&["run", "--print-config"], &env).await;
+    assert_eq!(code, Some(0), "stderr:\n{stderr}");
+    let shown: toml::Table = stdout.parse().expect("--print-config prints TOML");
+    assert_eq!(shown["group_protocol"].as_str(), Some("consumer"));
+    let consumer = shown["rdkafka"]["consumer"].as_table().unwrap();
+    assert_eq!(consumer["group.protocol"].as_str(), Some("consumer"));
+    assert!(!consumer.contains_key("partition.assignment.strategy"));
+
+    let refused = [
+        (
+            "consumer.partition.assignment.strategy=range",
+            "-X partition.assignment.strategy",
+            "group.remote.assignor",
+        ),
+        (
+            "consumer.session.timeout.ms=6000",
+            "-X session.timeout.ms",
+            "group.consumer.session.timeout.ms",
+        ),
+        (
+            "heartbeat.interval.ms=1000",
+            "-X heartbeat.interval.ms",
+            "group.consumer.heartbeat.interval.ms",
+        ),
+        (
+            "consumer.group.protocol=consumer",
+            "-X group.protocol",
+            "use --group-protocol",
+        ),
+    ];
+    for (property, names, hint) in refused {
+        let (code, _, stderr) = output(&["run", "-X", property], &env).await;
+        assert_eq!(code, Some(2), "-X {property}; stderr:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("invalid {names}")) && stderr.contains(hint),
+            "-X {property}: {stderr}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_never_printed() {
     let file = config_file(
