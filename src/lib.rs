@@ -70,7 +70,9 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`logging`]: librdkafka's errors and log lines, rate-limited; the unrecoverable ones
 //!   (credentials, ACLs, fatal) raised to stop the run.
-//! - [`lag`]: `ktransform lag`, a group's lag, rates and keep-up verdict (reads offsets only).
+//! - [`lag`]: `ktransform lag`, a group's lag, rates and keep-up verdict (reads offsets only);
+//!   the group's members and protocol, either protocol, from its coordinator's description
+//!   (`lag/group.rs`, librdkafka's DescribeConsumerGroups, which rust-rdkafka does not wrap).
 //! - [`verify`]: `ktransform verify`, audits source against destination and dead-letter topic
 //!   (matched by content) for a guarantee; reads dead letters by [`dead_letter`]'s reasons and
 //!   headers. The audit itself, without Kafka, is `verify/audit.rs`, its unit tests

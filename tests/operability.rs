@@ -1,6 +1,6 @@
 //! Operating ktransform: `/metrics` while it works, `/healthz` and `/readyz` around an
-//! assignment, `ktransform lag --json` verdicts, config precedence across flag, env, file and
-//! default, and secrets kept out of every output.
+//! assignment, `ktransform lag --json` verdicts, `lag` and `verify` on groups of either protocol,
+//! config precedence across flag, env, file and default, and secrets kept out of every output.
 //!
 //! Real broker, unique names; every wait polls a condition with a cap, none asserts a duration.
 
@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use common::data::{self, Mix};
 use common::{
-    brokers, create_topic, poll_until, prepare, produce, run_binary, run_in_process, stop, Binary,
-    Names, CAP, KEYS, THROTTLE,
+    brokers, create_topic, describe_group, poll_until, prepare, produce, run_binary,
+    run_in_process, stop, Binary, Names, CAP, KEYS, THROTTLE,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -292,6 +292,71 @@ async fn lag_verdict_caught_up_after_until_end() {
     for p in report["partitions"].as_array().unwrap() {
         assert_eq!(p["lag"], 0, "{report}");
         assert_eq!(p["committed"], p["end"], "{report}");
+    }
+}
+
+/// `ktransform lag` names a group's protocol and counts its members, also for a group of the
+/// consumer protocol, which the classic DescribeGroups reports dead with none; `ktransform
+/// verify` audits the output whichever protocol made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_and_verify_with_either_group_protocol() {
+    for protocol in ["classic", "consumer"] {
+        let test = prepare(&format!("lag-{protocol}"), 4, 40_000, Mix::Clean).await;
+        let names = &test.names;
+        let args = names.args(&[THROTTLE, &["--group-protocol", protocol]].concat());
+        let (a, b) = (run_in_process(&args), run_in_process(&args));
+        poll_until(
+            &format!("two {protocol} members sharing the partitions"),
+            CAP,
+            || async {
+                let g = describe_group(&names.group).await;
+                g.assigned.len() == 2 && g.assigned.iter().all(|&n| n > 0)
+            },
+        )
+        .await;
+        let report = lag_json(names, "1s").await;
+        poll_until("group lag 0", CAP, || async {
+            common::group_lag(&names.group, &names.source).await == 0
+        })
+        .await;
+        stop(a).await.expect("A stops cleanly");
+        stop(b).await.expect("B stops cleanly");
+        assert_eq!(report["protocol"], protocol, "{report}");
+        assert_eq!(report["members"], 2, "{report}");
+        let (code, stdout, stderr) = output(
+            &[
+                "verify",
+                "--source",
+                &names.source,
+                "--destination",
+                &names.destination,
+            ],
+            &[],
+        )
+        .await;
+        assert_eq!(
+            code,
+            Some(0),
+            "verify after a {protocol} group; stdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        let (code, stdout, stderr) = output(
+            &[
+                "lag",
+                "--group",
+                &names.group,
+                "--topic",
+                &names.source,
+                "--interval",
+                "1s",
+            ],
+            &[],
+        )
+        .await;
+        assert_eq!(code, Some(0), "stderr:\n{stderr}");
+        assert!(
+            stdout.contains(&format!("({protocol} protocol)")) && stdout.contains("caught up"),
+            "{stdout}"
+        );
     }
 }
 
