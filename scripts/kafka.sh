@@ -144,6 +144,8 @@ fetch_jars() {
   # The dependency plugin is pinned: Maven 3.8's default one is a 2013 release. Its
   # output goes to a file and is shown only on failure: even with -B -q, Debian's
   # Maven 3.8.7 prints stray colour escape codes.
+  # -Dkafka.version wins over the pom's own kafka.version (4.1.1, the version pinned before
+  # KAFKA_VERSION), which is left alone: the pom's checksum is the stamp of every cache.
   if ! mvn -B -q -f "$POM" -Dkafka.version="$version" \
       org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
       -DincludeScope=runtime -DoutputDirectory="$partial" >"$log" 2>&1; then
