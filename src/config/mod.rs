@@ -284,9 +284,7 @@ impl RunConfig {
             .create::<rdkafka::producer::BaseProducer>(&self.producer_config()?, "producer")?;
         Ok(())
     }
-}
 
-impl RunConfig {
     /// A revocation blocks the rebalance while the revoked partitions drain: the drain must end
     /// before the group gives up on the member. Under the classic protocol that is the session
     /// timeout. Under `consumer` the heartbeats go on while the callback blocks (librdkafka sends
