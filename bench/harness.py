@@ -187,7 +187,12 @@ def machine():
 
     info["confluent_kafka"] = confluent_kafka.__version__
     info["librdkafka_python"] = confluent_kafka.libversion()[0]
-    info["broker"] = "Apache Kafka 4.1.1, single KRaft node on the same machine (scripts/kafka.sh)"
+    # The version the running broker was started with (scripts/kafka.sh records it; KAFKA_VERSION
+    # chooses it).
+    state = Path(os.environ.get("KAFKA_STATE_DIR") or Path.home() / ".cache/ktransform/broker")
+    recorded = state / "node-1" / "kafka.version"
+    version = recorded.read_text().strip() if recorded.exists() else "unknown"
+    info["broker"] = f"Apache Kafka {version}, single KRaft node on the same machine (scripts/kafka.sh)"
     return info
 
 

@@ -14,7 +14,11 @@
 
 set -euo pipefail
 
-readonly KAFKA_VERSION=4.1.1
+# The newest Apache Kafka that Maven Central serves: the consumer group protocol (KIP-848) is
+# tried where it is most mature. KAFKA_VERSION picks another (4.0.0 or later: KRaft only, and
+# the consumer group protocol on by default); each version's jars are cached apart.
+readonly DEFAULT_KAFKA_VERSION=4.4.0
+readonly KAFKA_VERSION=${KAFKA_VERSION:-$DEFAULT_KAFKA_VERSION}
 readonly HOST=127.0.0.1
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,9 +27,8 @@ readonly POM=$SCRIPT_DIR/kafka/pom.xml
 readonly LOG4J_CONFIG=$SCRIPT_DIR/kafka/log4j2.properties
 
 # Outside the repository, so that jars survive `git clean` and runs after the first are offline.
-readonly LIBS_DIR=${KTRANSFORM_CACHE:-$HOME/.cache/ktransform}/kafka-$KAFKA_VERSION/libs
-# Written last by fetch_jars. It holds the pom's checksum, so editing the pom refetches.
-readonly LIBS_STAMP=$LIBS_DIR/.complete
+readonly CACHE_DIR=${KTRANSFORM_CACHE:-$HOME/.cache/ktransform}
+readonly LIBS_DIR=$CACHE_DIR/kafka-$KAFKA_VERSION/libs
 readonly NODES=${KAFKA_NODES:-1}
 if [[ $NODES == 1 ]]; then
   readonly STATE_DIR=${KAFKA_STATE_DIR:-$HOME/.cache/ktransform/broker}
@@ -38,6 +41,8 @@ readonly CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 read -r -a CLUSTER_PORTS <<<"${KAFKA_CLUSTER_PORTS:-19092 29092 39092}"
 readonly CLUSTER_PORTS
 readonly READY_TIMEOUT=${KAFKA_READY_TIMEOUT:-90}
+# Consumer-protocol groups' session timeout (see write_properties).
+readonly CONSUMER_SESSION_MS=${KAFKA_CONSUMER_SESSION_MS:-6000}
 readonly STOP_TIMEOUT=30
 # The JVM options of Kafka's own bin/kafka-run-class.sh (KAFKA_JVM_PERFORMANCE_OPTS) and its GC
 # log; G1's default 200 ms pause goal let young collections stall the broker for 20-60 ms every
@@ -55,19 +60,21 @@ Usage: scripts/kafka.sh COMMAND
        KAFKA_NODES=3 scripts/kafka.sh COMMAND
 
   up            start a single-node Kafka $KAFKA_VERSION on $HOST:$CLIENT_PORT with fresh, empty
-                storage and wait until it serves clients (does nothing if it already runs;
-                the first run downloads the jars with mvn)
+                storage and wait until it serves clients (does nothing if it already runs,
+                whatever its version; the first run of a version downloads its jars with mvn)
   down          stop it (SIGTERM, then SIGKILL after ${STOP_TIMEOUT}s)
   status        exit 0 if it runs and serves clients, 1 otherwise
   logs [-f]     print the end of the broker log; -f follows it
   fetch         only download the jars
+  version       print the Kafka version 'up' starts (KAFKA_VERSION, default $DEFAULT_KAFKA_VERSION)
   libs          print the jars' directory (after downloading them if needed): the Java
                 client's classpath for tests that write and read with Kafka's own client
 
   For failure tests (N is 1 for the single node, 1-3 in a cluster):
   kill-node N   SIGKILL node N (a crash); its data stays
   stop-node N   stop node N cleanly (SIGTERM); its data stays
-  start-node N  start node N again on the data it has and wait until it serves
+  start-node N  start node N again on the data it has, with the Kafka version it was
+                formatted with, and wait until it serves
 
 With KAFKA_NODES=3 the same commands manage a three-node cluster: nodes 1-3 on client
 ports ${CLUSTER_PORTS[*]} (controller port: client port + 1), each broker and controller,
@@ -77,7 +84,9 @@ fenced (and its partitions move) quickly. 'up' starts missing nodes of a partly 
 cluster on their data; with no node running it formats fresh storage for all three.
 
 Environment:
-  KTRANSFORM_CACHE       jar cache root (now: ${KTRANSFORM_CACHE:-$HOME/.cache/ktransform})
+  KAFKA_VERSION          the Apache Kafka release to run, 4.0.0 or later (now: $KAFKA_VERSION);
+                         its jars are cached in kafka-<version>/libs under the cache root
+  KTRANSFORM_CACHE       jar cache root (now: $CACHE_DIR)
   KAFKA_NODES            1 (default) or 3 (now: $NODES)
   KAFKA_STATE_DIR        data, logs, pid files (now: $STATE_DIR)
   KAFKA_PORT             single node: client port (now: $CLIENT_PORT)
@@ -87,6 +96,8 @@ Environment:
   KAFKA_JVM_OPTS         the broker JVM's options besides the 512 MB heap (default: those of
                          Kafka's kafka-run-class.sh; GC log in the node's logs/gc.log)
   KAFKA_AUTO_CREATE_TOPICS  false: the broker does not create topics on first use
+  KAFKA_CONSUMER_SESSION_MS  the session timeout of consumer-protocol (KIP-848) groups, which
+                         the broker owns (now: $CONSUMER_SESSION_MS; Kafka's default is 45000)
   KAFKA_SASL_PORT        single node, for auth tests: also a SASL_PLAINTEXT (PLAIN) listener
                          on this port, where user alice (password alice-secret) may do
                          nothing; ANONYMOUS on the other listeners is a super user
@@ -104,35 +115,47 @@ require_command() {
 
 pom_checksum() { sha256sum "$POM" | cut -d' ' -f1; }
 
+# The jars' directory of Kafka version $1.
+libs_dir_of() { printf '%s/kafka-%s/libs' "$CACHE_DIR" "$1"; }
+
+# Written last by fetch_jars into the jars' directory $1. It holds the pom's checksum, so
+# editing the pom refetches.
 jars_fetched() {
-  [[ -f $LIBS_STAMP && $(<"$LIBS_STAMP") == "$(pom_checksum)" ]]
+  [[ -f $1/.complete && $(<"$1/.complete") == "$(pom_checksum)" ]]
 }
 
-# Put the broker's runtime jars in LIBS_DIR. Only the first run starts Maven (and needs
-# it); afterwards the stamp makes this an offline no-op.
+# Put the runtime jars of Kafka version $1 (default KAFKA_VERSION) in its cache directory.
+# Only the first run of a version starts Maven (and needs it); afterwards the stamp makes
+# this an offline no-op.
 fetch_jars() {
-  if jars_fetched; then
+  local version=${1:-$KAFKA_VERSION} libs
+  [[ $version =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] ||
+    die "KAFKA_VERSION must be a release such as $DEFAULT_KAFKA_VERSION, not '$version'"
+  libs=$(libs_dir_of "$version")
+  if jars_fetched "$libs"; then
     return 0
   fi
-  require_command mvn "it is needed once, to download the Kafka jars from Maven Central"
-  say "fetching the Kafka $KAFKA_VERSION jars into $LIBS_DIR (first run only, takes a while)"
+  require_command mvn "it is needed once per Kafka version, to download its jars from Maven Central"
+  say "fetching the Kafka $version jars into $libs (first run only, takes a while)"
   # Resolve into a scratch dir and swap it in, so an interrupted download never looks complete.
-  local partial=$LIBS_DIR.partial log=$LIBS_DIR.fetch.log
+  local partial=$libs.partial log=$libs.fetch.log
   rm -rf "$partial"
   mkdir -p "$partial"
   # The dependency plugin is pinned: Maven 3.8's default one is a 2013 release. Its
   # output goes to a file and is shown only on failure: even with -B -q, Debian's
   # Maven 3.8.7 prints stray colour escape codes.
-  if ! mvn -B -q -f "$POM" \
+  # -Dkafka.version wins over the pom's own kafka.version (4.1.1, the version pinned before
+  # KAFKA_VERSION), which is left alone: the pom's checksum is the stamp of every cache.
+  if ! mvn -B -q -f "$POM" -Dkafka.version="$version" \
       org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
       -DincludeScope=runtime -DoutputDirectory="$partial" >"$log" 2>&1; then
     cat "$log" >&2
     rm -rf "$partial"
-    die "mvn could not fetch the Kafka jars (output above, also in $log); is Maven Central reachable?"
+    die "mvn could not fetch the Kafka $version jars (output above, also in $log); is Maven Central reachable, and does it serve org.apache.kafka:kafka_2.13:$version?"
   fi
-  rm -rf "$LIBS_DIR"
-  mv "$partial" "$LIBS_DIR"
-  pom_checksum >"$LIBS_STAMP"
+  rm -rf "$libs"
+  mv "$partial" "$libs"
+  pom_checksum >"$libs/.complete"
 }
 
 # --- Processes and ports --------------------------------------------------------------
@@ -278,6 +301,14 @@ offsets.topic.num.partitions=4
 transaction.state.log.num.partitions=4
 # Let tests use short consumer session timeouts to detect a dead consumer quickly.
 group.min.session.timeout.ms=1000
+# The consumer group protocol (KIP-848) takes the session and heartbeat from the broker,
+# never the client: by default the short session the classic protocol's fault tests ask for,
+# so that a killed member's partitions move as soon under both protocols, with a heartbeat a
+# second (heartbeats also carry each step of a rebalance). Kafka's defaults: 45 s and 5 s.
+group.consumer.min.session.timeout.ms=1000
+group.consumer.session.timeout.ms=$CONSUMER_SESSION_MS
+group.consumer.min.heartbeat.interval.ms=500
+group.consumer.heartbeat.interval.ms=1000
 auto.create.topics.enable=${KAFKA_AUTO_CREATE_TOPICS:-true}
 
 # Never delete records by age: tests may write records with old timestamps, and the
@@ -306,11 +337,24 @@ format_storage() {
     cat "$dir/logs/format.log" >&2
     die "formatting $dir/data failed (output above)"
   fi
+  say "$KAFKA_VERSION" >"$dir/kafka.version"
 }
 
-# Start the broker of node dir $1 in the background and record its pid.
+# The Kafka version node dir $1 was formatted with ('up' records it), or KAFKA_VERSION for a
+# node formatted before versions were recorded.
+node_version() {
+  if [[ -f $1/kafka.version ]]; then
+    cat "$1/kafka.version"
+  else
+    say "$KAFKA_VERSION"
+  fi
+}
+
+# Start the broker of node dir $1 in the background, with the Kafka version its storage was
+# formatted with, and record its pid.
 start_node() {
-  local dir=$1
+  local dir=$1 libs
+  libs=$(libs_dir_of "$(node_version "$dir")")
   # setsid puts the JVM in its own session: Ctrl-C in, or closing, the terminal that ran
   # 'up' must not stop the broker. This script runs without job control, so setsid execs
   # in place and $! is the JVM's pid. The JVM must not inherit the lock (fd 9).
@@ -319,7 +363,7 @@ start_node() {
   setsid java -Xms512m -Xmx512m "${jvm_opts[@]}" \
     -Xlog:gc*:file="$dir/logs/gc.log":time,tags:filecount=2,filesize=20M \
     -Dlog4j2.configurationFile="$LOG4J_CONFIG" -Dkafka.logs.dir="$dir/logs" \
-    -cp "$LIBS_DIR/*" kafka.Kafka "$dir/server.properties" \
+    -cp "$libs/*" kafka.Kafka "$dir/server.properties" \
     </dev/null >"$dir/logs/stdout.log" 2>&1 9>&- &
   echo $! >"$dir/kafka.pid"
   # The broker outlives this script: bash must not report its death as a job's.
@@ -584,7 +628,7 @@ cmd_start_node() {
     return 0
   fi
   require_port_free "$port" KAFKA_PORT
-  fetch_jars
+  fetch_jars "$(node_version "$dir")"
   start_node "$dir"
   pid=$(node_pid "$dir")
   wait_until_serving "$dir" "$pid" "$port"
@@ -606,7 +650,10 @@ cmd_up() {
       say "kafka (pid $pid) is starting; waiting until it serves"
       wait_until_serving "$dir" "$pid" "$CLIENT_PORT"
     fi
-    say "kafka already running on $HOST:$CLIENT_PORT (pid $pid, logs: $dir/logs/server.log)"
+    say "kafka $(node_version "$dir") already running on $HOST:$CLIENT_PORT (pid $pid, logs: $dir/logs/server.log)"
+    if [[ $(node_version "$dir") != "$KAFKA_VERSION" ]]; then
+      say "note: not the Kafka $KAFKA_VERSION asked for; 'down', then 'up', to change it"
+    fi
     return 0
   fi
   require_port_free "$CLIENT_PORT" KAFKA_PORT
@@ -621,7 +668,7 @@ cmd_up() {
   start_node "$dir"
   pid=$(node_pid "$dir")
   wait_until_serving "$dir" "$pid" "$CLIENT_PORT"
-  say "kafka up on $HOST:$CLIENT_PORT (pid $pid, logs: $dir/logs/server.log)"
+  say "kafka $KAFKA_VERSION up on $HOST:$CLIENT_PORT (pid $pid, logs: $dir/logs/server.log)"
 }
 
 cmd_status() {
@@ -686,6 +733,7 @@ main() {
       fetch_jars
       say "Kafka $KAFKA_VERSION jars in $LIBS_DIR"
       ;;
+    version) say "$KAFKA_VERSION" ;;
     libs)
       fetch_jars >&2
       say "$LIBS_DIR"

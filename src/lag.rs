@@ -2,7 +2,9 @@
 //!
 //! Two samples of log end offsets and committed offsets, `interval` apart, give the produce rate
 //! (growth of the log end) and the consume rate (growth of the committed offsets); the verdict
-//! compares them. Works on any group: it only reads offsets, it never joins the group.
+//! compares them. Works on any group, of either protocol (`classic` or `consumer`): it only
+//! reads offsets, it never joins the group. The members come from the group's description
+//! (`lag/group.rs`), which rust-rdkafka's group list cannot give for a `consumer` group.
 //!
 //! `--json` prints one JSON object per report (one per window with `--watch`) instead of the
 //! table, for scripts and alerting: see [`JsonReport`].
@@ -16,6 +18,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::config::{ConfigError, KafkaArgs, Side};
+
+pub mod group;
 
 #[derive(Debug, Clone, Args)]
 pub struct LagConfig {
@@ -69,6 +73,9 @@ pub struct Sample {
     pub at: Instant,
     pub partitions: Vec<PartitionOffsets>,
     pub members: usize,
+    /// The group's protocol; None when the coordinator does not know the group, or could not
+    /// be asked.
+    pub protocol: Option<group::Protocol>,
 }
 
 impl Sample {
@@ -198,15 +205,13 @@ impl LagReader {
             });
         }
         out.sort_by_key(|p| p.partition);
-        let members = self
-            .consumer
-            .fetch_group_list(Some(&self.group), timeout)
-            .map(|l| l.groups().iter().map(|g| g.members().len()).sum())
-            .unwrap_or(0);
+        // Offsets are the report; without the members only the advice is missing.
+        let group = group::describe(self.consumer.client(), &self.group, timeout).ok();
         Ok(Sample {
             at: Instant::now(),
             partitions: out,
-            members,
+            members: group.as_ref().map_or(0, |g| g.assigned.len()),
+            protocol: group.and_then(|g| g.protocol),
         })
     }
 }
@@ -214,7 +219,14 @@ impl LagReader {
 /// The table and verdict as a person reads them.
 pub fn render(group: &str, topic: &str, sample: &Sample, report: &Report) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "group {group} on {topic}: {} member(s)", sample.members);
+    let protocol = sample
+        .protocol
+        .map_or_else(String::new, |p| format!(" ({} protocol)", p.as_str()));
+    let _ = writeln!(
+        s,
+        "group {group}{protocol} on {topic}: {} member(s)",
+        sample.members
+    );
     let _ = writeln!(
         s,
         "{:>9} {:>12} {:>12} {:>10}",
@@ -279,6 +291,8 @@ pub struct JsonReport<'a> {
     /// Seconds between the two samples the rates come from.
     pub window_secs: f64,
     pub members: usize,
+    /// `classic` or `consumer`; null when the coordinator does not know the group.
+    pub protocol: Option<&'static str>,
     pub partitions: Vec<JsonPartition>,
     /// Sums over the partitions; `committed` counts never-committed partitions as 0.
     pub total: JsonTotal,
@@ -342,6 +356,7 @@ impl<'a> JsonReport<'a> {
                 .map_or(0, |d| d.as_millis() as u64),
             window_secs: after.at.duration_since(before.at).as_secs_f64(),
             members: after.members,
+            protocol: after.protocol.map(group::Protocol::as_str),
             total: JsonTotal {
                 committed: partitions.iter().filter_map(|p| p.committed).sum(),
                 end: after.end(),
@@ -412,6 +427,7 @@ mod tests {
                 end,
             }],
             members,
+            protocol: Some(group::Protocol::Consumer),
         }
     }
 
@@ -455,6 +471,7 @@ mod tests {
         assert_eq!(v["partitions"][0]["lag"], 2000);
         assert_eq!(v["total"]["lag"], 2000);
         assert_eq!(v["window_secs"], 10.0);
+        assert_eq!(v["protocol"], "consumer");
         let catching = sample(t1, 1500, 2000, 1);
         let json = JsonReport::new("g", "t", &before, &catching, &assess(&before, &catching));
         let v = serde_json::to_value(&json).unwrap();

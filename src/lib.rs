@@ -22,8 +22,9 @@
 //! Modules:
 //! - [`config`]: flags and env vars (clap), start-up checks; its submodules are the `--config`
 //!   TOML file (`file`), the librdkafka pass-through and owned keys (`properties`), secret
-//!   masking (`redact`), `run --print-config` (`print`), and the consumer's and producer's
-//!   librdkafka settings, each with its reason (`clients`).
+//!   masking (`redact`), `run --print-config` (`print`), the consumer's and producer's
+//!   librdkafka settings, each with its reason (`clients`), and the consumer group protocol with
+//!   the properties it leaves to the brokers (`protocol`).
 //! - [`cli`]: the command line, `run | lag | verify`, parsed with the file's fallbacks.
 //! - [`service`]: [`run`]: start (`service/startup.rs`: brokers, topic limits, producer, the
 //!   guarantee), run until something says stop, stop (`service/shutdown.rs`: drain, commit,
@@ -69,7 +70,9 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`logging`]: librdkafka's errors and log lines, rate-limited; the unrecoverable ones
 //!   (credentials, ACLs, fatal) raised to stop the run.
-//! - [`lag`]: `ktransform lag`, a group's lag, rates and keep-up verdict (reads offsets only).
+//! - [`lag`]: `ktransform lag`, a group's lag, rates and keep-up verdict (reads offsets only);
+//!   the group's members and protocol, either protocol, from its coordinator's description
+//!   (`lag/group.rs`, librdkafka's DescribeConsumerGroups, which rust-rdkafka does not wrap).
 //! - [`verify`]: `ktransform verify`, audits source against destination and dead-letter topic
 //!   (matched by content) for a guarantee; reads dead letters by [`dead_letter`]'s reasons and
 //!   headers. The audit itself, without Kafka, is `verify/audit.rs`, its unit tests

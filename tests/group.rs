@@ -59,6 +59,76 @@ async fn two_instances_share_and_hand_over() {
     );
 }
 
+/// Under `--group-protocol consumer` (KIP-848) the broker assigns, and every Assign and Revoke
+/// names only the partitions that move. Two members split the partitions, a third joins and
+/// takes its share from both, the first leaves gracefully: nothing lost, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_protocol_members_join_and_leave() {
+    let n = common::size("KTRANSFORM_TEST_GROUP_RECORDS", 200_000);
+    let test = prepare("group-consumer-protocol", 6, n, Mix::Clean).await;
+    let names = &test.names;
+    let args = names.args(&[THROTTLE, &["--group-protocol", "consumer"]].concat());
+    let members_hold_all = |members: usize| {
+        let group = &names.group;
+        move || async move {
+            let g = describe_group(group).await;
+            g.protocol == "consumer"
+                && g.assigned.len() == members
+                && g.assigned.iter().all(|&n| n > 0)
+                && g.assigned.iter().sum::<usize>() == 6
+        }
+    };
+
+    let a = run_in_process(&args);
+    let b = run_in_process(&args);
+    poll_until(
+        "two members sharing the partitions",
+        CAP,
+        members_hold_all(2),
+    )
+    .await;
+    wait_for_records(&names.destination, (n / 10) as i64).await;
+    let c = run_in_process(&args);
+    poll_until("three members sharing them", CAP, members_hold_all(3)).await;
+    let a = stop(a).await.expect("member A stops with Ok");
+    poll_until(
+        "the two others holding every partition",
+        CAP,
+        members_hold_all(2),
+    )
+    .await;
+    poll_until("group lag 0", CAP, || async {
+        group_lag(&names.group, &names.source).await == 0
+    })
+    .await;
+    let (b, c) = (stop(b).await, stop(c).await);
+    let (b, c) = (b.expect("B stops with Ok"), c.expect("C stops with Ok"));
+
+    let outcome = test.outcome().await;
+    let stats = [a.stats, b.stats, c.stats];
+    println!(
+        "group-consumer-protocol seed={} {outcome} consumed={:?} rebalances={:?}",
+        test.seed,
+        stats.map(|s| s.consumed),
+        stats.map(|s| s.rebalances)
+    );
+    outcome.assert_nothing_lost();
+    assert_eq!(
+        stats.iter().map(|s| s.replayable).sum::<u64>(),
+        0,
+        "records abandoned at a deadline"
+    );
+    assert_eq!(
+        outcome.tally.duplicates, 0,
+        "duplicates after graceful hand-overs"
+    );
+    assert_eq!(
+        stats.iter().map(|s| s.consumed).sum::<u64>() as usize,
+        n,
+        "records consumed twice"
+    );
+}
+
 /// A stops in the middle of a rebalance that ends within its shutdown deadline: the stop must
 /// still commit everything A produced, or the next owner replays it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

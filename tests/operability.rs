@@ -1,6 +1,6 @@
 //! Operating ktransform: `/metrics` while it works, `/healthz` and `/readyz` around an
-//! assignment, `ktransform lag --json` verdicts, config precedence across flag, env, file and
-//! default, and secrets kept out of every output.
+//! assignment, `ktransform lag --json` verdicts, `lag` and `verify` on groups of either protocol,
+//! config precedence across flag, env, file and default, and secrets kept out of every output.
 //!
 //! Real broker, unique names; every wait polls a condition with a cap, none asserts a duration.
 
@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use common::data::{self, Mix};
 use common::{
-    brokers, create_topic, poll_until, prepare, produce, run_binary, run_in_process, stop, Binary,
-    Names, CAP, KEYS, THROTTLE,
+    brokers, create_topic, describe_group, poll_until, prepare, produce, run_binary,
+    run_in_process, stop, Binary, Names, CAP, KEYS, THROTTLE,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -295,6 +295,71 @@ async fn lag_verdict_caught_up_after_until_end() {
     }
 }
 
+/// `ktransform lag` names a group's protocol and counts its members, also for a group of the
+/// consumer protocol, which the classic DescribeGroups reports dead with none; `ktransform
+/// verify` audits the output whichever protocol made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_and_verify_with_either_group_protocol() {
+    for protocol in ["classic", "consumer"] {
+        let test = prepare(&format!("lag-{protocol}"), 4, 40_000, Mix::Clean).await;
+        let names = &test.names;
+        let args = names.args(&[THROTTLE, &["--group-protocol", protocol]].concat());
+        let (a, b) = (run_in_process(&args), run_in_process(&args));
+        poll_until(
+            &format!("two {protocol} members sharing the partitions"),
+            CAP,
+            || async {
+                let g = describe_group(&names.group).await;
+                g.assigned.len() == 2 && g.assigned.iter().all(|&n| n > 0)
+            },
+        )
+        .await;
+        let report = lag_json(names, "1s").await;
+        poll_until("group lag 0", CAP, || async {
+            common::group_lag(&names.group, &names.source).await == 0
+        })
+        .await;
+        stop(a).await.expect("A stops cleanly");
+        stop(b).await.expect("B stops cleanly");
+        assert_eq!(report["protocol"], protocol, "{report}");
+        assert_eq!(report["members"], 2, "{report}");
+        let (code, stdout, stderr) = output(
+            &[
+                "verify",
+                "--source",
+                &names.source,
+                "--destination",
+                &names.destination,
+            ],
+            &[],
+        )
+        .await;
+        assert_eq!(
+            code,
+            Some(0),
+            "verify after a {protocol} group; stdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        let (code, stdout, stderr) = output(
+            &[
+                "lag",
+                "--group",
+                &names.group,
+                "--topic",
+                &names.source,
+                "--interval",
+                "1s",
+            ],
+            &[],
+        )
+        .await;
+        assert_eq!(code, Some(0), "stderr:\n{stderr}");
+        assert!(
+            stdout.contains(&format!("({protocol} protocol)")) && stdout.contains("caught up"),
+            "{stdout}"
+        );
+    }
+}
+
 /// Writes `text` to a uniquely named TOML file.
 fn config_file(name: &str, text: &str) -> String {
     let path = std::env::temp_dir().join(format!("{}.toml", common::unique(name)));
@@ -379,6 +444,52 @@ async fn precedence_is_flag_env_file_default() {
         "{}",
         exit.stderr
     );
+}
+
+/// `--group-protocol` from the environment; under `consumer` the properties the broker owns
+/// stop the start (exit 2) naming the property and what replaces it, and `-X group.protocol`
+/// names the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_protocol_from_env_refuses_broker_side_properties() {
+    let env = [("KTRANSFORM_GROUP_PROTOCOL", "consumer")];
+    let (code, stdout, stderr) = output(&["run", "--print-config"], &env).await;
+    assert_eq!(code, Some(0), "stderr:\n{stderr}");
+    let shown: toml::Table = stdout.parse().expect("--print-config prints TOML");
+    assert_eq!(shown["group_protocol"].as_str(), Some("consumer"));
+    let consumer = shown["rdkafka"]["consumer"].as_table().unwrap();
+    assert_eq!(consumer["group.protocol"].as_str(), Some("consumer"));
+    assert!(!consumer.contains_key("partition.assignment.strategy"));
+
+    let refused = [
+        (
+            "consumer.partition.assignment.strategy=range",
+            "-X partition.assignment.strategy",
+            "group.remote.assignor",
+        ),
+        (
+            "consumer.session.timeout.ms=6000",
+            "-X session.timeout.ms",
+            "group.consumer.session.timeout.ms",
+        ),
+        (
+            "heartbeat.interval.ms=1000",
+            "-X heartbeat.interval.ms",
+            "group.consumer.heartbeat.interval.ms",
+        ),
+        (
+            "consumer.group.protocol=consumer",
+            "-X group.protocol",
+            "use --group-protocol",
+        ),
+    ];
+    for (property, names, hint) in refused {
+        let (code, _, stderr) = output(&["run", "-X", property], &env).await;
+        assert_eq!(code, Some(2), "-X {property}; stderr:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("invalid {names}")) && stderr.contains(hint),
+            "-X {property}: {stderr}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

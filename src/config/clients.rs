@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 
-use crate::config::{ConfigError, Guarantee, MetricsAddr, RunConfig, Side};
+use crate::config::{ConfigError, GroupProtocol, Guarantee, MetricsAddr, RunConfig, Side};
 
 /// librdkafka's default `batch.size`.
 const LIBRDKAFKA_BATCH_SIZE: usize = 1_000_000;
@@ -28,8 +28,6 @@ impl RunConfig {
                 // after a crash) small for the price of one commit request a second.
                 ("auto.commit.interval.ms", "1000"),
                 ("auto.offset.reset", "earliest"),
-                // Incremental rebalances: partitions that stay are not stopped when others move.
-                ("partition.assignment.strategy", "cooperative-sticky"),
                 // Memory: with split queues librdkafka prefetches per partition, and every
                 // record of a fetch response keeps the whole response alive; small responses
                 // and queues bound the peak RSS (560 MB with librdkafka's defaults on 12
@@ -49,6 +47,19 @@ impl RunConfig {
                 ("fetch.wait.max.ms", "5"),
             ],
         )?;
+        match self.group_protocol {
+            // Incremental rebalances: partitions that stay are not stopped when others move.
+            GroupProtocol::Classic if config.get("partition.assignment.strategy").is_none() => {
+                config.set("partition.assignment.strategy", "cooperative-sticky");
+            }
+            GroupProtocol::Classic => {}
+            // Owned (see `properties::OWNED_PROPERTIES`). The broker assigns, always
+            // incrementally; librdkafka refuses an assignment strategy with this protocol, and
+            // the other properties of `protocol::BROKER_SIDE`.
+            GroupProtocol::Consumer => {
+                config.set("group.protocol", GroupProtocol::Consumer.as_str());
+            }
+        }
         if self.metrics_addr != MetricsAddr::Off && config.get("statistics.interval.ms").is_none() {
             let ms = STATISTICS_INTERVAL.as_millis().to_string();
             config.set("statistics.interval.ms", ms);

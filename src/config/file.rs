@@ -353,6 +353,7 @@ mod tests {
             shutdown_timeout = "3s"
             until_end = true
             guarantee = "exactly-once"
+            group_protocol = "consumer"
             [rdkafka]
             linger.ms = 42
             "fetch.min.bytes" = 3
@@ -367,6 +368,7 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(3));
         assert!(c.until_end);
         assert_eq!(c.pipeline.guarantee, crate::config::Guarantee::ExactlyOnce);
+        assert_eq!(c.group_protocol, crate::config::GroupProtocol::Consumer);
         assert_eq!(c.pipeline.destination, "name_stream_transformed", "default");
         let (consumer, producer) = (c.consumer_config().unwrap(), c.producer_config().unwrap());
         assert_eq!(consumer.get("linger.ms"), Some("42"));
@@ -395,6 +397,10 @@ mod tests {
             (
                 "guarantee = \"exact\"",
                 "possible values: at-least-once, exactly-once",
+            ),
+            (
+                "group_protocol = \"kip848\"",
+                "possible values: classic, consumer",
             ),
             (
                 "until_end = \"yes\"",

@@ -14,10 +14,12 @@ pub mod clients;
 pub mod file;
 pub mod print;
 pub mod properties;
+pub mod protocol;
 pub mod redact;
 
 use file::CliError;
 pub use properties::{KafkaArgs, Origin, Override, Property, Side, OWNED_PROPERTIES};
+pub use protocol::GroupProtocol;
 
 /// The broker of `make up`.
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
@@ -36,6 +38,8 @@ pub const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
 pub const DEFAULT_CONNECT_TIMEOUT: &str = "30s";
 /// librdkafka's default `session.timeout.ms`.
 const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
+/// librdkafka's default `max.poll.interval.ms`.
+const DEFAULT_MAX_POLL_INTERVAL_MS: u64 = 300_000;
 /// The port registered for Prometheus exporters of this kind.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 pub const DEFAULT_PROGRESS_INTERVAL: &str = "10s";
@@ -53,6 +57,17 @@ pub struct RunConfig {
     /// Consumer group: instances with the same group share the source's partitions.
     #[arg(long, env = "KTRANSFORM_GROUP", default_value = "ktransform")]
     pub group: String,
+
+    /// Consumer group protocol: `classic` (the members assign, cooperative-sticky) or
+    /// `consumer` (KIP-848, Apache Kafka 4.0+: the broker assigns and owns the session and
+    /// heartbeat settings, which are then refused from -X).
+    #[arg(
+        long,
+        env = "KTRANSFORM_GROUP_PROTOCOL",
+        value_enum,
+        default_value = "classic"
+    )]
+    pub group_protocol: GroupProtocol,
 
     /// Exactly-once: commit the open transaction at least this often. Shorter: outputs visible
     /// to read_committed readers sooner; longer: fewer commits, more throughput.
@@ -73,7 +88,8 @@ pub struct RunConfig {
     pub shutdown_timeout: Duration,
 
     /// On revocation, time allowed for the revoked partitions' in-flight records to be acknowledged
-    /// and committed; must be below the group session timeout.
+    /// and committed; must be below the group session timeout (classic) or
+    /// `max.poll.interval.ms` (consumer).
     #[arg(long, env = "KTRANSFORM_DRAIN_TIMEOUT", default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
@@ -267,24 +283,8 @@ impl RunConfig {
         if self.connect_timeout.is_zero() {
             return Err(invalid("--connect-timeout", "must be more than 0"));
         }
-        let session_ms = self
-            .consumer_config()?
-            .get("session.timeout.ms")
-            .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| invalid("-X session.timeout.ms", format!("`{v}` is not a number")))
-            })
-            .transpose()?
-            .unwrap_or(DEFAULT_SESSION_TIMEOUT_MS);
-        if self.drain_timeout.is_zero() || self.drain_timeout >= Duration::from_millis(session_ms) {
-            return Err(invalid(
-                "--drain-timeout",
-                format!(
-                    "{:?} must be more than 0 and below the session timeout ({session_ms} ms): a member that blocks a rebalance longer is expelled from the group",
-                    self.drain_timeout
-                ),
-            ));
-        }
+        self.group_protocol.check(&self.kafka.overrides()?)?;
+        self.check_drain_timeout()?;
         if self.pipeline.guarantee == Guarantee::ExactlyOnce {
             if self.transaction_interval.is_zero() {
                 return Err(invalid("--transaction-interval", "must be more than 0"));
@@ -302,6 +302,45 @@ impl RunConfig {
             .create::<rdkafka::consumer::BaseConsumer>(&self.consumer_config()?, "consumer")?;
         self.kafka
             .create::<rdkafka::producer::BaseProducer>(&self.producer_config()?, "producer")?;
+        Ok(())
+    }
+
+    /// A revocation blocks the rebalance while the revoked partitions drain: the drain must end
+    /// before the group gives up on the member. Under the classic protocol that is the session
+    /// timeout. Under `consumer` the heartbeats go on while the callback blocks (librdkafka sends
+    /// them from its own thread), and the broker fences a member that has not given up revoked
+    /// partitions within its rebalance timeout, which is `max.poll.interval.ms`.
+    fn check_drain_timeout(&self) -> Result<(), ConfigError> {
+        let (key, default, what) = match self.group_protocol {
+            GroupProtocol::Classic => (
+                "session.timeout.ms",
+                DEFAULT_SESSION_TIMEOUT_MS,
+                "the session timeout",
+            ),
+            GroupProtocol::Consumer => (
+                "max.poll.interval.ms",
+                DEFAULT_MAX_POLL_INTERVAL_MS,
+                "the rebalance timeout (max.poll.interval.ms under --group-protocol consumer)",
+            ),
+        };
+        let limit_ms = self
+            .consumer_config()?
+            .get(key)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| invalid(format!("-X {key}"), format!("`{v}` is not a number")))
+            })
+            .transpose()?
+            .unwrap_or(default);
+        if self.drain_timeout.is_zero() || self.drain_timeout >= Duration::from_millis(limit_ms) {
+            return Err(invalid(
+                "--drain-timeout",
+                format!(
+                    "{:?} must be more than 0 and below {what} ({limit_ms} ms): a member that blocks a rebalance longer is expelled from the group",
+                    self.drain_timeout
+                ),
+            ));
+        }
         Ok(())
     }
 }

@@ -32,6 +32,7 @@ pub fn render(config: &RunConfig) -> Result<String, ConfigError> {
     t.insert("source".into(), string(&c.pipeline.source));
     t.insert("destination".into(), string(&c.pipeline.destination));
     t.insert("group".into(), string(&c.group));
+    t.insert("group_protocol".into(), string(c.group_protocol.as_str()));
     t.insert("dlq".into(), string(&c.pipeline.dlq_topic()));
     t.insert("guarantee".into(), string(&guarantee));
     t.insert("timestamp".into(), string(&timestamp));

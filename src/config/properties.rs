@@ -25,6 +25,10 @@ pub const OWNED_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "use --brokers"),
     ("group.id", "use --group"),
     (
+        "group.protocol",
+        "use --group-protocol, which also decides which other group properties apply",
+    ),
+    (
         "enable.auto.offset.store",
         "offsets are stored only after delivery; that is the at-least-once contract",
     ),

@@ -46,6 +46,22 @@ pub fn scaled(var: &str, short: usize, long: usize) -> usize {
     super::size(var, if chaos() { long } else { short })
 }
 
+/// The consumer group protocols the fault suite runs each scenario under (`--group-protocol`).
+pub const PROTOCOLS: [&str; 2] = ["classic", "consumer"];
+
+/// `run` flags for group `protocol` (`classic` or `consumer`), and with `short_session` a
+/// killed member's partitions released after about 6 s instead of 45: under `classic` that is
+/// the client's `session.timeout.ms`; under `consumer` the broker owns the session and
+/// ktransform refuses the property, and `scripts/kafka.sh` brokers set
+/// `group.consumer.session.timeout.ms` to 6 s.
+pub fn group_flags(protocol: &'static str, short_session: bool) -> Vec<&'static str> {
+    let mut flags = vec!["--group-protocol", protocol];
+    if short_session && protocol == "classic" {
+        flags.extend(["-X", "consumer.session.timeout.ms=6000"]);
+    }
+    flags
+}
+
 /// The one line of figures a scenario prints:
 /// `scenario=… records=… faults=… lost=… duplicated=…`, then scenario-specific `key=value`s.
 pub struct Figures {

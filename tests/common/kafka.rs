@@ -509,55 +509,29 @@ impl Drop for IdleMember {
     }
 }
 
-/// A consumer group as its coordinator describes it.
+/// A consumer group as its coordinator describes it, either protocol (see
+/// `ktransform::lag::group`).
 #[derive(Debug, Clone, Default)]
 pub struct GroupState {
-    /// `Stable`, `PreparingRebalance`, `CompletingRebalance`, `Empty`, ...
+    /// `Stable`, `PreparingRebalance`, `CompletingRebalance`, `Empty`, `Dead`, ...
     pub state: String,
-    /// Partitions assigned to each member (the coordinator reports them only when `Stable`).
+    /// Partitions assigned to each member, as last assigned.
     pub assigned: Vec<usize>,
+    /// `classic` or `consumer`; empty for a group the coordinator does not know.
+    pub protocol: &'static str,
 }
 
 pub async fn describe_group(group: &str) -> GroupState {
     let group = group.to_string();
     blocking(move || {
-        let list = reader_on(&brokers())
-            .fetch_group_list(Some(&group), REQUEST)
+        let reader = reader_on(&brokers());
+        let described = ktransform::lag::group::describe(reader.client(), &group, REQUEST)
             .expect("describe group");
-        let Some(info) = list.groups().iter().find(|g| g.name() == group) else {
-            return GroupState::default();
-        };
         GroupState {
-            state: info.state().to_string(),
-            assigned: info
-                .members()
-                .iter()
-                .map(|m| partition_count(m.assignment().unwrap_or_default()))
-                .collect(),
+            state: described.state,
+            assigned: described.assigned,
+            protocol: described.protocol.map_or("", |p| p.as_str()),
         }
     })
     .await
-}
-
-/// Partitions in a consumer-protocol assignment: version (i16), then per topic a name (i16
-/// length + bytes) and partitions (i32 count + i32s). 0 if empty or malformed.
-fn partition_count(assignment: &[u8]) -> usize {
-    let int = |at: usize, width: usize| -> Option<i64> {
-        let b = assignment.get(at..at + width)?;
-        Some(b.iter().fold(0i64, |n, &x| n << 8 | i64::from(x)))
-    };
-    let count = || -> Option<usize> {
-        let mut at = 2;
-        let topics = int(at, 4)?;
-        at += 4;
-        let mut total = 0;
-        for _ in 0..topics {
-            at += 2 + int(at, 2)? as usize;
-            let n = int(at, 4)? as usize;
-            at += 4 + 4 * n;
-            total += n;
-        }
-        Some(total)
-    };
-    count().unwrap_or(0)
 }

@@ -6,15 +6,21 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// `scripts/kafka.sh` with `args`, the environment of this test's brokers (`KAFKA_*` of the
-/// caller removed, except `KAFKA_CLUSTER_PORTS` and `KAFKA_READY_TIMEOUT`); its output, or
-/// the error with everything it printed.
+/// caller removed, except `KAFKA_CLUSTER_PORTS`, `KAFKA_READY_TIMEOUT` and `KAFKA_VERSION`, so
+/// that `KAFKA_VERSION=4.1.1 cargo test` runs these brokers on that version too); its output,
+/// or the error with everything it printed.
 fn kafka_sh(env: &[(&str, String)], args: &[&str]) -> Result<String, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
     let mut command = Command::new("bash");
     command.arg(script).args(args);
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy().into_owned();
-        let keep = ["KAFKA_CLUSTER_PORTS", "KAFKA_READY_TIMEOUT"].contains(&name.as_str());
+        let keep = [
+            "KAFKA_CLUSTER_PORTS",
+            "KAFKA_READY_TIMEOUT",
+            "KAFKA_VERSION",
+        ]
+        .contains(&name.as_str());
         if name.starts_with("KAFKA_") && !keep {
             command.env_remove(name);
         }

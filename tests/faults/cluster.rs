@@ -2,15 +2,16 @@
 //! the leader of the busiest source partition is SIGKILLed mid-stream, the stream goes on
 //! with two nodes, then the node is restarted. ktransform is not restarted: it must ride
 //! out the failover, catch up to lag 0 and stop cleanly, with nothing lost (at-least-once)
-//! and, under exactly-once, nothing twice for a `read_committed` reader.
+//! and, under exactly-once, nothing twice for a `read_committed` reader. Both guarantees under
+//! both group protocols.
 //!
 //! The cluster is `KAFKA_NODES=3 scripts/kafka.sh` (see `Brokers::cluster` for its ports):
 //! reused if it runs, else started here and stopped at the end. The internal topics are
 //! created (a group join, a transaction) while all three nodes are up, and after a restart the
 //! next kill waits until every partition has all its replicas in sync again.
 //!
-//! Short (default): 60,000 records per guarantee, one kill each: about 2 min in a debug build,
-//! with the cluster's start. `KTRANSFORM_CHAOS=1`: 300,000 records, three kills per guarantee
+//! Short (default): 60,000 records per guarantee and protocol, one kill each: about 3-4 min
+//! in a debug build, with the cluster's start. `KTRANSFORM_CHAOS=1`: 300,000 records, three kills per guarantee
 //! (the then-busiest partition's leader, not the node killed just before): about 6 min. Env
 //! `KTRANSFORM_FAULT_CLUSTER_RECORDS`, `KTRANSFORM_FAULT_CLUSTER_KILLS`.
 
@@ -27,23 +28,26 @@ use crate::common::{
 
 const PARTITIONS: i32 = 6;
 
-/// Both guarantees in turn on one cluster: its start-up is the slow part, and two tests
-/// killing nodes of one cluster at once would blur each other's figures.
+/// Both guarantees under both group protocols in turn on one cluster: its start-up is the
+/// slow part, and two tests killing nodes of one cluster at once would blur each other's
+/// figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_mid_stream() {
     let cluster = Arc::new(tokio::task::spawn_blocking(Brokers::cluster).await.unwrap());
     faults::warm_up(&cluster.bootstrap).await;
-    for guarantee in ["at-least-once", "exactly-once"] {
-        leader_kill(&cluster, guarantee).await;
+    for protocol in faults::PROTOCOLS {
+        for guarantee in ["at-least-once", "exactly-once"] {
+            leader_kill(&cluster, guarantee, protocol).await;
+        }
     }
 }
 
-async fn leader_kill(cluster: &Arc<Brokers>, guarantee: &str) {
-    let scenario = format!("cluster-leader-kill/{guarantee}");
+async fn leader_kill(cluster: &Arc<Brokers>, guarantee: &str, protocol: &'static str) {
+    let scenario = format!("cluster-leader-kill/{guarantee}/{protocol}");
     let n = faults::scaled("KTRANSFORM_FAULT_CLUSTER_RECORDS", 60_000, 300_000);
     let kills = faults::scaled("KTRANSFORM_FAULT_CLUSTER_KILLS", 1, 3);
     let bootstrap = cluster.bootstrap.as_str();
-    let names = Names::new(&format!("cluster-{guarantee}"));
+    let names = Names::new(&format!("cluster-{guarantee}-{protocol}"));
     names.create_on(bootstrap, PARTITIONS, 3).await;
     let seed = data::seed();
     let records = data::generate(n, KEYS, Mix::Clean, seed);
@@ -56,8 +60,9 @@ async fn leader_kill(cluster: &Arc<Brokers>, guarantee: &str) {
         "--transactional-id",
         &transactional_id,
     ];
+    let group = faults::group_flags(protocol, false);
     let (mut handle, shutdown) =
-        run_in_process_on(bootstrap, &names.args(&[THROTTLE, &flags].concat()));
+        run_in_process_on(bootstrap, &names.args(&[THROTTLE, &flags, &group].concat()));
     let mut victims: Vec<(i32, i32)> = Vec::new();
     for round in 0..kills {
         // Spread the kills over the first half of the stream.

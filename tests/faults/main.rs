@@ -7,6 +7,9 @@
 //! - [`broker`]: the only broker stopped and restarted on its data under a running service.
 //! - [`cluster`]: a partition leader SIGKILLed in a three-node cluster, both guarantees.
 //! - [`rebalance`]: instances joining and leaving every few seconds, cooperative and eager.
+//!
+//! These four run under both consumer group protocols, `--group-protocol classic` and
+//! `consumer` (KIP-848; `faults::PROTOCOLS`), and name it last in their scenario.
 //! - [`poison`]: 1% bad records of every kind, under exactly-once with kills.
 //! - [`fenced`]: the transactional producer fenced by a twin with the same id.
 //! - [`handoff`]: exactly-once through hand-offs (SIGTERM and SIGKILL): no member stops.
@@ -15,10 +18,12 @@
 //!
 //! The transform alone is fuzzed in `tests/transform_props.rs`.
 //!
-//! `cargo test --test faults -- --nocapture` runs the short versions (about 3-4 min in a debug
+//! `cargo test --test faults -- --nocapture` runs the short versions (about 5-7 min in a debug
 //! build on 2 cores, two scenarios at a time); `make chaos` (`KTRANSFORM_CHAOS=1`) the long
 //! ones. The shared broker (`make up`) must run; [`broker`] and [`cluster`] start their own
-//! through `scripts/kafka.sh`, which needs java.
+//! through `scripts/kafka.sh`, which needs java. Under the consumer protocol a killed member's
+//! partitions wait for the broker's session timeout, which `scripts/kafka.sh` sets to 6 s: on a
+//! broker started otherwise (Kafka's default, 45 s) [`kill`] takes minutes longer.
 
 #[path = "../common/mod.rs"]
 mod common;

@@ -1,12 +1,15 @@
 //! Fault: a rebalance storm. While records keep arriving, instances of one group (in-process)
 //! join and leave (a graceful stop) every 1-4 s, 1 to 4 of them at a time; then the last ones
 //! catch up to lag 0 and stop. Nothing is lost and the first deliveries of each key stay in
-//! order, under both protocols: cooperative-sticky (incremental) and range (eager, every
-//! member gives up everything on every rebalance). Duplicates are allowed and reported.
+//! order, under every kind of rebalance: the classic protocol with cooperative-sticky
+//! (incremental) and with range (eager, every member gives up everything on every
+//! rebalance), and the consumer protocol (KIP-848, incremental, the broker's `uniform`
+//! assignor). Duplicates are allowed and reported.
 //!
-//! Short (default): 30 s of storm at 2,000 records/s, both protocols at once: about 1 min in a
-//! debug build. `KTRANSFORM_CHAOS=1`: 120 s: about 3 min. Env `KTRANSFORM_FAULT_STORM_SECONDS`,
-//! `KTRANSFORM_FAULT_STORM_RATE` (records/s); data: `KTRANSFORM_TEST_SEED`.
+//! Short (default): 30 s of storm at 2,000 records/s, three storms two at a time: about 1 min
+//! each in a debug build. `KTRANSFORM_CHAOS=1`: 120 s: about 3 min each. Env
+//! `KTRANSFORM_FAULT_STORM_SECONDS`, `KTRANSFORM_FAULT_STORM_RATE` (records/s); data:
+//! `KTRANSFORM_TEST_SEED`.
 
 use std::time::{Duration, Instant};
 
@@ -21,19 +24,36 @@ const MAX_INSTANCES: usize = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalance_storm_cooperative_sticky() {
-    storm("cooperative-sticky").await;
+    let assignor = "consumer.partition.assignment.strategy=cooperative-sticky";
+    storm("cooperative-sticky", &["-X", assignor]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalance_storm_range_eager() {
-    storm("range").await;
+    storm(
+        "range",
+        &["-X", "consumer.partition.assignment.strategy=range"],
+    )
+    .await;
 }
 
-async fn storm(strategy: &str) {
-    let scenario = format!("rebalance-storm/{strategy}");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_storm_consumer_protocol() {
+    let flags = [
+        "--group-protocol",
+        "consumer",
+        "-X",
+        "consumer.group.remote.assignor=uniform",
+    ];
+    storm("consumer-uniform", &flags).await;
+}
+
+/// A storm of a group whose instances run with `flags`, named `kind` in the figures.
+async fn storm(kind: &str, flags: &[&str]) {
+    let scenario = format!("rebalance-storm/{kind}");
     let seconds = faults::scaled("KTRANSFORM_FAULT_STORM_SECONDS", 30, 120);
     let rate = faults::scaled("KTRANSFORM_FAULT_STORM_RATE", 2_000, 2_000);
-    let names = Names::new(&format!("storm-{strategy}"));
+    let names = Names::new(&format!("storm-{kind}"));
     names.create(6).await;
     let seed = data::seed();
     let records = data::generate(seconds * rate, KEYS, Mix::Clean, seed);
@@ -44,8 +64,7 @@ async fn storm(strategy: &str) {
         )
     };
 
-    let assignment = format!("consumer.partition.assignment.strategy={strategy}");
-    let args = names.args(&["-X", &assignment]);
+    let args = names.args(flags);
     let mut instances: Vec<Running> = vec![run_in_process(&args)];
     let (mut joins, mut leaves, mut unclean) = (0, 0, 0);
     let started = Instant::now();
