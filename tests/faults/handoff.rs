@@ -1,5 +1,5 @@
-//! Fault: exactly-once through hand-offs (issue 16). Three instances (the binary) of one group
-//! run with `--guarantee exactly-once` while a producer writes; every 1.5-3 s the oldest is
+//! Fault: exactly-once through hand-offs (issue 16), under both group protocols. Three instances
+//! (the binary) of one group run with `--guarantee exactly-once` while a producer writes; every 1.5-3 s the oldest is
 //! stopped and a new one joins in its place: with SIGTERM (a graceful hand-off: it drains and
 //! commits, then leaves) or with SIGKILL (its partitions wait for its session to time out, and
 //! its successor, which takes its transactional id, aborts its open transaction).
@@ -11,7 +11,7 @@
 //! (`ktransform verify --guarantee exactly-once`). The aborts are counted from the instances'
 //! logs and reported.
 //!
-//! Short (default): 20 s of hand-offs at 2,000 records/s: about 1 min in a debug build.
+//! Short (default): 20 s of hand-offs at 2,000 records/s: about 1 min each in a debug build.
 //! `KTRANSFORM_CHAOS=1`: 90 s. Env `KTRANSFORM_FAULT_HANDOFF_SECONDS`; data:
 //! `KTRANSFORM_TEST_SEED`.
 
@@ -29,12 +29,22 @@ const RATE: usize = 2_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_through_graceful_handoffs() {
-    handoffs(Stop::Term).await;
+    handoffs(Stop::Term, "classic").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_through_killed_members() {
-    handoffs(Stop::Kill).await;
+    handoffs(Stop::Kill, "classic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_through_graceful_handoffs_consumer_protocol() {
+    handoffs(Stop::Term, "consumer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_through_killed_members_consumer_protocol() {
+    handoffs(Stop::Kill, "consumer").await;
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -67,11 +77,12 @@ impl Aborts {
     }
 }
 
-async fn handoffs(how: Stop) {
+async fn handoffs(how: Stop, protocol: &'static str) {
     let scenario = match how {
-        Stop::Term => "eos-handoffs/sigterm",
-        Stop::Kill => "eos-handoffs/sigkill",
+        Stop::Term => format!("eos-handoffs/sigterm/{protocol}"),
+        Stop::Kill => format!("eos-handoffs/sigkill/{protocol}"),
     };
+    let scenario = scenario.as_str();
     let seconds = faults::scaled("KTRANSFORM_FAULT_HANDOFF_SECONDS", 20, 90);
     let names = Names::new(&scenario.replace('/', "-"));
     names.create(6).await;
@@ -86,6 +97,7 @@ async fn handoffs(how: Stop) {
     // A short session, so that a killed member's partitions move on soon (the drain timeout
     // stays below it). Commits five times as often as by default, so that more of them race
     // a rebalance.
+    let group = faults::group_flags(protocol, true);
     let start = |slot: usize| {
         let id = format!("ktr-{}-{slot}", names.group);
         let flags = [
@@ -97,11 +109,9 @@ async fn handoffs(how: Stop) {
             "3s",
             "--transaction-interval",
             "20ms",
-            "-X",
-            "consumer.session.timeout.ms=6000",
         ];
         Member {
-            binary: Binary::run(&names.args(&flags)),
+            binary: Binary::run(&names.args(&[&flags[..], &group].concat())),
             slot,
         }
     };
