@@ -16,7 +16,7 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch, RwLockReadGuard};
 use tokio::task::JoinHandle;
@@ -165,7 +165,9 @@ impl Offsets {
 }
 
 /// A commit refused while the group rebalances (or its coordinator moves) succeeds once that
-/// is over, so it is retried until `deadline`.
+/// is over, so it is retried until `deadline`; one refused because the member is no longer in
+/// the group (its session expired, or a static member replaced it) cannot succeed before it
+/// rejoins, which it cannot do while its revocation waits here: given up at once.
 fn commit_until(member: &dyn Member, tpl: &TopicPartitionList, deadline: Instant) -> bool {
     let mut attempts = 0;
     loop {
@@ -177,6 +179,10 @@ fn commit_until(member: &dyn Member, tpl: &TopicPartitionList, deadline: Instant
                 }
                 return true;
             }
+            Err(error) if out_of_the_group(&error) => {
+                tracing::warn!(%error, attempts, "commit refused: this member is no longer in the group");
+                return false;
+            }
             Err(error) if Instant::now() + COMMIT_RETRY_BACKOFF < deadline => {
                 tracing::debug!(%error, attempts, "commit refused; retrying");
                 std::thread::sleep(COMMIT_RETRY_BACKOFF);
@@ -187,4 +193,12 @@ fn commit_until(member: &dyn Member, tpl: &TopicPartitionList, deadline: Instant
             }
         }
     }
+}
+
+/// The group no longer knows this member (or fenced it): no retry makes its commit succeed.
+fn out_of_the_group(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::UnknownMemberId | RDKafkaErrorCode::FencedInstanceId)
+    )
 }
