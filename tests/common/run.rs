@@ -133,6 +133,12 @@ impl Binary {
         self.child.try_wait().expect("poll the child").is_some()
     }
 
+    /// SIGKILLs it if it still runs and reaps it, never failing: for clean-ups.
+    pub fn kill_quietly(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGKILL.
     pub fn kill(&mut self) {
         self.child.kill().expect("kill the child");

@@ -59,6 +59,17 @@ struct Member {
     slot: usize,
 }
 
+/// The running members; any still running when the test fails are killed.
+struct Members(VecDeque<Member>);
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        for member in &mut self.0 {
+            member.binary.kill_quietly();
+        }
+    }
+}
+
 /// What the instances logged about aborted transactions.
 #[derive(Default)]
 struct Aborts {
@@ -115,15 +126,15 @@ async fn handoffs(how: Stop, protocol: &'static str) {
             slot,
         }
     };
-    let mut members: VecDeque<Member> = (0..INSTANCES).map(start).collect();
+    let mut members = Members((0..INSTANCES).map(start).collect());
     let mut aborts = Aborts::default();
     let mut handoffs = 0;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(seconds as u64) {
         let pause = Duration::from_millis(rand::thread_rng().gen_range(1_500..3_000));
         tokio::time::sleep(pause).await;
-        survivors_alive(scenario, &mut members).await;
-        let oldest = members.pop_front().expect("members");
+        survivors_alive(scenario, &mut members.0).await;
+        let oldest = members.0.pop_front().expect("members");
         let slot = oldest.slot;
         let exit = match how {
             Stop::Term => {
@@ -150,7 +161,7 @@ async fn handoffs(how: Stop, protocol: &'static str) {
             }
         };
         aborts.add(&exit.stderr);
-        members.push_back(start(slot));
+        members.0.push_back(start(slot));
         handoffs += 1;
     }
     let produced = producer.await.expect("the producer task");
@@ -160,7 +171,7 @@ async fn handoffs(how: Stop, protocol: &'static str) {
     while lag_on(&brokers(), &names.group, &names.source).await != Some(0)
         || !joined(&names.group).await
     {
-        survivors_alive(scenario, &mut members).await;
+        survivors_alive(scenario, &mut members.0).await;
         assert!(
             caught_up.elapsed() < faults::drain_cap(),
             "{scenario}: group lag not 0 within {:?} of the hand-offs' end",
@@ -168,10 +179,10 @@ async fn handoffs(how: Stop, protocol: &'static str) {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for member in &members {
+    for member in &members.0 {
         member.binary.terminate();
     }
-    for member in members {
+    for member in std::mem::take(&mut members.0) {
         let exit = member.binary.wait(EXIT_CAP).await;
         assert_eq!(
             exit.code,
