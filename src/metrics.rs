@@ -6,8 +6,9 @@
 //! ([`Stats::partition`]) so the per-record cost is two relaxed atomic adds. Nothing here logs
 //! per record above DEBUG.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -34,6 +35,18 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub topic: String,
+    pub step: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicResultLabels {
+    pub topic: String,
+    pub result: String,
+}
+
 /// Counters of one `run`, and its Prometheus registry.
 pub struct Stats {
     totals: Totals,
@@ -51,6 +64,11 @@ pub struct Stats {
     replayed: Counter,
     rewinds: Counter,
     batch_seconds: Histogram,
+    stalled: Family<PartitionLabels, Gauge>,
+    stall_heals: Family<StepLabels, Counter>,
+    stall_checks: Family<TopicResultLabels, Counter>,
+    /// Partitions stalled past the stall watchdog's health bound, for `/healthz`.
+    unhealed: Mutex<BTreeSet<(String, i32)>>,
     /// When a broker was last seen up (ms since `started`), for `/healthz`.
     broker_seen_ms: AtomicU64,
     started: Instant,
@@ -73,6 +91,8 @@ struct Totals {
     txn_commits: AtomicU64,
     txn_aborts: AtomicU64,
     txn_rewinds: AtomicU64,
+    stalls: AtomicU64,
+    stall_heals: AtomicU64,
 }
 
 /// A copy of the run totals at one moment.
@@ -97,6 +117,10 @@ pub struct Snapshot {
     pub transactions_aborted: u64,
     /// Partitions rewound to their committed offset after an aborted transaction.
     pub transaction_rewinds: u64,
+    /// Partitions found stalled by the watchdog (each stall once, however long it lasted).
+    pub stalls: u64,
+    /// Heals the watchdog tried on stalled partitions (re-arms and re-splits).
+    pub stall_heals: u64,
 }
 
 /// Handles of one partition's series, resolved once when its worker starts.
@@ -127,6 +151,10 @@ impl Stats {
             replayed: Counter::default(),
             rewinds: Counter::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
+            stalled: Family::default(),
+            stall_heals: Family::default(),
+            stall_checks: Family::default(),
+            unhealed: Mutex::new(BTreeSet::new()),
             broker_seen_ms: AtomicU64::new(0),
             started: Instant::now(),
             registry: Registry::default(),
@@ -154,7 +182,7 @@ impl Stats {
         );
         r.register(
             "errors",
-            "Errors by kind (consumer, undecodable, delivery, commit, transaction, offset_reset; rewound counts records)",
+            "Errors by kind (consumer, undecodable, delivery, commit, transaction, offset_reset, stalled; rewound counts records)",
             self.errors.clone(),
         );
         r.register(
@@ -201,6 +229,21 @@ impl Stats {
             "batch_duration_seconds",
             "Time to transform and enqueue one batch",
             self.batch_seconds.clone(),
+        );
+        r.register(
+            "partition_stalled",
+            "1 while the stall watchdog finds the partition behind its end and not reading",
+            self.stalled.clone(),
+        );
+        r.register(
+            "stall_heals",
+            "Heals the stall watchdog tried, by step (rearm, resplit)",
+            self.stall_heals.clone(),
+        );
+        r.register(
+            "stall_checks",
+            "Partitions without progress whose end offset the stall watchdog asked for, by result (idle, behind, failed)",
+            self.stall_checks.clone(),
         );
     }
 
@@ -327,6 +370,60 @@ impl Stats {
         }
     }
 
+    /// The stall watchdog found a partition behind its end offset and not reading.
+    pub fn partition_stalled(&self, topic: &str, partition: i32) {
+        self.totals.stalls.fetch_add(1, Relaxed);
+        self.error(topic, "stalled");
+        self.stalled_gauge(topic, partition).set(1);
+    }
+
+    /// The stall watchdog tried `step` on a stalled partition.
+    pub fn stall_heal(&self, topic: &str, partition: i32, step: &str) {
+        tracing::debug!(topic, partition, step, "stall heal");
+        self.totals.stall_heals.fetch_add(1, Relaxed);
+        let labels = StepLabels {
+            topic: topic.to_string(),
+            step: step.to_string(),
+        };
+        self.stall_heals.get_or_create(&labels).inc();
+    }
+
+    /// A stalled partition is past the watchdog's health bound: `/healthz` fails until it ends.
+    pub fn stall_unhealed(&self, topic: &str, partition: i32) {
+        let key = (topic.to_string(), partition);
+        self.unhealed.lock().unwrap().insert(key);
+    }
+
+    /// A stall ended: the partition progresses again, has nothing left to read, or left.
+    pub fn stall_ended(&self, topic: &str, partition: i32) {
+        self.stalled_gauge(topic, partition).set(0);
+        let key = (topic.to_string(), partition);
+        self.unhealed.lock().unwrap().remove(&key);
+    }
+
+    /// The stall watchdog asked for the end offset of a partition without progress.
+    pub fn stall_checked(&self, topic: &str, result: &str) {
+        let labels = TopicResultLabels {
+            topic: topic.to_string(),
+            result: result.to_string(),
+        };
+        self.stall_checks.get_or_create(&labels).inc();
+    }
+
+    /// Partitions stalled past the watchdog's health bound, as `topic/partition`.
+    pub fn unhealed_stalls(&self) -> Vec<String> {
+        let unhealed = self.unhealed.lock().unwrap();
+        unhealed.iter().map(|(t, p)| format!("{t}/{p}")).collect()
+    }
+
+    fn stalled_gauge(&self, topic: &str, partition: i32) -> Gauge {
+        let labels = PartitionLabels {
+            topic: topic.to_string(),
+            partition,
+        };
+        self.stalled.get_or_create(&labels).clone()
+    }
+
     /// Whether a broker was seen up within `window` (never seen yet counts as not).
     pub fn broker_seen_within(&self, window: Duration) -> bool {
         let seen = self.broker_seen_ms.load(Relaxed);
@@ -351,6 +448,8 @@ impl Stats {
             transactions_committed: t.txn_commits.load(Relaxed),
             transactions_aborted: t.txn_aborts.load(Relaxed),
             transaction_rewinds: t.txn_rewinds.load(Relaxed),
+            stalls: t.stalls.load(Relaxed),
+            stall_heals: t.stall_heals.load(Relaxed),
         }
     }
 }
