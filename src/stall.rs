@@ -16,7 +16,8 @@
 //!   `--stall-timeout`;
 //! - it is behind: its end offset is past its position.
 //!
-//! An idle partition (nothing to read) is not stalled, nor is one held back by its destination.
+//! A worker whose task ended while consuming (it panicked) counts as waiting on its queue,
+//! whatever it was doing: nothing will ever move it. An idle partition (nothing to read) is not stalled, nor is one held back by its destination.
 //!
 //! # "Behind": where the numbers come from, and their cost
 //! Only a partition already quiet for the timeout is asked about, and at most once per timeout:
