@@ -34,7 +34,8 @@
 //! - [`committer`]: the one long-lived thread the blocking commit calls run on, with deadlines.
 //! - [`consumer`]: the group member; its rebalance callbacks split each assigned partition into
 //!   its own queue and start a worker, and on revocation drain and commit before release; it
-//!   re-splits a partition for the stall watchdog. Serves the main queue on its own thread.
+//!   re-splits a partition for the stall watchdog (`consumer/resplit.rs`). Serves the main
+//!   queue on its own thread.
 //! - [`member`]: what workers, the transaction and the stall watchdog ask of the consumer
 //!   (store an offset, read partitions' offsets and positions, the group's metadata), as a
 //!   trait, so they sit below [`consumer`].
@@ -50,9 +51,10 @@
 //!   the end) and `state` (the partition's life shared with its owner: Consuming → Draining →
 //!   Done | Abandoned, and the worker's progress), both unit-tested without a broker.
 //! - [`stall`]: the stall watchdog: which partitions are behind their end offset and read
-//!   nothing (`Judge`, unit-tested without a broker in `stall/tests.rs`), and the heals in
-//!   steps (re-arm the wake-up, re-split, `/healthz` failing); the consumer is its
-//!   [`stall::Watched`]. Its `testing` hook makes a worker stop reading, for tests only.
+//!   nothing (the decisions without I/O in `stall/judge.rs`, unit-tested without a broker in
+//!   `stall/tests.rs`), and the heals in steps (re-arm the wake-up, re-split, `/healthz`
+//!   failing); the consumer is its [`stall::Watched`]. Its `testing` hook makes a worker stop
+//!   reading, for tests only.
 //! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out;
 //!   its validating JSON scanner is the submodule `transform/scan.rs`.
 //! - [`sink`]: the idempotent producer, sending what it is handed: outputs straight through
@@ -70,8 +72,8 @@
 //! - [`ack`]: delivery reports counted per batch (the producer's delivery callback).
 //! - [`transaction`]: exactly-once: the open transaction, its gate, periodic and revocation
 //!   commits (outputs and offsets together).
-//! - [`metrics`]: counters as named events (run totals and the Prometheus registry), and the
-//!   periodic progress line.
+//! - [`metrics`]: counters as named events (run totals and the Prometheus registry; the stall
+//!   watchdog's in `metrics/stall.rs`), and the periodic progress line.
 //! - [`http`]: `/metrics`, `/healthz` (brokers seen, no partition stalled unhealed), `/readyz`.
 //! - [`logging`]: librdkafka's errors and log lines, rate-limited; the unrecoverable ones
 //!   (credentials, ACLs, fatal) raised to stop the run.
