@@ -10,6 +10,9 @@
 //!   worker is abandoned and its unacknowledged records are counted as replayable.
 //! - Callbacks run on the main-queue thread, a plain OS thread, so blocking there never stalls the
 //!   tokio workers that the draining partition tasks run on.
+//! - The stall watchdog ([`crate::stall`]) sees the partitions through
+//!   [`crate::stall::Watched`] (`consumer/resplit.rs`); its re-split of a partition, a
+//!   revocation and the stop's drain never run at the same time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -29,6 +32,9 @@ use crate::member::Member;
 use crate::metrics::Stats;
 use crate::offsets::CommitError;
 use crate::partition::{PartitionState, PartitionWorker, Shared, WorkerExit};
+use crate::stall;
+
+mod resplit;
 
 /// What the consumer side tells the coordinator, besides worker events.
 #[derive(Debug)]
@@ -77,6 +83,9 @@ pub struct Context {
     group_events: mpsc::UnboundedSender<GroupEvent>,
     workers: Mutex<HashMap<i32, WorkerHandle>>,
     wakeups: Arc<Wakeups>,
+    /// Held by a revocation, the stop's drain and a re-split, each from start to end: a
+    /// partition is never revoked while it is being re-split.
+    membership: Mutex<()>,
     closing: AtomicBool,
     drain_timeout: Duration,
     log: ClientLog,
@@ -98,6 +107,7 @@ impl Context {
             group_events,
             workers: Mutex::new(HashMap::new()),
             wakeups: Arc::default(),
+            membership: Mutex::new(()),
             closing: AtomicBool::new(false),
             drain_timeout,
             log: ClientLog::raising(fatal),
@@ -134,6 +144,7 @@ impl Context {
 
     /// Takes every worker out of the registry and drains them before `deadline` (blocking).
     pub fn drain_all(&self, deadline: Instant) -> Drained {
+        let _membership = self.membership.lock().unwrap();
         let handles: Vec<_> = self.workers.lock().unwrap().drain().collect();
         self.drain(handles, deadline)
     }
@@ -149,6 +160,9 @@ impl Context {
             return;
         };
         let state = Arc::new(PartitionState::default());
+        if let Some(batches) = stall::testing::allowance(&self.topic, partition) {
+            state.deafen_after(batches);
+        }
         let worker = PartitionWorker {
             topic: self.topic.clone(),
             partition,
@@ -191,6 +205,7 @@ impl Context {
     }
 
     fn revoke(&self, tpl: &TopicPartitionList) {
+        let _membership = self.membership.lock().unwrap();
         let partitions = self.partitions_of(tpl);
         let handles: Vec<_> = {
             let mut workers = self.workers.lock().unwrap();

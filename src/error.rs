@@ -72,6 +72,15 @@ pub enum Error {
         what: String,
     },
 
+    /// The stall watchdog could not replace a stalled partition's worker without losing track
+    /// of records.
+    #[error("{topic}/{partition} stalled and could not be re-split: {what}; stopping so that a restart resumes from the committed offsets")]
+    Stalled {
+        topic: String,
+        partition: i32,
+        what: String,
+    },
+
     #[error("cannot start the hashing pool: {0}")]
     HashPool(#[from] rayon::ThreadPoolBuildError),
 
@@ -96,6 +105,7 @@ impl Error {
             | Error::Io(_)
             | Error::Transaction(_)
             | Error::NotSplit { .. }
+            | Error::Stalled { .. }
             | Error::HashPool(_)
             | Error::Task { .. } => exit::FATAL,
         }

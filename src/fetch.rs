@@ -17,7 +17,8 @@
 //! - Every handle of one partition shares librdkafka's one fetch queue and so its one wake-up
 //!   callback. [`Wakeups`] records which handle set it last; only that handle switches it off
 //!   when dropped, so a stale handle dropped late (a worker aborted at a deadline while its
-//!   partition was assigned again) never silences its successor.
+//!   partition was assigned again) never silences its successor. [`Wakeups::rearm`] sets the
+//!   callback again for that handle and wakes its reader (the stall watchdog's first step).
 //! - The consumer must never return librdkafka's end-of-partition events through this queue
 //!   (`enable.partition.eof` stays off): a batch read moves the partition's position to the
 //!   event's offset + 1, one past the end (librdkafka #4844, fixed after 2.12.1), and the next
@@ -29,7 +30,7 @@ use std::ffi::{c_void, CString};
 use std::future::poll_fn;
 use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 
 use futures::task::AtomicWaker;
@@ -38,10 +39,53 @@ use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{BorrowedHeaders, Message, Timestamp};
 
-/// Which [`PartitionQueue`] owns each partition's wake-up callback: the address of the waker
-/// the callback was last set with. One per consumer.
+/// Which [`PartitionQueue`] owns each partition's wake-up callback: the waker the callback was
+/// last set with, and that handle's queue. One per consumer.
 #[derive(Default)]
-pub struct Wakeups(Mutex<HashMap<i32, usize>>);
+pub struct Wakeups(Mutex<HashMap<i32, Owner>>);
+
+/// The handle that set a partition's callback last. Its queue pointer stays valid while it is
+/// registered: the handle leaves the registry, under its lock, before it destroys the queue.
+struct Owner {
+    waker: Weak<AtomicWaker>,
+    queue: NonNull<rdsys::rd_kafka_queue_t>,
+}
+
+// Only used under the registry's lock, on a queue that librdkafka locks itself.
+unsafe impl Send for Owner {}
+
+impl Owner {
+    fn is(&self, waker: &Arc<AtomicWaker>) -> bool {
+        std::ptr::eq(self.waker.as_ptr(), Arc::as_ptr(waker))
+    }
+}
+
+impl Wakeups {
+    /// Sets `partition`'s wake-up callback again, to the waker of the handle that owns it, and
+    /// wakes that handle's reader, as if records had just arrived: a callback lost since
+    /// (switched off, or replaced by a handle that is gone) is back, and the reader reads its
+    /// queue now. False when no live handle of the partition owns it.
+    pub fn rearm(&self, partition: i32) -> bool {
+        let owners = self.0.lock().unwrap();
+        let Some(owner) = owners.get(&partition) else {
+            return false;
+        };
+        let Some(waker) = owner.waker.upgrade() else {
+            return false;
+        };
+        // The owner keeps its waker alive as long as it is registered, and switches the
+        // callback off (under this lock) before it lets go of it.
+        unsafe {
+            rdsys::rd_kafka_queue_cb_event_enable(
+                owner.queue.as_ptr(),
+                Some(queue_nonempty),
+                Arc::as_ptr(&waker) as *mut c_void,
+            );
+        }
+        waker.wake();
+        true
+    }
+}
 
 /// One partition's fetch queue, detached from the consumer's queue.
 pub struct PartitionQueue {
@@ -92,7 +136,11 @@ impl PartitionQueue {
                     Arc::as_ptr(&waker) as *mut c_void,
                 );
             }
-            owners.insert(partition, Arc::as_ptr(&waker) as usize);
+            let owner = Owner {
+                waker: Arc::downgrade(&waker),
+                queue,
+            };
+            owners.insert(partition, owner);
         }
         Some(PartitionQueue {
             queue,
@@ -164,8 +212,10 @@ impl PartitionQueue {
 impl Drop for PartitionQueue {
     fn drop(&mut self) {
         let mut owners = self.wakeups.0.lock().unwrap();
-        let mine = Arc::as_ptr(&self.waker) as usize;
-        if owners.get(&self.partition) == Some(&mine) {
+        if owners
+            .get(&self.partition)
+            .is_some_and(|o| o.is(&self.waker))
+        {
             owners.remove(&self.partition);
             // Takes the queue's lock, so no callback is running or will run with the opaque.
             unsafe {

@@ -1,8 +1,10 @@
 //! `/metrics` (Prometheus text), `/healthz` and `/readyz` on `--metrics-addr`.
 //!
 //! - `/healthz`: 200 while a broker was seen up within [`BROKER_WINDOW`] (librdkafka statistics,
-//!   every [`STATISTICS_INTERVAL`]), else 503. An orchestrator restarting on it restarts a process
-//!   that lost its brokers, not one that is busy.
+//!   every [`STATISTICS_INTERVAL`]) and no partition is stalled past the stall watchdog's health
+//!   bound (`crate::stall`: its heals did not help), else 503 with the reason. An orchestrator
+//!   restarting on it restarts a process that lost its brokers or a partition, not one that is
+//!   busy.
 //! - `/readyz`: 200 when partitions are assigned and the run is not stopping, else 503.
 //!
 //! Three GET routes do not need a web framework: this reads one request line per connection,
@@ -84,10 +86,17 @@ fn respond(path: &str, health: &Health) -> (&'static str, &'static str, String) 
                 Err(e) => ("500 Internal Server Error", TEXT, format!("{e}\n")),
             }
         }
-        "/healthz" => check(
-            health.stats.broker_seen_within(BROKER_WINDOW),
-            "no broker seen up recently",
-        ),
+        "/healthz" => {
+            let unhealed = health.stats.unhealed_stalls();
+            if !health.stats.broker_seen_within(BROKER_WINDOW) {
+                check(false, "no broker seen up recently")
+            } else if !unhealed.is_empty() {
+                let why = format!("stalled, not healed: {}", unhealed.join(", "));
+                check(false, &why)
+            } else {
+                check(true, "")
+            }
+        }
         "/readyz" => {
             let assigned = health.stats.snapshot().assigned_partitions > 0;
             let stopping = health.stopping.load(Relaxed);

@@ -15,7 +15,7 @@
 //! 1. Ground, importing no other module: [`config`], [`transform`], [`fetch`], [`member`],
 //!    [`metrics`], [`logging`], [`committer`].
 //! 2. The pipeline: [`ack`] → [`sink`] → [`dead_letter`] → [`transaction`] →
-//!    [`offsets`] → [`partition`] → [`consumer`].
+//!    [`offsets`] → [`partition`] → [`stall`] → [`consumer`].
 //! 3. The commands: [`service`] (`run`), [`lag`], [`verify`], with [`error`] (what stops a
 //!    run) and [`http`] beside them; [`cli`] on top.
 //!
@@ -34,20 +34,28 @@
 //!   committed (stored and committed by the consumer, or in the transaction).
 //! - [`committer`]: the one long-lived thread the blocking commit calls run on, with deadlines.
 //! - [`consumer`]: the group member; its rebalance callbacks split each assigned partition into
-//!   its own queue and start a worker, and on revocation drain and commit before release. Serves
-//!   the main queue on its own thread.
-//! - [`member`]: what workers and the transaction ask of the consumer (store an offset, read a
-//!   partition's offsets, the group's metadata), as a trait, so they sit below [`consumer`].
+//!   its own queue and start a worker, and on revocation drain and commit before release; it
+//!   re-splits a partition for the stall watchdog (`consumer/resplit.rs`). Serves the main
+//!   queue on its own thread.
+//! - [`member`]: what workers, the transaction and the stall watchdog ask of the consumer
+//!   (store an offset, read partitions' offsets and positions, the group's metadata), as a
+//!   trait, so they sit below [`consumer`].
 //! - [`fetch`]: a partition's own fetch queue, read a batch per call
 //!   (`rd_kafka_consume_batch_queue`), its position, and its records, whose parsed headers can
-//!   be moved out; which queue handle owns a partition's wake-up ([`fetch::Wakeups`]); a record
-//!   batch that cannot be decoded ([`fetch::Undecodable`]). Generic over the consumer context.
+//!   be moved out; which queue handle owns a partition's wake-up, and setting it again
+//!   ([`fetch::Wakeups`]); a record batch that cannot be decoded ([`fetch::Undecodable`]).
+//!   Generic over the consumer context.
 //! - [`partition`]: the per-partition worker: batches from the split queue, transform, produce,
 //!   hand acknowledged offsets to the guarantee (never backwards: records handed out again are
 //!   dropped); `--until-end`'s end from the high watermark; stops on a batch that cannot be
 //!   decoded. Its submodules: `tracker` (sent batches settled oldest first, contiguous offsets,
 //!   the end) and `state` (the partition's life shared with its owner: Consuming → Draining →
-//!   Done | Abandoned), both unit-tested without a broker.
+//!   Done | Abandoned, and the worker's progress), both unit-tested without a broker.
+//! - [`stall`]: the stall watchdog: which partitions are behind their end offset and read
+//!   nothing (the decisions without I/O in `stall/judge.rs`, unit-tested without a broker in
+//!   `stall/tests.rs`), and the heals in steps (re-arm the wake-up, re-split, `/healthz`
+//!   failing); the consumer is its [`stall::Watched`]. Its `testing` hook makes a worker stop
+//!   reading, for tests only.
 //! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out;
 //!   its validating JSON scanner is the submodule `transform/scan.rs`.
 //! - [`sink`]: the idempotent producer, sending what it is handed: outputs straight through
@@ -65,9 +73,9 @@
 //! - [`ack`]: delivery reports counted per batch (the producer's delivery callback).
 //! - [`transaction`]: exactly-once: the open transaction, its gate, periodic and revocation
 //!   commits (outputs and offsets together).
-//! - [`metrics`]: counters as named events (run totals and the Prometheus registry), and the
-//!   periodic progress line.
-//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`]: counters as named events (run totals and the Prometheus registry; the stall
+//!   watchdog's in `metrics/stall.rs`), and the periodic progress line.
+//! - [`http`]: `/metrics`, `/healthz` (brokers seen, no partition stalled unhealed), `/readyz`.
 //! - [`logging`]: librdkafka's errors and log lines, rate-limited; the unrecoverable ones
 //!   (credentials, ACLs, fatal) raised to stop the run.
 //! - [`lag`]: `ktransform lag`, a group's lag, rates and keep-up verdict (reads offsets only);
@@ -106,6 +114,7 @@ pub mod offsets;
 pub mod partition;
 pub mod service;
 pub mod sink;
+pub mod stall;
 pub mod transaction;
 pub mod transform;
 pub mod verify;

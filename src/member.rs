@@ -33,6 +33,29 @@ pub trait Member: Send + Sync {
         timeout: Duration,
     ) -> KafkaResult<Option<i64>>;
 
+    /// The group's committed offsets of `partitions` (None: nothing committed), in one request.
+    fn committed_offsets_of(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        timeout: Duration,
+    ) -> KafkaResult<Vec<(i32, Option<i64>)>>;
+
+    /// The end (`Offset::End`: the high watermark, the last stable offset under
+    /// `read_committed`) or the start (`Offset::Beginning`) of each of `partitions`, asked of
+    /// their leaders in one ListOffsets request each; None for a partition that had an error.
+    fn list_offsets(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        at: Offset,
+        timeout: Duration,
+    ) -> KafkaResult<Vec<(i32, Option<i64>)>>;
+
+    /// The position of every assigned partition of `topic`: the offset after the last record or
+    /// transaction marker handed to the application; None before the first. Local, no request.
+    fn positions(&self, topic: &str) -> KafkaResult<Vec<(i32, Option<i64>)>>;
+
     /// The group's metadata (generation, member id) for `send_offsets_to_transaction`.
     fn group_metadata(&self) -> Option<ConsumerGroupMetadata>;
 
@@ -72,6 +95,39 @@ impl<C: ConsumerContext + 'static> Member for StreamConsumer<C> {
             .filter(|o| *o >= 0))
     }
 
+    fn committed_offsets_of(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        timeout: Duration,
+    ) -> KafkaResult<Vec<(i32, Option<i64>)>> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            tpl.add_partition(topic, p);
+        }
+        Ok(offsets_of(&self.committed_offsets(tpl, timeout)?, topic))
+    }
+
+    fn list_offsets(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        at: Offset,
+        timeout: Duration,
+    ) -> KafkaResult<Vec<(i32, Option<i64>)>> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            // offsets_for_times reads each offset field as a timestamp; End and Beginning are
+            // ListOffsets' own "latest" and "earliest".
+            tpl.add_partition_offset(topic, p, at)?;
+        }
+        Ok(offsets_of(&self.offsets_for_times(tpl, timeout)?, topic))
+    }
+
+    fn positions(&self, topic: &str) -> KafkaResult<Vec<(i32, Option<i64>)>> {
+        Ok(offsets_of(&self.position()?, topic))
+    }
+
     fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
         Consumer::group_metadata(self)
     }
@@ -83,4 +139,17 @@ impl<C: ConsumerContext + 'static> Member for StreamConsumer<C> {
     fn seek(&self, topic: &str, partition: i32, offset: i64, timeout: Duration) -> KafkaResult<()> {
         Consumer::seek(self, topic, partition, Offset::Offset(offset), timeout)
     }
+}
+
+/// The offsets of `topic`'s partitions in `tpl`: None where librdkafka reports an error or no
+/// offset (a logical one such as `Invalid`).
+fn offsets_of(tpl: &TopicPartitionList, topic: &str) -> Vec<(i32, Option<i64>)> {
+    tpl.elements()
+        .iter()
+        .filter(|e| e.topic() == topic)
+        .map(|e| {
+            let offset = e.error().ok().and_then(|()| e.offset().to_raw());
+            (e.partition(), offset.filter(|o| *o >= 0))
+        })
+        .collect()
 }

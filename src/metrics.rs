@@ -6,8 +6,9 @@
 //! ([`Stats::partition`]) so the per-record cost is two relaxed atomic adds. Nothing here logs
 //! per record above DEBUG.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,6 +17,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+mod stall;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabels {
@@ -31,6 +34,18 @@ pub struct KindLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub topic: String,
+    pub step: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicResultLabels {
+    pub topic: String,
     pub result: String,
 }
 
@@ -51,6 +66,11 @@ pub struct Stats {
     replayed: Counter,
     rewinds: Counter,
     batch_seconds: Histogram,
+    stalled: Family<PartitionLabels, Gauge>,
+    stall_heals: Family<StepLabels, Counter>,
+    stall_checks: Family<TopicResultLabels, Counter>,
+    /// Partitions stalled past the stall watchdog's health bound, for `/healthz`.
+    unhealed: Mutex<BTreeSet<(String, i32)>>,
     /// When a broker was last seen up (ms since `started`), for `/healthz`.
     broker_seen_ms: AtomicU64,
     started: Instant,
@@ -73,6 +93,8 @@ struct Totals {
     txn_commits: AtomicU64,
     txn_aborts: AtomicU64,
     txn_rewinds: AtomicU64,
+    stalls: AtomicU64,
+    stall_heals: AtomicU64,
 }
 
 /// A copy of the run totals at one moment.
@@ -97,6 +119,10 @@ pub struct Snapshot {
     pub transactions_aborted: u64,
     /// Partitions rewound to their committed offset after an aborted transaction.
     pub transaction_rewinds: u64,
+    /// Partitions found stalled by the watchdog (each stall once, however long it lasted).
+    pub stalls: u64,
+    /// Heals the watchdog tried on stalled partitions (re-arms and re-splits).
+    pub stall_heals: u64,
 }
 
 /// Handles of one partition's series, resolved once when its worker starts.
@@ -127,6 +153,10 @@ impl Stats {
             replayed: Counter::default(),
             rewinds: Counter::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
+            stalled: Family::default(),
+            stall_heals: Family::default(),
+            stall_checks: Family::default(),
+            unhealed: Mutex::new(BTreeSet::new()),
             broker_seen_ms: AtomicU64::new(0),
             started: Instant::now(),
             registry: Registry::default(),
@@ -154,7 +184,7 @@ impl Stats {
         );
         r.register(
             "errors",
-            "Errors by kind (consumer, undecodable, delivery, commit, transaction, offset_reset; rewound counts records)",
+            "Errors by kind (consumer, undecodable, delivery, commit, transaction, offset_reset, stalled; rewound counts records)",
             self.errors.clone(),
         );
         r.register(
@@ -202,6 +232,7 @@ impl Stats {
             "Time to transform and enqueue one batch",
             self.batch_seconds.clone(),
         );
+        self.register_stall(r);
     }
 
     /// The registry, for `/metrics`.
@@ -351,6 +382,8 @@ impl Stats {
             transactions_committed: t.txn_commits.load(Relaxed),
             transactions_aborted: t.txn_aborts.load(Relaxed),
             transaction_rewinds: t.txn_rewinds.load(Relaxed),
+            stalls: t.stalls.load(Relaxed),
+            stall_heals: t.stall_heals.load(Relaxed),
         }
     }
 }

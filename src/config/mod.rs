@@ -45,6 +45,14 @@ pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 pub const DEFAULT_PROGRESS_INTERVAL: &str = "10s";
 /// A batch at least this large (bytes of values) is hashed on the rayon pool; smaller ones inline.
 pub const DEFAULT_PARALLEL_MIN_BYTES: usize = 256 * 1024;
+/// No healthy pause of a partition that has records to read comes near it (a partition
+/// leader's failover: the broker's session timeout, 9 s under KRaft, then a metadata refresh;
+/// librdkafka's fetch backoffs are under a second), and a stall is still reported within a
+/// minute, with `/healthz` failing after three times as long (`crate::stall`).
+pub const DEFAULT_STALL_TIMEOUT: &str = "30s";
+/// Below this a stall timeout would mistake ordinary waits (a batch's sends, the worker's own
+/// 250 ms re-read of its queue) for stalls.
+const MIN_STALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Args)]
 pub struct RunConfig {
@@ -126,6 +134,11 @@ pub struct RunConfig {
     /// Interval of the progress line in the log.
     #[arg(long, env = "KTRANSFORM_PROGRESS_INTERVAL", default_value = DEFAULT_PROGRESS_INTERVAL, value_parser = humantime::parse_duration)]
     pub progress_interval: Duration,
+
+    /// A partition behind its end offset that reads nothing for this long while waiting on its
+    /// queue is reported as stalled and healed (at least 1s); `off` or 0 turns the watchdog off.
+    #[arg(long, env = "KTRANSFORM_STALL_TIMEOUT", default_value = DEFAULT_STALL_TIMEOUT, value_parser = parse_stall_timeout)]
+    pub stall_timeout: StallTimeout,
 
     /// Print the effective configuration (settings, then every consumer and producer property)
     /// as TOML with secrets shown as "***", and exit without connecting.
@@ -296,6 +309,14 @@ impl RunConfig {
         if self.progress_interval.is_zero() {
             return Err(invalid("--progress-interval", "must be more than 0"));
         }
+        if let StallTimeout::After(timeout) = self.stall_timeout {
+            if timeout < MIN_STALL_TIMEOUT {
+                return Err(invalid(
+                    "--stall-timeout",
+                    format!("{timeout:?} is below {MIN_STALL_TIMEOUT:?}: ordinary waits would look like stalls; `off` turns the watchdog off"),
+                ));
+            }
+        }
         self.kafka.overrides()?;
         // Let librdkafka judge the properties now, so a typo fails at start with its name.
         self.kafka
@@ -342,6 +363,24 @@ impl RunConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// `--stall-timeout`: how long a partition may sit behind its end without reading, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallTimeout {
+    Off,
+    After(Duration),
+}
+
+fn parse_stall_timeout(s: &str) -> Result<StallTimeout, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(StallTimeout::Off);
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Ok(StallTimeout::Off),
+        Ok(d) => Ok(StallTimeout::After(d)),
+        Err(e) => Err(format!("`{s}` is not a duration (e.g. 30s) or `off` ({e})")),
     }
 }
 
@@ -454,5 +493,28 @@ mod tests {
             Duration::from_millis(500)
         );
         assert!(RunConfig::from_args(["--shutdown-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn the_stall_timeout_is_a_duration_or_off() {
+        assert_eq!(
+            parse(&[]).stall_timeout,
+            StallTimeout::After(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse(&["--stall-timeout", "OFF"]).stall_timeout,
+            StallTimeout::Off
+        );
+        assert_eq!(
+            parse(&["--stall-timeout", "2m"]).stall_timeout,
+            StallTimeout::After(Duration::from_secs(120))
+        );
+        assert!(RunConfig::from_args(["--stall-timeout", "later"]).is_err());
+        assert!(error(&["--stall-timeout", "500ms"]).starts_with("invalid --stall-timeout"));
+        assert_eq!(
+            parse(&["--stall-timeout", "0"]).stall_timeout,
+            StallTimeout::Off
+        );
+        parse(&["--stall-timeout", "off"]).validate().unwrap();
     }
 }

@@ -8,7 +8,7 @@ use toml::{Table, Value};
 
 use crate::config::file::RDKAFKA;
 use crate::config::redact;
-use crate::config::{ConfigError, MetricsAddr, RunConfig};
+use crate::config::{ConfigError, MetricsAddr, RunConfig, StallTimeout};
 
 /// `ktransform run --print-config`: the settings (keys as in the file) and every property of both
 /// clients, as TOML, secrets masked. Checks the configuration first, as `run` would.
@@ -54,6 +54,11 @@ pub fn render(config: &RunConfig) -> Result<String, ConfigError> {
     t.insert("parallel_min_bytes".into(), int(c.parallel_min_bytes));
     t.insert("metrics_addr".into(), string(&metrics_addr));
     t.insert("progress_interval".into(), duration(c.progress_interval));
+    let stall_timeout = match c.stall_timeout {
+        StallTimeout::Off => string("off"),
+        StallTimeout::After(d) => duration(d),
+    };
+    t.insert("stall_timeout".into(), stall_timeout);
     let properties = |config: rdkafka::ClientConfig| {
         let shown = redact::client_config(&config).into_iter();
         Value::Table(shown.map(|(k, v)| (k, Value::String(v))).collect())

@@ -53,7 +53,7 @@ use crate::metrics::{PartitionStats, Stats};
 use crate::offsets::Offsets;
 use crate::transform::{self, Rejection};
 
-pub use state::{PartitionState, Phase, Status, WorkerExit};
+pub use state::{PartitionState, Phase, Progress, Status, WorkerExit};
 use tracker::{Ack, Batch, Settled, Tracker};
 
 /// A safety net for the queue's wake-up ([`crate::fetch`]): never wait on it longer than this
@@ -74,6 +74,14 @@ pub struct Shared {
     pub until_end: bool,
     /// What happens to offsets: the guarantee.
     pub offsets: Arc<Offsets>,
+}
+
+impl Shared {
+    /// Whether a worker with `in_flight` records unacknowledged may read another batch; if
+    /// not, it waits on acknowledgements, not on its queue.
+    pub fn room_for_a_batch(&self, in_flight: usize) -> bool {
+        in_flight + self.batch_size <= self.max_in_flight
+    }
 }
 
 /// What a worker tells the coordinator while it runs (its [`PartitionState`] holds the rest).
@@ -153,7 +161,8 @@ impl PartitionWorker {
                 break;
             }
             let room = !work.abort_pending
-                && work.tracker.in_flight() + self.shared.batch_size <= self.shared.max_in_flight;
+                && self.shared.room_for_a_batch(work.tracker.in_flight())
+                && self.state.reads_queue();
             tokio::select! {
                 biased;
                 _ = self.state.drain_requested() => {}
@@ -211,6 +220,7 @@ impl PartitionWorker {
                 Ok(Ok(to)) => {
                     if let Some(to) = to {
                         work.tracker.rewind(to);
+                        self.state.rewound(to);
                     }
                     self.stats.rewound_after_abort();
                     tracing::info!(
@@ -267,6 +277,7 @@ impl PartitionWorker {
         self.stats.records_consumed(batch.len());
         let last = batch.last().expect("a batch has a first record").offset();
         work.tracker.read(batch[0].offset(), last + 1);
+        self.state.read(last + 1);
         let guard = self.shared.offsets.enter().await;
         if aborts.is_some_and(|a| *a.borrow() != work.aborts_seen) {
             // Read under the aborted transaction: dropped; the rewind reads it again.

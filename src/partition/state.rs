@@ -8,9 +8,11 @@
 //!
 //! The owner asks for a drain (revocation, stop) and waits for `Done` up to a deadline, on a
 //! plain thread; the worker watches for the drain request asynchronously, reports how many
-//! records it has in flight and whether it reached the end (`--until-end`), and says how it
-//! ended. One mutex holds it all; a condition variable wakes the owner, a `Notify` the worker.
+//! records it has in flight, its [`Progress`] (for the stall watchdog, `crate::stall`) and
+//! whether it reached the end (`--until-end`), and says how it ended. One mutex holds it all; a
+//! condition variable wakes the owner, a `Notify` the worker.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
@@ -44,6 +46,30 @@ pub struct Status {
     pub in_flight: usize,
     /// Everything up to the end offset at assignment is acknowledged (`--until-end`).
     pub at_end: bool,
+    pub progress: Progress,
+}
+
+/// What the worker got done, and when: records read from the queue, batches sent, batches
+/// acknowledged. Nothing else counts (a rewound or failed batch is not progress).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// When the worker started.
+    pub started: Instant,
+    /// When it last read, sent or settled a batch; None before the first.
+    pub at: Option<Instant>,
+    /// The offset after the last record it read (where a rewind sent it back, after one);
+    /// None before the first.
+    pub read_to: Option<i64>,
+    /// Between reading a batch and having sent it all: waiting on the producer or the
+    /// transaction, not on the queue.
+    pub sending: bool,
+}
+
+impl Progress {
+    /// Since when nothing happened.
+    pub fn quiet_since(&self) -> Instant {
+        self.at.unwrap_or(self.started)
+    }
 }
 
 pub struct PartitionState {
@@ -52,6 +78,10 @@ pub struct PartitionState {
     ended: Condvar,
     /// Wakes the worker waiting for a drain request.
     drain: Notify,
+    /// Test hook (`crate::stall::testing`): the worker stops reading its queue.
+    deaf: AtomicBool,
+    /// Test hook: batches the worker may still read before it turns deaf (`usize::MAX`: all).
+    deaf_after: AtomicUsize,
 }
 
 impl Default for PartitionState {
@@ -61,9 +91,17 @@ impl Default for PartitionState {
                 phase: Phase::Consuming,
                 in_flight: 0,
                 at_end: false,
+                progress: Progress {
+                    started: Instant::now(),
+                    at: None,
+                    read_to: None,
+                    sending: false,
+                },
             }),
             ended: Condvar::new(),
             drain: Notify::new(),
+            deaf: AtomicBool::new(false),
+            deaf_after: AtomicUsize::new(usize::MAX),
         }
     }
 }
@@ -125,8 +163,51 @@ impl PartitionState {
         }
     }
 
+    /// The worker read a batch up to `next_offset` (exclusive) and is sending it: progress.
+    pub fn read(&self, next_offset: i64) {
+        let mut status = self.status.lock().unwrap();
+        let progress = &mut status.progress;
+        progress.read_to = Some(next_offset);
+        progress.at = Some(Instant::now());
+        progress.sending = true;
+        drop(status);
+        // Only the worker reads and writes it.
+        let left = self.deaf_after.load(Relaxed);
+        if left != usize::MAX {
+            self.deaf_after.store(left.saturating_sub(1), Relaxed);
+            if left <= 1 {
+                self.deaf.store(true, Relaxed);
+            }
+        }
+    }
+
+    /// The worker will read again from `offset` (exactly-once, after an aborted transaction).
+    pub fn rewound(&self, offset: i64) {
+        self.status.lock().unwrap().progress.read_to = Some(offset);
+    }
+
+    /// Records in flight changed: a batch was sent or settled, both progress.
     pub fn set_in_flight(&self, in_flight: usize) {
-        self.status.lock().unwrap().in_flight = in_flight;
+        let mut status = self.status.lock().unwrap();
+        status.in_flight = in_flight;
+        status.progress.at = Some(Instant::now());
+        status.progress.sending = false;
+    }
+
+    /// Whether the worker reads its queue; false only under the test hook.
+    pub fn reads_queue(&self) -> bool {
+        !self.deaf.load(Relaxed)
+    }
+
+    /// Test hook (`crate::stall::testing`): the worker stops reading its queue after `batches`
+    /// more batches (at once for 0), as a worker whose wake-ups are all lost would.
+    #[doc(hidden)]
+    pub fn deafen_after(&self, batches: usize) {
+        if batches == 0 {
+            self.deaf.store(true, Relaxed);
+        } else {
+            self.deaf_after.store(batches, Relaxed);
+        }
     }
 
     pub fn reach_end(&self) {
@@ -201,6 +282,42 @@ mod tests {
         assert!(!state.status().at_end);
         state.reach_end();
         assert!(state.status().at_end);
+    }
+
+    #[test]
+    fn reads_sends_and_settlements_are_progress() {
+        let state = PartitionState::default();
+        let fresh = state.status().progress;
+        assert_eq!(
+            (fresh.at, fresh.read_to, fresh.sending),
+            (None, None, false)
+        );
+        assert_eq!(fresh.quiet_since(), fresh.started);
+        state.read(100);
+        let reading = state.status().progress;
+        assert_eq!((reading.read_to, reading.sending), (Some(100), true));
+        assert!(reading.at.is_some());
+        state.set_in_flight(100);
+        let sent = state.status().progress;
+        assert_eq!((sent.read_to, sent.sending), (Some(100), false));
+        assert!(sent.at >= reading.at);
+        // A rewind sends the read position back.
+        state.rewound(40);
+        assert_eq!(state.status().progress.read_to, Some(40));
+    }
+
+    #[test]
+    fn a_deafened_worker_stops_reading_after_its_allowance() {
+        let state = PartitionState::default();
+        assert!(state.reads_queue());
+        state.deafen_after(2);
+        state.read(10);
+        assert!(state.reads_queue());
+        state.read(20);
+        assert!(!state.reads_queue());
+        let at_once = PartitionState::default();
+        at_once.deafen_after(0);
+        assert!(!at_once.reads_queue());
     }
 
     #[tokio::test]

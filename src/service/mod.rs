@@ -17,7 +17,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{ConfigError, MetricsAddr, RunConfig};
+use crate::config::{ConfigError, MetricsAddr, RunConfig, StallTimeout};
 use crate::consumer::{self, Context, GroupEvent};
 use crate::dead_letter::Router;
 use crate::error::Error;
@@ -28,6 +28,7 @@ use crate::metrics::{self, Snapshot, Stats};
 use crate::offsets::Offsets;
 use crate::partition::{Shared, WorkerEvent};
 use crate::sink::Sink;
+use crate::stall::{self, Watched};
 use crate::transaction::TxnError;
 
 /// `--until-end`: how long an empty assignment must last before this member counts as done.
@@ -72,6 +73,8 @@ struct Pipeline {
     progress: JoinHandle<()>,
     /// Exactly-once: the periodic commits.
     committer: Option<JoinHandle<()>>,
+    /// The stall watchdog, unless `--stall-timeout off`.
+    watchdog: Option<JoinHandle<()>>,
     /// The thread serving the consumer's main queue, and its stop signal.
     main_queue: std::thread::JoinHandle<()>,
     stop_main_queue: watch::Sender<bool>,
@@ -136,6 +139,20 @@ impl Pipeline {
         let progress = tokio::spawn(metrics::progress(stats.clone(), config.progress_interval));
         let (txn_failed_tx, txn_failed) = mpsc::unbounded_channel();
         let committer = offsets.commit_periodically(config.transaction_interval, txn_failed_tx);
+        let watchdog = match config.stall_timeout {
+            StallTimeout::Off => None,
+            StallTimeout::After(timeout) => {
+                let settings = stall::Settings {
+                    topic: config.pipeline.source.clone(),
+                    timeout,
+                    reset: stall::Reset::from_property(
+                        config.consumer_config()?.get("auto.offset.reset"),
+                    ),
+                };
+                let watched = Arc::downgrade(&consumer) as Weak<dyn Watched>;
+                Some(tokio::spawn(stall::watch(watched, stats.clone(), settings)))
+            }
+        };
         tracing::info!(
             source = %config.pipeline.source,
             destination = %config.pipeline.destination,
@@ -153,6 +170,7 @@ impl Pipeline {
             server,
             progress,
             committer,
+            watchdog,
             main_queue,
             stop_main_queue,
             worker_events,

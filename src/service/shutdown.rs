@@ -34,14 +34,15 @@ pub(super) async fn stop(
         server,
         progress,
         committer,
+        watchdog,
         main_queue,
         stop_main_queue,
         ..
     } = pipeline;
     health.stopping.store(true, Ordering::Relaxed);
     consumer.context().close();
-    if let Some(committer) = committer {
-        committer.abort();
+    for task in [committer, watchdog].into_iter().flatten() {
+        task.abort();
     }
     let drained = {
         let consumer = consumer.clone();
