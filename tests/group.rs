@@ -1,6 +1,7 @@
 //! Two instances in one group. They share the partitions, and when one stops gracefully the other
 //! takes its partitions over from the committed offsets: nothing lost, nothing twice. Also when
-//! the stop falls in the middle of a rebalance.
+//! the stop falls in the middle of a rebalance, and when that rebalance follows the stop of a
+//! member that held no partition.
 //!
 //! Size: env `KTRANSFORM_TEST_GROUP_RECORDS` (default 200,000); data: env `KTRANSFORM_TEST_SEED`.
 
