@@ -309,9 +309,15 @@ def run_protocol(protocol, build, ctx):
 
 
 def verify(binary, brokers, src, dest, dlq, log):
-    p = subprocess.run([str(binary), "verify", "--brokers", brokers, "--source", src,
-                        "--destination", dest, "--dlq", dlq, "--guarantee", "at-least-once",
-                        "--json"], capture_output=True, text=True)
+    cmd = [str(binary), "verify", "--brokers", brokers, "--source", src, "--destination", dest,
+           "--dlq", dlq, "--guarantee", "at-least-once", "--json"]
+    # The destination stamps each output with its append time (LogAppendTime, which the
+    # latency needs), so no output can keep its input's timestamp: verify counts them only.
+    help_text = subprocess.run([str(binary), "verify", "--help"], capture_output=True,
+                               text=True).stdout
+    if "--timestamp" in help_text:
+        cmd += ["--timestamp", "now"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
     log.write_text(p.stderr)
     try:
         return json.loads(p.stdout)
@@ -644,7 +650,8 @@ def write_report(results):
         f"`{s['events']}` (`+N` N instances start, `-N` the N newest get SIGTERM, `kN` SIGKILL), "
         f"the first {s['warmup']:g} s after the generator starts. Then the generator stops, "
         "the group catches up, the instances left get SIGTERM and `ktransform verify` audits "
-        "the run at-least-once. The source and the destination (LogAppendTime) are then read "
+        "the run at-least-once (with `--timestamp now`: the destination keeps append times, "
+        "which the latency needs, so outputs cannot keep their input's). The source and the destination (LogAppendTime) are then read "
         "back whole and each output is tied to its input by the generator's `gen.seq` header. "
         "Per event:",
         "",
