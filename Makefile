@@ -8,7 +8,7 @@
 
 KAFKA_SH := scripts/kafka.sh
 
-.PHONY: help up down logs broker-status demo build test lint chaos bench-transform bench latency-sweep scale-test
+.PHONY: help up down logs broker-status demo build test lint chaos bench-transform bench latency-sweep scale-test rebalance-bench
 
 ##@ General
 
@@ -54,6 +54,9 @@ latency-sweep: ## Latency over load, raw copy against ktransform -> bench/result
 
 scale-test: ## ktransform drain rate over partitions x instances, and a keep-up check -> bench/results/<date>-scale-* (SCALE_ARGS=...)
 	python3 bench/scale.py $(SCALE_ARGS)
+
+rebalance-bench: ## What a hand-off costs per group protocol: joins, SIGTERM leaves, a SIGKILL under a live producer -> bench/results/<date>-rebalance.* (REBALANCE_ARGS=...)
+	python3 bench/rebalance.py $(REBALANCE_ARGS)
 
 ##@ Local Kafka broker (127.0.0.1:9092, see scripts/kafka.sh for settings)
 

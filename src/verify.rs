@@ -17,7 +17,8 @@
 //! unchanged in the dead-letter topic. Each destination record, in offset order per partition,
 //! takes the earliest source record not taken yet with exactly that content and the same headers
 //! (the earliest with that content if none has them): its first delivery.
-//! Once every source record with that content is taken, it is a duplicate. Dead letters name
+//! Once every source record with that content is taken, or when its headers are those of one
+//! already taken (a replay while equal content still waits), it is a duplicate. Dead letters name
 //! their source position in `ktransform.source.*` headers: the source record there must have the
 //! same key and value (an object dead-lettered as `output_too_large` is also right); a dead letter
 //! sent without its value (`ktransform.value.dropped`: too large for the producer or the topic)

@@ -1,6 +1,7 @@
 //! Two instances in one group. They share the partitions, and when one stops gracefully the other
 //! takes its partitions over from the committed offsets: nothing lost, nothing twice. Also when
-//! the stop falls in the middle of a rebalance.
+//! the stop falls in the middle of a rebalance, and when that rebalance follows the stop of a
+//! member that held no partition.
 //!
 //! Size: env `KTRANSFORM_TEST_GROUP_RECORDS` (default 200,000); data: env `KTRANSFORM_TEST_SEED`.
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 use common::data::{self, Mix};
 use common::{
     consume_all, describe_group, group_lag, poll_until, prepare, produce_to, run_in_process, stop,
-    wait_for_records, IdleMember, CAP, IDLE, THROTTLE,
+    wait_for_records, Binary, IdleMember, CAP, IDLE, THROTTLE,
 };
 use ktransform::{Error, Summary};
 
@@ -162,6 +163,77 @@ async fn stop_during_overlong_rebalance_does_not_claim_success() {
             "Ok although records produced by A are not committed"
         );
     }
+}
+
+/// More members than partitions: C holds none and stops gracefully; then a member joins, and A
+/// stops (SIGTERM) while the group rebalances for it. C must leave the group when it stops: if
+/// it stays a member until its session times out, the rebalance waits for it, A's final commit
+/// waits behind A's pending JoinGroup (the broker answers a connection's requests in order), A
+/// misses its deadline (exit 3), and B replays everything A did since the rebalance began.
+/// A graceful hand-off under cooperative-sticky, at-least-once, replays nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_member_leaves_so_a_stop_during_the_next_rebalance_replays_nothing() {
+    // Half the size: B alone drains what is left after the stops.
+    let n = common::size("KTRANSFORM_TEST_GROUP_RECORDS", 200_000) / 2;
+    let test = prepare("group-idle-leaves", 2, n, Mix::Clean).await;
+    let names = &test.names;
+    let args = names.args(THROTTLE);
+
+    // Processes, not in-process runs: a process that misses its deadline exits, and what it
+    // did not commit is replayed.
+    let a = Binary::run(&args);
+    wait_for_records(&names.destination, 1_000).await;
+    let b = Binary::run(&args);
+    poll_until("A and B holding a partition each", CAP, || async {
+        let group = describe_group(&names.group).await;
+        group.state == "Stable" && group.assigned == [1, 1]
+    })
+    .await;
+    let c = Binary::run(&args);
+    poll_until("C in the group without a partition", CAP, || async {
+        let group = describe_group(&names.group).await;
+        group.state == "Stable" && group.assigned.len() == 3
+    })
+    .await;
+    c.terminate();
+    let c = c.wait(CAP).await;
+    assert_eq!(c.code, Some(0), "C's exit; stderr:\n{}", c.stderr);
+    poll_until("the group settled after C's stop", CAP, || async {
+        describe_group(&names.group).await.state == "Stable"
+    })
+    .await;
+    let joiner = IdleMember::join(&names.group, &names.source, Duration::from_secs(3));
+    poll_until("the joiner's rebalance to start", CAP, || async {
+        describe_group(&names.group).await.state == "PreparingRebalance"
+    })
+    .await;
+    // A learns of the rebalance at its next heartbeat (librdkafka's default interval: 3 s) and
+    // rejoins: its JoinGroup is pending when it stops.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    a.terminate();
+    let a = a.wait(CAP).await;
+    // The joiner never commits: once it leaves, what it was given goes to B.
+    drop(joiner);
+    poll_until("group lag 0 after A left", CAP, || async {
+        group_lag(&names.group, &names.source).await == 0
+    })
+    .await;
+    b.terminate();
+    let b = b.wait(CAP).await;
+
+    let report = common::faults::audit_on(&common::brokers(), names, "at-least-once").await;
+    println!(
+        "group-idle-leaves seed={} duplicates={} lost={} exits a={:?} b={:?}",
+        test.seed, report.counts.duplicates, report.counts.lost, a.code, b.code
+    );
+    common::faults::assert_passed("group-idle-leaves", &report);
+    assert_eq!(report.counts.lost, 0, "records lost");
+    assert_eq!(
+        report.counts.duplicates, 0,
+        "records replayed after a graceful hand-off"
+    );
+    assert_eq!(a.code, Some(0), "A's exit; stderr:\n{}", a.stderr);
+    assert_eq!(b.code, Some(0), "B's exit; stderr:\n{}", b.stderr);
 }
 
 /// Runs A alone, lets an idle member join, and stops A in the second round of the cooperative

@@ -54,6 +54,7 @@ pub(super) async fn stop(
         &offsets, &stats, &consumer, config, &drained, clean, deadline,
     )
     .await?;
+    leave_if_idle(&consumer);
     let _ = stop_main_queue.send(true);
     let remaining = deadline.saturating_duration_since(Instant::now());
     let flushing = sink.clone();
@@ -128,6 +129,21 @@ async fn commit(
         }),
         Err(CommitError::Transaction(e)) => Err(e.into()),
     })
+}
+
+/// Makes a member that holds no partition leave the group now. librdkafka's close sends no
+/// LeaveGroup for a cooperative member (classic protocol) with an empty assignment: there is
+/// nothing to revoke, and the leave only follows a revocation. The group then keeps the member
+/// until its session times out (45 s by default), and a rebalance meanwhile waits for it; the
+/// members waiting in that rebalance cannot commit (the broker answers a connection's requests
+/// in order, and their commits queue behind their pending JoinGroup), so one stopped then
+/// misses its deadline and leaves everything since the rebalance began to be replayed.
+/// Unsubscribing sends the LeaveGroup; a member that holds partitions leaves on close.
+fn leave_if_idle(consumer: &StreamConsumer<Context>) {
+    if consumer.assignment().is_ok_and(|a| a.count() == 0) {
+        tracing::debug!("no partition assigned; leaving the group before closing");
+        consumer.unsubscribe();
+    }
 }
 
 /// Runs `f` on tokio's blocking pool; a panic in it is reported as the task `what`.

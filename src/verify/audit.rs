@@ -199,11 +199,22 @@ impl Auditor {
             return self.duplicate(id(source), r);
         }
         let free = |at: &usize| self.sources[id(*at)].flags & DELIVERED == 0;
-        let pick = (run.start + first_free..run.end)
+        let matched = (run.start + first_free..run.end)
             .filter(free)
             .take(HEADER_MATCH_SCAN)
-            .find(|at| self.sources[id(*at)].headers == headers)
-            .unwrap_or(run.start + first_free);
+            .find(|at| self.sources[id(*at)].headers == headers);
+        if matched.is_none() {
+            // A replay of a delivered record whose content another record still waiting for
+            // its output shares: a duplicate, not that record's delivery with changed headers.
+            let delivered = (run.start..run.end)
+                .filter(|at| !free(at))
+                .take(HEADER_MATCH_SCAN)
+                .find(|at| self.sources[id(*at)].headers == headers);
+            if let Some(at) = delivered {
+                return self.duplicate(id(at), r);
+            }
+        }
+        let pick = matched.unwrap_or(run.start + first_free);
         let source = id(pick);
         // After `pick` is delivered: the first free entry, the same one unless it was `pick`.
         let next_free = (run.start + first_free..run.end)

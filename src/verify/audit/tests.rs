@@ -233,6 +233,29 @@ fn equal_content_is_matched_by_its_headers() {
 }
 
 #[test]
+fn a_replay_is_a_duplicate_while_equal_content_waits() {
+    // Two records of equal content; the first one's output comes twice before the second's.
+    let seq = |n: &'static [u8]| -> Vec<Header<'static>> { vec![("gen.seq", Some(n))] };
+    let v: &[u8] = br#"{"first_name":"Samuel"}"#;
+    let (s0, s1) = (seq(b"0"), seq(b"1"));
+    let sources = [
+        record(0, 0, "k", Some(v), &s0),
+        record(0, 1, "k", Some(v), &s1),
+    ];
+    let o = out(r#"{"first_name":"Samuel"}"#);
+    let outs = [
+        record(0, 0, "k", Some(&o), &s0),
+        record(0, 1, "k", Some(&o), &s0),
+        record(0, 2, "k", Some(&o), &s1),
+    ];
+    let report = run(&sources, &outs, &[], Guarantee::AtLeastOnce);
+    let c = &report.counts;
+    assert_eq!((c.delivered, c.duplicates, c.lost), (2, 1, 0));
+    assert_eq!((c.changed_headers, c.order_violations), (0, 0));
+    assert!(report.passed, "{}", render(&report));
+}
+
+#[test]
 fn first_deliveries_out_of_order_are_violations() {
     let values = expected_values();
     let mut outs = outputs(&values);
