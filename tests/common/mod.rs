@@ -12,6 +12,7 @@
 
 pub mod data;
 pub mod faults;
+pub mod http;
 pub mod java;
 pub mod kafka;
 pub mod nodes;
