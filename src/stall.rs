@@ -9,15 +9,19 @@
 //!
 //! # What a stall is
 //! A partition is stalled when, all at once:
-//! - its worker is consuming (not draining or done) and waiting on its queue: not between
-//!   reading a batch and having sent it (then it waits on the producer or the transaction), and
-//!   with room under `--max-in-flight` (else it waits on acknowledgements: a slow destination);
-//! - it made no progress ([`crate::partition::Progress`]: a batch read, sent or acknowledged) for
-//!   `--stall-timeout`;
+//! - its worker is consuming (not draining or done) and waiting on its queue alone: not between
+//!   reading a batch and having sent it (then it waits on the producer or the transaction),
+//!   and with every record it read acknowledged (else it waits on its destination, slow or
+//!   unreachable: `--max-in-flight` reached, or a broker restarting);
+//! - it made no progress ([`crate::partition::Progress`]: a batch read, sent or acknowledged)
+//!   for `--stall-timeout`;
 //! - it is behind: its end offset is past its position.
 //!
-//! A worker whose task ended while consuming (it panicked) counts as waiting on its queue,
-//! whatever it was doing: nothing will ever move it. An idle partition (nothing to read) is not stalled, nor is one held back by its destination.
+//! A queue that stops being read shows as a worker with nothing in flight once its last
+//! acknowledgements are in, so waiting for them loses nothing. A worker whose task ended while
+//! consuming (it panicked) counts as waiting on its queue, whatever it was doing: nothing will
+//! ever move it. An idle partition (nothing to read) is not stalled, nor is one held back by
+//! its destination.
 //!
 //! # "Behind": where the numbers come from, and their cost
 //! Only a partition already quiet for the timeout is asked about, and at most once per timeout:
@@ -97,8 +101,6 @@ pub trait Watched: Member {
 pub struct Seen {
     pub partition: i32,
     pub status: Status,
-    /// The worker may read another batch under `--max-in-flight`.
-    pub room: bool,
     /// The worker's task is still running (it never ends while consuming, unless it panicked).
     pub alive: bool,
 }

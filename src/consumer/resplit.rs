@@ -130,7 +130,6 @@ impl Watched for StreamConsumer<Context> {
                 Seen {
                     partition,
                     status,
-                    room: context.shared.room_for_a_batch(status.in_flight),
                     alive: !h.task.is_finished() || status.phase != Phase::Consuming,
                 }
             })

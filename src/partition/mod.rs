@@ -76,14 +76,6 @@ pub struct Shared {
     pub offsets: Arc<Offsets>,
 }
 
-impl Shared {
-    /// Whether a worker with `in_flight` records unacknowledged may read another batch; if
-    /// not, it waits on acknowledgements, not on its queue.
-    pub fn room_for_a_batch(&self, in_flight: usize) -> bool {
-        in_flight + self.batch_size <= self.max_in_flight
-    }
-}
-
 /// What a worker tells the coordinator while it runs (its [`PartitionState`] holds the rest).
 #[derive(Debug)]
 pub enum WorkerEvent {
@@ -161,7 +153,7 @@ impl PartitionWorker {
                 break;
             }
             let room = !work.abort_pending
-                && self.shared.room_for_a_batch(work.tracker.in_flight())
+                && work.tracker.in_flight() + self.shared.batch_size <= self.shared.max_in_flight
                 && self.state.reads_queue();
             tokio::select! {
                 biased;

@@ -118,8 +118,8 @@ impl Judge {
                 }
                 continue;
             }
-            if s.alive && (progress.sending || !s.room) {
-                // Waiting on the destination or the transaction, not on the queue.
+            if s.alive && (progress.sending || s.status.in_flight > 0) {
+                // Waiting on the destination or the transaction, not on the queue alone.
                 continue;
             }
             let quiet_since = quiet_since(&progress, track);

@@ -28,7 +28,6 @@ fn seen(partition: i32, started: Instant, progress: Option<Instant>) -> Seen {
                 sending: false,
             },
         },
-        room: true,
         alive: true,
     }
 }
@@ -69,7 +68,7 @@ fn a_partition_waiting_on_its_destination_is_never_asked_about() {
     let t0 = Instant::now();
     let mut judge = Judge::new(T);
     let mut full = seen(0, t0, Some(t0));
-    full.room = false;
+    full.status.in_flight = 200;
     let mut sending = seen(1, t0, Some(t0));
     sending.status.progress.sending = true;
     assert!(asked(&mut judge, &[full, sending], at(t0, 600)).is_empty());
