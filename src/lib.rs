@@ -48,9 +48,10 @@
 //! - [`partition`]: the per-partition worker: batches from the split queue, transform, produce,
 //!   hand acknowledged offsets to the guarantee (never backwards: records handed out again are
 //!   dropped); `--until-end`'s end from the high watermark; stops on a batch that cannot be
-//!   decoded. Its submodules: `tracker` (sent batches settled oldest first, contiguous offsets,
+//!   decoded. Its submodules: `rewind` (exactly-once: back to the committed offset after an
+//!   aborted transaction), `tracker` (sent batches settled oldest first, contiguous offsets,
 //!   the end) and `state` (the partition's life shared with its owner: Consuming → Draining →
-//!   Done | Abandoned, and the worker's progress), both unit-tested without a broker.
+//!   Done | Abandoned, and the worker's progress), these two unit-tested without a broker.
 //! - [`stall`]: the stall watchdog: which partitions are behind their end offset and read
 //!   nothing (the decisions without I/O in `stall/judge.rs`, unit-tested without a broker in
 //!   `stall/tests.rs`), and the heals in steps (re-arm the wake-up, re-split, `/healthz`
