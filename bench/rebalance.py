@@ -84,6 +84,9 @@ def parse_args():
                         "repeatable: the builds run side by side, each protocol in turn "
                         "(e.g. main=../main/target/release/ktransform)")
     p.add_argument("--name", help="results file stem (default <date>-rebalance)")
+    p.add_argument("--broker-label", metavar="TEXT",
+                   help="what the report says the broker is (default: the local broker of "
+                        "scripts/kafka.sh as bench/harness.py describes it)")
     p.add_argument("--report-from", type=Path, metavar="JSON",
                    help="only write the report and chart again from a results file")
     p.add_argument("--no-build", action="store_true")
@@ -326,6 +329,28 @@ def verify(binary, brokers, src, dest, dlq, log):
 # --- Main ---------------------------------------------------------------------------------------
 
 
+def machine(args):
+    m = harness.machine()
+    if args.broker_label:
+        m["broker"] = args.broker_label
+    return m
+
+
+def group_consumer_settings(brokers):
+    """The broker's heartbeat interval and session timeout for KIP-848 groups, or None."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": brokers})
+    try:
+        node = next(iter(admin.list_topics(timeout=10).brokers))
+        resource = ConfigResource("broker", str(node))
+        config = admin.describe_configs([resource])[resource].result()
+        return {"heartbeat_ms": int(config["group.consumer.heartbeat.interval.ms"].value),
+                "session_ms": int(config["group.consumer.session.timeout.ms"].value)}
+    except Exception:  # noqa: BLE001: a broker without the consumer protocol's settings
+        return None
+
+
 def builds_of(args, bins, scratch):
     """The binaries to measure, each copied into the scratch directory."""
     if not args.ktransform:
@@ -359,7 +384,8 @@ def main():
         "name": args.name,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": "python3 bench/rebalance.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "machine": harness.machine(),
+        "machine": machine(args),
+        "broker_group_consumer": group_consumer_settings(args.brokers),
         "settings": settings,
         "builds": [{k: str(v) for k, v in b.items() if k != "path"} for b in builds],
         "run_id": run_id,

@@ -234,6 +234,7 @@ def write_report(results):
     from report import fmt, machine_section, plt
 
     s, name = results["settings"], results["name"]
+    kip848 = results.get("broker_group_consumer")
     runs = results["runs"]
     multi = len(results.get("builds", [])) > 1
     lines = [
@@ -288,10 +289,12 @@ def write_report(results):
         "",
         "Eager is `-X consumer.partition.assignment.strategy=range`, cooperative-sticky "
         "ktransform's default, KIP-848 `--group-protocol consumer` (the broker's `uniform` "
-        "assignor; heartbeat interval and session timeout are the broker's). Everything else "
-        "is at its default: librdkafka's `heartbeat.interval.ms` 3 s and "
-        "`session.timeout.ms` 45 s, ktransform's `--drain-timeout` and `--shutdown-timeout` "
-        "10 s.",
+        "assignor; heartbeat interval and session timeout are the broker's"
+        + (f": `group.consumer.heartbeat.interval.ms` {fmt(kip848['heartbeat_ms'])} ms, "
+           f"`group.consumer.session.timeout.ms` {fmt(kip848['session_ms'])} ms"
+           if kip848 else "") + "). Everything else is at its default: librdkafka's "
+        "`heartbeat.interval.ms` 3 s and `session.timeout.ms` 45 s, ktransform's "
+        "`--drain-timeout` and `--shutdown-timeout` 10 s.",
         "",
         "## Summary",
         "",
