@@ -101,6 +101,17 @@ Environment:
   KAFKA_SASL_PORT        single node, for auth tests: also a SASL_PLAINTEXT (PLAIN) listener
                          on this port, where user alice (password alice-secret) may do
                          nothing; ANONYMOUS on the other listeners is a super user
+
+  Single node, for TLS tests: each port set adds a listener. Certificates are made at 'up'
+  with openssl and keytool into the node's tls/ directory (see make_tls_material):
+  ca.pem signs the broker's certificates (SAN 127.0.0.1 and localhost) and client.pem
+  (CN=ktransform-client, key client.key encrypted with the password client-key-secret);
+  other-ca.pem is an unrelated CA that signed other-client.pem / other-client.key.
+  KAFKA_SSL_PORT         SSL
+  KAFKA_SASL_SSL_PORT    SASL_SSL with SCRAM-SHA-512: user ktransform, password scram-secret
+  KAFKA_MTLS_PORT        SSL that requires a client certificate signed by ca.pem
+  KAFKA_SSL_EXPIRED_PORT SSL with a certificate (signed by ca.pem) that expired yesterday
+  KAFKA_SSL_WRONG_HOST_PORT  SSL with a certificate (signed by ca.pem) for wrong-host.example only
 EOF
 }
 
@@ -226,9 +237,19 @@ kafka_tool() {
 # Write the broker config of node $2 into dir $1, listening on client port $3 and
 # controller port $4. $5: a cluster's controller.quorum.voters; none for a single node.
 write_properties() {
-  local dir=$1 id=$2 client_port=$3 controller_port=$4 voters=${5:-} sasl_listener=
-  if [[ -n ${KAFKA_SASL_PORT:-} && -z $voters ]]; then
-    sasl_listener=",SASL_PLAINTEXT://$HOST:$KAFKA_SASL_PORT"
+  local dir=$1 id=$2 client_port=$3 controller_port=$4 voters=${5:-}
+  local listeners="PLAINTEXT://$HOST:$client_port,CONTROLLER://$HOST:$controller_port"
+  local protocols=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+  local entry name protocol variable
+  if [[ -z $voters ]]; then
+    # A single node's extra listeners, each if its port is set.
+    for entry in SASL_PLAINTEXT:SASL_PLAINTEXT:KAFKA_SASL_PORT $(tls_listeners); do
+      IFS=: read -r name protocol variable <<<"$entry"
+      if [[ -n ${!variable:-} ]]; then
+        listeners+=",$name://$HOST:${!variable}"
+        protocols+=",$name:$protocol"
+      fi
+    done
   fi
   {
     cat <<EOF
@@ -236,24 +257,28 @@ write_properties() {
 process.roles=broker,controller
 node.id=$id
 # 127.0.0.1 rather than localhost, so that clients (librdkafka) do not try ::1 first.
-listeners=PLAINTEXT://$HOST:$client_port,CONTROLLER://$HOST:$controller_port$sasl_listener
-advertised.listeners=PLAINTEXT://$HOST:$client_port,CONTROLLER://$HOST:$controller_port$sasl_listener
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listeners=$listeners
+advertised.listeners=$listeners
+listener.security.protocol.map=$protocols
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 log.dirs=$dir/data
 EOF
-    if [[ -n $sasl_listener ]]; then
+    if [[ -z $voters && -n ${KAFKA_SASL_PORT:-} ]]; then
       # Auth tests: on the SASL port one user, alice (password alice-secret), who may do
       # nothing (no ACLs, and no ACL means deny); the PLAINTEXT and controller listeners'
-      # ANONYMOUS principal is a super user, so that the broker and the tests' setup work.
+      # ANONYMOUS principal is a super user, so that the broker and the tests' setup work,
+      # and so are the TLS listeners' users.
       cat <<EOF
-sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_alice="alice-secret";
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
-super.users=User:ANONYMOUS
+super.users=User:ANONYMOUS;User:$TLS_SCRAM_USER;User:CN=$TLS_CLIENT_CN
 allow.everyone.if.no.acl.found=false
 EOF
+    fi
+    if [[ -z $voters ]] && tls_wanted; then
+      tls_properties "$dir/tls"
     fi
     if [[ -z $voters ]]; then
       cat <<EOF
@@ -316,6 +341,120 @@ auto.create.topics.enable=${KAFKA_AUTO_CREATE_TOPICS:-true}
 log.retention.ms=-1
 EOF
   } >"$dir/server.properties"
+}
+
+# --- TLS listeners (single node, for tests) ----------------------------------------------
+
+readonly TLS_SCRAM_USER=ktransform
+readonly TLS_SCRAM_PASSWORD=scram-secret
+readonly TLS_CLIENT_CN=ktransform-client
+readonly TLS_CLIENT_KEY_PASSWORD=client-key-secret
+# The password of the broker's own keystores, which only the broker reads.
+readonly TLS_STORE_PASSWORD=broker-store-secret
+
+# name:security protocol:port variable of each TLS listener.
+tls_listeners() {
+  say SSL:SSL:KAFKA_SSL_PORT SASL_SSL:SASL_SSL:KAFKA_SASL_SSL_PORT MTLS:SSL:KAFKA_MTLS_PORT \
+    EXPIRED:SSL:KAFKA_SSL_EXPIRED_PORT WRONG_HOST:SSL:KAFKA_SSL_WRONG_HOST_PORT
+}
+
+# True if a TLS listener is asked for.
+tls_wanted() {
+  local entry variable
+  for entry in $(tls_listeners); do
+    variable=${entry##*:}
+    if [[ -n ${!variable:-} ]]; then return 0; fi
+  done
+  return 1
+}
+
+# The TLS part of server.properties, the material in dir $1. Every listener presents
+# server.p12 unless it says otherwise; only MTLS asks for (and checks) client certificates.
+tls_properties() {
+  local tls=$1
+  cat <<EOF
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$tls/server.p12
+ssl.keystore.password=$TLS_STORE_PASSWORD
+ssl.key.password=$TLS_STORE_PASSWORD
+listener.name.mtls.ssl.client.auth=required
+listener.name.mtls.ssl.truststore.type=PEM
+listener.name.mtls.ssl.truststore.location=$tls/ca.pem
+listener.name.expired.ssl.keystore.location=$tls/expired.p12
+listener.name.wrong_host.ssl.keystore.location=$tls/wrong-host.p12
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+EOF
+}
+
+# Certificates and keys for the TLS listeners and their clients, made afresh in dir $1: a CA,
+# the broker's certificates it signs (a good one, one that expired yesterday, one for another
+# host) and a client certificate it signs; an unrelated CA and a client certificate it signs.
+# EC P-256 keys, made in milliseconds; nothing is downloaded.
+make_tls_material() {
+  local tls=$1
+  require_command openssl "it makes the TLS listeners' certificates (apt-get install openssl)"
+  require_command keytool "it makes the expired certificate (it comes with the JDK)"
+  rm -rf "$tls"
+  mkdir -p "$tls"
+  (
+    set -e
+    cd "$tls"
+    cat >ext.cnf <<EOF
+[ca]
+basicConstraints=critical,CA:TRUE
+keyUsage=critical,keyCertSign,cRLSign
+[server]
+subjectAltName=IP:$HOST,DNS:localhost
+extendedKeyUsage=serverAuth
+[wrong_host]
+subjectAltName=DNS:wrong-host.example
+extendedKeyUsage=serverAuth
+[client]
+extendedKeyUsage=clientAuth
+EOF
+    # request NAME SUBJECT: a key NAME.key and a signing request NAME.csr.
+    request() {
+      openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1.key" \
+        -subj "/CN=$2" -out "$1.csr" 2>/dev/null
+    }
+    # sign NAME CA EXTENSIONS: NAME.pem from NAME.csr, signed by CA.pem for 30 days.
+    sign() {
+      openssl x509 -req -in "$1.csr" -CA "$2.pem" -CAkey "$2.key" -CAcreateserial \
+        -days 30 -extfile ext.cnf -extensions "$3" -out "$1.pem" 2>/dev/null
+    }
+    local ca key
+    for ca in ca other-ca; do
+      request "$ca" "ktransform test $ca"
+      openssl x509 -req -in "$ca.csr" -key "$ca.key" -days 30 -extfile ext.cnf \
+        -extensions ca -out "$ca.pem" 2>/dev/null
+    done
+    request server localhost
+    sign server ca server
+    request wrong-host wrong-host.example
+    sign wrong-host ca wrong_host
+    request client "$TLS_CLIENT_CN"
+    sign client ca client
+    request other-client "$TLS_CLIENT_CN"
+    sign other-client other-ca client
+    # openssl 3.0's x509 cannot date a certificate in the past; keytool can: valid for a day
+    # from two days ago, signed with the CA from a PKCS12 store.
+    openssl pkcs12 -export -in ca.pem -inkey ca.key -name ca -out ca.p12 \
+      -passout "pass:$TLS_STORE_PASSWORD"
+    keytool -gencert -rfc -alias ca -keystore ca.p12 -storetype PKCS12 \
+      -storepass "$TLS_STORE_PASSWORD" -infile server.csr -outfile expired.pem \
+      -startdate -2d -validity 1 -ext "san=ip:$HOST,dns:localhost" 2>/dev/null
+    cp server.key expired.key
+    for key in server wrong-host expired; do
+      openssl pkcs12 -export -in "$key.pem" -inkey "$key.key" -certfile ca.pem -name broker \
+        -out "$key.p12" -passout "pass:$TLS_STORE_PASSWORD"
+    done
+    # The client's key encrypted, as ssl.key.password expects.
+    openssl pkcs8 -topk8 -in client.key -out client.key.enc \
+      -passout "pass:$TLS_CLIENT_KEY_PASSWORD"
+    mv client.key.enc client.key
+    rm -f ./*.csr ./*.srl ca.p12 ext.cnf
+  ) || die "making the TLS certificates in $tls failed"
 }
 
 # Empty node dir $1's data and logs. Data is throw-away, and starting empty gives every
@@ -661,10 +800,22 @@ cmd_up() {
   fetch_jars
 
   reset_node_dir "$dir"
+  local entry variable scram=()
+  for entry in ::KAFKA_SASL_PORT $(tls_listeners); do
+    variable=${entry##*:}
+    if [[ -n ${!variable:-} ]]; then
+      require_port_free "${!variable}" "$variable"
+    fi
+  done
+  if tls_wanted; then
+    make_tls_material "$dir/tls"
+    # KRaft keeps SCRAM credentials in the metadata log: the user is added at format time.
+    scram=(--add-scram "SCRAM-SHA-512=[name=$TLS_SCRAM_USER,password=$TLS_SCRAM_PASSWORD]")
+  fi
   write_properties "$dir" 1 "$CLIENT_PORT" "$CONTROLLER_PORT"
   local cluster_id
   cluster_id=$(kafka_tool "$dir" kafka.tools.StorageTool random-uuid)
-  format_storage "$dir" "$cluster_id" --standalone
+  format_storage "$dir" "$cluster_id" --standalone "${scram[@]}"
   start_node "$dir"
   pid=$(node_pid "$dir")
   wait_until_serving "$dir" "$pid" "$CLIENT_PORT"

@@ -38,6 +38,10 @@ pub enum Error {
     #[error("kafka client: {0}")]
     Client(#[from] KafkaError),
 
+    /// The brokers refuse this client's certificates or credentials.
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
+
     #[error("partition {partition}: {error}")]
     Worker { partition: i32, error: WorkerError },
 
@@ -100,6 +104,7 @@ impl Error {
             Error::ShutdownTimeout { .. } | Error::NotCommitted { .. } => exit::SHUTDOWN_TIMEOUT,
             Error::AuditFailed(_) => exit::VERIFY_FAILED,
             Error::Client(_)
+            | Error::Security(_)
             | Error::Worker { .. }
             | Error::Fatal(_)
             | Error::Io(_)

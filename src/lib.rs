@@ -13,7 +13,7 @@
 //! module of `run` other than [`config`] sets a librdkafka property), bottom to top:
 //!
 //! 1. Ground, importing no other module: [`config`], [`transform`], [`fetch`], [`member`],
-//!    [`metrics`], [`logging`], [`committer`].
+//!    [`metrics`], [`logging`], [`committer`], [`security`].
 //! 2. The pipeline: [`ack`] → [`sink`] → [`dead_letter`] → [`transaction`] →
 //!    [`offsets`] → [`partition`] → [`stall`] → [`consumer`].
 //! 3. The commands: [`service`] (`run`), [`lag`], [`verify`], with [`error`] (what stops a
@@ -79,6 +79,9 @@
 //! - [`http`]: `/metrics`, `/healthz` (brokers seen, no partition stalled unhealed), `/readyz`.
 //! - [`logging`]: librdkafka's errors and log lines, rate-limited; the unrecoverable ones
 //!   (credentials, ACLs, fatal) raised to stop the run.
+//! - [`security`]: why the brokers refuse this client (the broker's certificate, the client's
+//!   certificate under mutual TLS, SASL credentials), read from librdkafka's messages; the broker
+//!   certificate's fault found by a TLS handshake of its own, named with the property to fix.
 //! - [`lag`]: `ktransform lag`, a group's lag, rates and keep-up verdict (reads offsets only);
 //!   the group's members and protocol, either protocol, from its coordinator's description
 //!   (`lag/group.rs`, librdkafka's DescribeConsumerGroups, which rust-rdkafka does not wrap).
@@ -113,6 +116,7 @@ pub mod member;
 pub mod metrics;
 pub mod offsets;
 pub mod partition;
+pub mod security;
 pub mod service;
 pub mod sink;
 pub mod stall;

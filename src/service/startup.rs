@@ -6,13 +6,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
+use rdkafka::ClientContext;
 
 use crate::config::{ConfigError, Guarantee, RunConfig, Side, Timestamps};
 use crate::error::Error;
 use crate::logging::{FatalErrors, QuietContext};
 use crate::metrics::Stats;
 use crate::offsets::Offsets;
+use crate::security::{self, Watch};
 use crate::sink::{Sink, TopicLimits};
 use crate::transaction::Transactions;
 
@@ -82,29 +86,32 @@ pub async fn offsets(
 /// topics (the source may be created later; the destination needs broker auto-creation).
 /// Returns the destination's partition count, if it exists.
 ///
-/// The metadata comes from a probe client whose errors are served here (the admin client's are
-/// not), so that refused credentials stop the start at once, named, rather than looking like
-/// an unreachable broker.
+/// The metadata comes from a probe client whose errors and log lines are read here (the admin
+/// client's are not), so that refused credentials or certificates stop the start at once, named
+/// with the property to fix ([`security`]), rather than looking like an unreachable broker.
 async fn wait_for_brokers(
     admin: &Arc<AdminClient<QuietContext>>,
     config: &RunConfig,
     fatal: &Arc<FatalErrors>,
 ) -> Result<Option<i32>, Error> {
-    let probe: Arc<BaseProducer<QuietContext>> = Arc::new(
-        config
-            .kafka
-            .client_config(Side::Producer, &[])?
-            .create_with_context(QuietContext::raising(fatal.clone()))?,
-    );
+    let client_config = config.kafka.client_config(Side::Producer, &[])?;
+    let probe: Arc<BaseProducer<ProbeContext>> =
+        Arc::new(client_config.create_with_context(ProbeContext {
+            quiet: QuietContext::raising(fatal.clone()),
+            watch: Watch::default(),
+        })?);
     let started = Instant::now();
     let mut backoff = Duration::from_millis(200);
     loop {
         let attempt = Duration::from_secs(5).min(config.connect_timeout);
-        let metadata = {
+        let request = {
             let probe = probe.clone();
             tokio::task::spawn_blocking(move || {
                 let metadata = probe.client().fetch_metadata(None, attempt);
-                probe.poll(Duration::ZERO);
+                // One event per call: serve the errors queued meanwhile.
+                for _ in 0..64 {
+                    probe.poll(Duration::ZERO);
+                }
                 metadata.map(|m| {
                     let topics = m
                         .topics()
@@ -114,12 +121,19 @@ async fn wait_for_brokers(
                     (topics, m.brokers().first().map(|b| b.id()))
                 })
             })
-            .await
-            .map_err(|source| Error::Task {
+        };
+        // A refusal ends the wait at once; the request finishes on its own thread.
+        let watch = &probe.context().watch;
+        let metadata = tokio::select! {
+            metadata = request => metadata.map_err(|source| Error::Task {
                 what: "metadata request",
                 source,
-            })?
+            })?,
+            refusal = watch.wait() => return Err(refused(&probe, refusal, client_config, config).await),
         };
+        if let Some(refusal) = watch.get() {
+            return Err(refused(&probe, refusal, client_config, config).await);
+        }
         if let Some(message) = fatal.get() {
             return Err(Error::Fatal(message));
         }
@@ -163,6 +177,55 @@ async fn wait_for_brokers(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// The start-up probe's context: the quiet logging, and librdkafka's errors and log lines read
+/// for a refusal that no retry cures.
+struct ProbeContext {
+    quiet: QuietContext,
+    watch: Watch,
+}
+
+impl ClientContext for ProbeContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.watch.observe(reason);
+        self.quiet.error(error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.watch.observe(message);
+        self.quiet.log(level, fac, message);
+    }
+}
+
+/// It never sends.
+impl ProducerContext for ProbeContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+/// The error for `refusal`, its cause diagnosed ([`security::diagnose_watched`]).
+async fn refused(
+    probe: &Arc<BaseProducer<ProbeContext>>,
+    refusal: security::Refusal,
+    client_config: rdkafka::ClientConfig,
+    config: &RunConfig,
+) -> Error {
+    let (probe, brokers) = (probe.clone(), config.kafka.brokers.clone());
+    let diagnosis = tokio::task::spawn_blocking(move || {
+        security::diagnose_watched(&probe.context().watch, &refusal, &client_config, &brokers)
+    })
+    .await;
+    match diagnosis {
+        Ok(error) => {
+            tracing::error!("{error}");
+            Error::Security(error)
+        }
+        Err(source) => Error::Task {
+            what: "TLS diagnosis",
+            source,
+        },
     }
 }
 

@@ -1,0 +1,496 @@
+//! Why the brokers refuse this client, named with the property to fix: a broker certificate
+//! that does not verify (its CA, its host name, its dates), a client certificate the broker
+//! refuses under mutual TLS, SASL credentials it rejects.
+//!
+//! Retrying cures none of these, and librdkafka retries them forever. [`Watch`] reads
+//! librdkafka's error and log messages for them, so that start-up stops on the first. librdkafka
+//! says only "certificate verify failed" whatever the broker certificate's fault, so
+//! [`diagnose`] repeats the handshake with the same trust settings (`ssl.ca.location` or
+//! `ssl.ca.pem`, `ssl.endpoint.identification.algorithm`) and OpenSSL's own verification, and
+//! names the fault it reports. Secrets never appear: messages quote file paths, the user name and
+//! librdkafka's text, never a property's value otherwise.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use openssl::x509::{X509NameRef, X509Ref, X509};
+use rdkafka::ClientConfig;
+use tokio::sync::Notify;
+
+/// How long [`diagnose`]'s own connection and handshake may take.
+const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// OpenSSL's verification results (`X509_V_ERR_*` of `openssl/x509_vfy.h`) that name a cause.
+mod verify {
+    pub const UNABLE_TO_GET_ISSUER_CERT: i32 = 2;
+    pub const CERT_NOT_YET_VALID: i32 = 9;
+    pub const CERT_HAS_EXPIRED: i32 = 10;
+    pub const DEPTH_ZERO_SELF_SIGNED_CERT: i32 = 18;
+    pub const SELF_SIGNED_CERT_IN_CHAIN: i32 = 19;
+    pub const UNABLE_TO_GET_ISSUER_CERT_LOCALLY: i32 = 20;
+    pub const UNABLE_TO_VERIFY_LEAF_SIGNATURE: i32 = 21;
+    pub const HOSTNAME_MISMATCH: i32 = 62;
+    pub const IP_ADDRESS_MISMATCH: i32 = 64;
+}
+
+/// A refusal as librdkafka reports it, before [`diagnose`] names its cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The broker's certificate failed verification.
+    BrokerCertificate { broker: Option<String> },
+    /// The broker ended the connection with a TLS alert about the client's certificate.
+    ClientCertificate {
+        broker: Option<String>,
+        alert: String,
+    },
+    /// The broker rejected the SASL credentials.
+    Credentials {
+        broker: Option<String>,
+        detail: String,
+    },
+}
+
+/// The client settings a refusal names, with its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    #[error("TLS: the certificate of broker {broker} is not signed by a CA in {trust} (its issuer: {issuer}): set ssl.ca.location to the CA certificate that signed the brokers' certificates")]
+    UnknownIssuer {
+        broker: String,
+        trust: String,
+        issuer: String,
+    },
+
+    #[error("TLS: the certificate of broker {broker} is not issued for `{host}` (it names {names}); ssl.endpoint.identification.algorithm=https checks this: connect to the brokers by a name their certificates carry (--brokers, and the brokers' advertised.listeners)")]
+    HostMismatch {
+        broker: String,
+        host: String,
+        names: String,
+    },
+
+    #[error("TLS: the certificate of broker {broker} expired on {not_after}: the broker's certificate (its ssl.keystore.location) must be renewed; no client setting fixes this")]
+    Expired { broker: String, not_after: String },
+
+    #[error("TLS: the certificate of broker {broker} is not valid before {not_before}: check the clocks of this machine and of the broker")]
+    NotYetValid { broker: String, not_before: String },
+
+    #[error("TLS: the certificate of broker {broker} failed verification ({reason}): check ssl.ca.location and the broker's certificate")]
+    Unverified { broker: String, reason: String },
+
+    #[error("TLS: broker {broker} requires a client certificate (mutual TLS; it answered with the TLS alert `{alert}`) and none is configured: set ssl.certificate.location and ssl.key.location (and ssl.key.password if the key is encrypted)")]
+    ClientCertificateMissing { broker: String, alert: String },
+
+    #[error("TLS: broker {broker} refused the client certificate in {certificate} (TLS alert `{alert}`){why}: set ssl.certificate.location and ssl.key.location to a certificate signed by a CA the brokers trust")]
+    ClientCertificateRefused {
+        broker: String,
+        certificate: String,
+        alert: String,
+        why: &'static str,
+    },
+
+    #[error("authentication failed: broker {broker} rejected the SASL credentials of sasl.username `{username}` ({mechanism}): check sasl.password and sasl.username ({detail})")]
+    Credentials {
+        broker: String,
+        username: String,
+        mechanism: String,
+        detail: String,
+    },
+}
+
+/// The first refusal seen in a client's errors and log lines.
+#[derive(Default)]
+pub struct Watch {
+    first: Mutex<Option<Refusal>>,
+    seen: Notify,
+    /// librdkafka found no client certificate issued by a CA the broker named, and sent none.
+    unmatched_issuer: AtomicBool,
+}
+
+impl Watch {
+    /// Reads one of librdkafka's error or log messages.
+    pub fn observe(&self, message: &str) {
+        if message.contains("No matching issuer found") {
+            self.unmatched_issuer.store(true, Ordering::Relaxed);
+        }
+        if let Some(refusal) = classify(message) {
+            let mut first = self.first.lock().unwrap();
+            if first.is_none() {
+                *first = Some(refusal);
+                self.seen.notify_one();
+            }
+        }
+    }
+
+    pub fn get(&self) -> Option<Refusal> {
+        self.first.lock().unwrap().clone()
+    }
+
+    /// Resolves with the first refusal.
+    pub async fn wait(&self) -> Refusal {
+        loop {
+            if let Some(refusal) = self.get() {
+                return refusal;
+            }
+            self.seen.notified().await;
+        }
+    }
+}
+
+/// The refusal librdkafka's `message` reports, if it is one.
+pub fn classify(message: &str) -> Option<Refusal> {
+    let broker = broker_in(message);
+    if message.contains("certificate verify failed") {
+        return Some(Refusal::BrokerCertificate { broker });
+    }
+    const CLIENT_ALERTS: &[&str] = &[
+        "alert bad certificate",
+        "alert certificate required",
+        "alert unknown ca",
+        "alert certificate unknown",
+        "alert certificate expired",
+        "alert certificate revoked",
+        "alert unsupported certificate",
+    ];
+    if let Some(alert) = CLIENT_ALERTS.iter().find(|a| message.contains(*a)) {
+        let alert = alert.trim_start_matches("alert ").to_string();
+        return Some(Refusal::ClientCertificate { broker, alert });
+    }
+    if message.contains("client SSL authentication might be required") {
+        let alert = "unexpected message".to_string();
+        return Some(Refusal::ClientCertificate { broker, alert });
+    }
+    if let Some((_, detail)) = message.split_once("SASL authentication error: ") {
+        let detail = detail.to_string();
+        return Some(Refusal::Credentials { broker, detail });
+    }
+    None
+}
+
+/// `host:port` of the broker a librdkafka message is about (`ssl://host:port/1: ...`).
+fn broker_in(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("ssl://")?;
+    let end = rest.find('/')?;
+    Some(rest[..end].to_string())
+}
+
+/// The cause of `refusal` with the settings to change, from the properties of the client that
+/// saw it; for the broker's certificate, after a handshake of its own with `broker` (or the first
+/// of `brokers`). Blocking, for at most [`DIAGNOSIS_TIMEOUT`].
+pub fn diagnose(refusal: &Refusal, config: &ClientConfig, brokers: &str) -> SecurityError {
+    let first = || {
+        brokers
+            .split(',')
+            .next()
+            .unwrap_or(brokers)
+            .trim()
+            .to_string()
+    };
+    match refusal {
+        Refusal::BrokerCertificate { broker } => {
+            let broker = broker.clone().unwrap_or_else(first);
+            broker_certificate(&broker, config)
+        }
+        Refusal::ClientCertificate { broker, alert } => {
+            let broker = broker.clone().unwrap_or_else(first);
+            let alert = alert.clone();
+            match client_certificate(config) {
+                None => SecurityError::ClientCertificateMissing { broker, alert },
+                Some(certificate) => SecurityError::ClientCertificateRefused {
+                    broker,
+                    certificate,
+                    alert,
+                    why: "",
+                },
+            }
+        }
+        Refusal::Credentials { broker, detail } => SecurityError::Credentials {
+            broker: broker.clone().unwrap_or_else(first),
+            username: config.get("sasl.username").unwrap_or("").to_string(),
+            mechanism: config
+                .get("sasl.mechanisms")
+                .unwrap_or("GSSAPI")
+                .to_string(),
+            detail: detail.clone(),
+        },
+    }
+}
+
+/// [`diagnose`] with what `watch` saw besides the refusal.
+pub fn diagnose_watched(
+    watch: &Watch,
+    refusal: &Refusal,
+    config: &ClientConfig,
+    brokers: &str,
+) -> SecurityError {
+    let mut error = diagnose(refusal, config, brokers);
+    if let SecurityError::ClientCertificateRefused { why, .. } = &mut error {
+        if watch.unmatched_issuer.load(Ordering::Relaxed) {
+            *why = ": it is not signed by a CA the broker accepts, so it was not even sent";
+        }
+    }
+    error
+}
+
+/// Where the client certificate comes from, if one is configured.
+fn client_certificate(config: &ClientConfig) -> Option<String> {
+    for key in ["ssl.certificate.location", "ssl.keystore.location"] {
+        if let Some(path) = config.get(key).filter(|p| !p.is_empty()) {
+            return Some(format!("{key} ({path})"));
+        }
+    }
+    ["ssl.certificate.pem", "ssl_certificate"]
+        .into_iter()
+        .find(|key| config.get(key).is_some())
+        .map(str::to_string)
+}
+
+/// What the trust store is, in a message.
+fn trust(config: &ClientConfig) -> String {
+    match config.get("ssl.ca.location").filter(|l| *l != "probe") {
+        Some(path) => format!("ssl.ca.location ({path})"),
+        None if config.get("ssl.ca.pem").is_some() => "ssl.ca.pem".to_string(),
+        None => "the system's CA certificates (ssl.ca.location is not set)".to_string(),
+    }
+}
+
+/// The first verification failure of a handshake: OpenSSL's code and the certificate.
+struct Failure {
+    code: i32,
+    reason: String,
+    certificate: Option<X509>,
+}
+
+fn broker_certificate(broker: &str, config: &ClientConfig) -> SecurityError {
+    let failure = match handshake(broker, config) {
+        Ok(Some(failure)) => failure,
+        Ok(None) => {
+            return SecurityError::Unverified {
+                broker: broker.to_string(),
+                reason: "librdkafka's verification failed, but a second handshake succeeded".into(),
+            }
+        }
+        Err(e) => {
+            return SecurityError::Unverified {
+                broker: broker.to_string(),
+                reason: format!("certificate verify failed; a second handshake to tell why: {e}"),
+            }
+        }
+    };
+    let broker = broker.to_string();
+    let cert = failure.certificate.as_deref();
+    let date = |f: fn(&X509Ref) -> String| cert.map_or_else(|| "?".to_string(), f);
+    match failure.code {
+        verify::CERT_HAS_EXPIRED => SecurityError::Expired {
+            broker,
+            not_after: date(|c| c.not_after().to_string()),
+        },
+        verify::CERT_NOT_YET_VALID => SecurityError::NotYetValid {
+            broker,
+            not_before: date(|c| c.not_before().to_string()),
+        },
+        verify::HOSTNAME_MISMATCH | verify::IP_ADDRESS_MISMATCH => SecurityError::HostMismatch {
+            host: host_of(&broker).to_string(),
+            names: cert.map_or_else(|| "?".to_string(), names),
+            broker,
+        },
+        verify::UNABLE_TO_GET_ISSUER_CERT
+        | verify::UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+        | verify::UNABLE_TO_VERIFY_LEAF_SIGNATURE
+        | verify::SELF_SIGNED_CERT_IN_CHAIN
+        | verify::DEPTH_ZERO_SELF_SIGNED_CERT => SecurityError::UnknownIssuer {
+            broker,
+            trust: trust(config),
+            issuer: cert.map_or_else(|| "?".to_string(), |c| name(c.issuer_name())),
+        },
+        _ => SecurityError::Unverified {
+            broker,
+            reason: failure.reason,
+        },
+    }
+}
+
+/// `host` of `host:port` (brackets of an IPv6 address removed).
+fn host_of(broker: &str) -> &str {
+    let host = broker.rsplit_once(':').map_or(broker, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// A TLS handshake with `broker`, trusting and checking what the client would; the first
+/// verification failure, or None if it verified.
+fn handshake(broker: &str, config: &ClientConfig) -> Result<Option<Failure>, String> {
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+    match config.get("ssl.ca.location").filter(|l| *l != "probe") {
+        Some(location) if Path::new(location).is_dir() => {
+            builder.load_verify_locations(None, Some(Path::new(location)))
+        }
+        Some(location) => builder.set_ca_file(location),
+        None => match config.get("ssl.ca.pem") {
+            Some(pem) => X509::stack_from_pem(pem.as_bytes()).and_then(|certs| {
+                certs
+                    .into_iter()
+                    .try_for_each(|c| builder.cert_store_mut().add_cert(c))
+            }),
+            // librdkafka probes the usual places; the vendored OpenSSL's default paths are in
+            // its build directory.
+            None => system_ca(&mut builder),
+        },
+    }
+    .map_err(|e| e.to_string())?;
+    let failure: Arc<Mutex<Option<Failure>>> = Arc::default();
+    let seen = failure.clone();
+    builder.set_verify_callback(SslVerifyMode::PEER, move |ok, context| {
+        let mut seen = seen.lock().unwrap();
+        if !ok && seen.is_none() {
+            *seen = Some(Failure {
+                code: context.error().as_raw(),
+                reason: context.error().error_string().to_string(),
+                certificate: context.current_cert().map(X509Ref::to_owned),
+            });
+        }
+        ok
+    });
+    let mut session = builder.build().configure().map_err(|e| e.to_string())?;
+    session.set_verify_hostname(!matches!(
+        config.get("ssl.endpoint.identification.algorithm"),
+        Some(a) if a.eq_ignore_ascii_case("none")
+    ));
+    let address = broker
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| format!("{broker} resolves to no address"))?;
+    let stream =
+        TcpStream::connect_timeout(&address, DIAGNOSIS_TIMEOUT).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(DIAGNOSIS_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(DIAGNOSIS_TIMEOUT)))
+        .map_err(|e| e.to_string())?;
+    let outcome = session.connect(host_of(broker), stream);
+    let failure = failure.lock().unwrap().take();
+    match (outcome, failure) {
+        (_, Some(failure)) => Ok(Some(failure)),
+        (Ok(_), None) => Ok(None),
+        (Err(e), None) => Err(e.to_string()),
+    }
+}
+
+/// The CA bundles of the common Linux distributions, and OpenSSL's default paths.
+fn system_ca(
+    builder: &mut openssl::ssl::SslConnectorBuilder,
+) -> Result<(), openssl::error::ErrorStack> {
+    builder.set_default_verify_paths()?;
+    for bundle in [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/ca-bundle.pem",
+        "/etc/ssl/cert.pem",
+    ] {
+        if Path::new(bundle).is_file() {
+            return builder.set_ca_file(bundle);
+        }
+    }
+    Ok(())
+}
+
+/// A distinguished name as `CN=…,O=…`.
+fn name(name: &X509NameRef) -> String {
+    let parts: Vec<String> = name
+        .entries()
+        .map(|e| {
+            let key = e.object().nid().short_name().unwrap_or("?");
+            let value = e.data().to_string().unwrap_or_else(|_| "?".into());
+            format!("{key}={value}")
+        })
+        .collect();
+    parts.join(",")
+}
+
+/// The names a certificate is issued for: its subject alternative names, else its CN.
+fn names(cert: &X509Ref) -> String {
+    let Some(alternatives) = cert.subject_alt_names() else {
+        return name(cert.subject_name());
+    };
+    let names: Vec<String> = alternatives
+        .iter()
+        .filter_map(|n| {
+            if let Some(dns) = n.dnsname() {
+                Some(format!("DNS:{dns}"))
+            } else {
+                n.ipaddress().map(|ip| match ip.len() {
+                    4 => format!(
+                        "IP:{}",
+                        std::net::Ipv4Addr::from([ip[0], ip[1], ip[2], ip[3]])
+                    ),
+                    16 => {
+                        let octets: [u8; 16] = ip.try_into().unwrap();
+                        format!("IP:{}", std::net::Ipv6Addr::from(octets))
+                    }
+                    _ => "IP:?".to_string(),
+                })
+            }
+        })
+        .collect();
+    names.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn librdkafka_messages_are_classified() {
+        let verify = "ssl://127.0.0.1:39415/bootstrap: SSL handshake failed: error:0A000086:SSL \
+                      routines::certificate verify failed: broker certificate could not be verified";
+        assert_eq!(
+            classify(verify),
+            Some(Refusal::BrokerCertificate {
+                broker: Some("127.0.0.1:39415".into())
+            })
+        );
+        let alert = "ssl://127.0.0.1:39413/bootstrap: Receive failed: error:0A000412:SSL \
+                     routines::ssl/tls alert bad certificate: SSL alert number 42";
+        assert_eq!(
+            classify(alert),
+            Some(Refusal::ClientCertificate {
+                broker: Some("127.0.0.1:39413".into()),
+                alert: "bad certificate".into()
+            })
+        );
+        let sasl = "sasl_ssl://kafka-1:9093/1: SASL authentication error: Authentication failed \
+                    during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512";
+        assert!(matches!(
+            classify(sasl),
+            Some(Refusal::Credentials { broker: Some(b), .. }) if b == "kafka-1:9093"
+        ));
+        // An outage is not a refusal: it is waited out.
+        let down = "ssl://127.0.0.1:39411/bootstrap: Connect to ipv4#127.0.0.1:39411 failed: \
+                    Connection refused";
+        assert_eq!(classify(down), None);
+    }
+
+    #[test]
+    fn a_missing_client_certificate_names_the_properties() {
+        let refusal = Refusal::ClientCertificate {
+            broker: None,
+            alert: "bad certificate".into(),
+        };
+        let mut config = ClientConfig::new();
+        config.set("ssl.key.password", "hunter2");
+        let message = diagnose(&refusal, &config, "kafka-1:9093,kafka-2:9093").to_string();
+        assert!(message.contains("kafka-1:9093"), "{message}");
+        assert!(message.contains("ssl.certificate.location"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        config.set("ssl.certificate.location", "/etc/ktransform/client.pem");
+        let message = diagnose(&refusal, &config, "kafka-1:9093").to_string();
+        assert!(message.contains("/etc/ktransform/client.pem"), "{message}");
+    }
+
+    #[test]
+    fn hosts_of_brokers() {
+        assert_eq!(host_of("kafka-1:9093"), "kafka-1");
+        assert_eq!(host_of("[::1]:9093"), "::1");
+    }
+}
