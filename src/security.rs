@@ -228,7 +228,7 @@ pub fn diagnose_watched(
     let mut error = diagnose(refusal, config, brokers);
     if let SecurityError::ClientCertificateRefused { why, .. } = &mut error {
         if watch.unmatched_issuer.load(Ordering::Relaxed) {
-            *why = ": it is not signed by a CA the broker accepts, so it was not even sent";
+            *why = ": librdkafka did not even send it, as no CA the broker trusts signed it";
         }
     }
     error

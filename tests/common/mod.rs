@@ -18,6 +18,7 @@ pub mod kafka;
 pub mod nodes;
 pub mod run;
 pub mod segments;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

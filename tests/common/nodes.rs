@@ -141,6 +141,12 @@ impl Brokers {
         brokers
     }
 
+    /// The state directory of brokers started in a scratch directory (each node's files are in
+    /// its `node-N/`).
+    pub fn state_dir(&self) -> Option<&std::path::Path> {
+        self.scratch.as_deref()
+    }
+
     fn node(&self, command: &str, node: i32) {
         let n = node.to_string();
         if let Err(e) = kafka_sh(&self.env, &[command, &n]) {
