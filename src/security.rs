@@ -10,6 +10,7 @@
 //! names the fault it reports. Secrets never appear: messages quote file paths, the user name and
 //! librdkafka's text, never a property's value otherwise.
 
+use std::collections::BTreeMap;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +19,6 @@ use std::time::Duration;
 
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use openssl::x509::{X509NameRef, X509Ref, X509};
-use rdkafka::ClientConfig;
 use tokio::sync::Notify;
 
 /// How long [`diagnose`]'s own connection and handshake may take.
@@ -35,6 +35,27 @@ mod verify {
     pub const UNABLE_TO_VERIFY_LEAF_SIGNATURE: i32 = 21;
     pub const HOSTNAME_MISMATCH: i32 = 62;
     pub const IP_ADDRESS_MISMATCH: i32 = 64;
+}
+
+/// The librdkafka properties of the client that saw a refusal (secrets included: never shown).
+#[derive(Default)]
+pub struct Properties(BTreeMap<String, String>);
+
+impl Properties {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Properties {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        Properties(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
 }
 
 /// A refusal as librdkafka reports it, before [`diagnose`] names its cause.
@@ -179,7 +200,7 @@ fn broker_in(message: &str) -> Option<String> {
 /// The cause of `refusal` with the settings to change, from the properties of the client that
 /// saw it; for the broker's certificate, after a handshake of its own with `broker` (or the first
 /// of `brokers`). Blocking, for at most [`DIAGNOSIS_TIMEOUT`].
-pub fn diagnose(refusal: &Refusal, config: &ClientConfig, brokers: &str) -> SecurityError {
+pub fn diagnose(refusal: &Refusal, config: &Properties, brokers: &str) -> SecurityError {
     let first = || {
         brokers
             .split(',')
@@ -222,7 +243,7 @@ pub fn diagnose(refusal: &Refusal, config: &ClientConfig, brokers: &str) -> Secu
 pub fn diagnose_watched(
     watch: &Watch,
     refusal: &Refusal,
-    config: &ClientConfig,
+    config: &Properties,
     brokers: &str,
 ) -> SecurityError {
     let mut error = diagnose(refusal, config, brokers);
@@ -235,7 +256,7 @@ pub fn diagnose_watched(
 }
 
 /// Where the client certificate comes from, if one is configured.
-fn client_certificate(config: &ClientConfig) -> Option<String> {
+fn client_certificate(config: &Properties) -> Option<String> {
     for key in ["ssl.certificate.location", "ssl.keystore.location"] {
         if let Some(path) = config.get(key).filter(|p| !p.is_empty()) {
             return Some(format!("{key} ({path})"));
@@ -248,7 +269,7 @@ fn client_certificate(config: &ClientConfig) -> Option<String> {
 }
 
 /// What the trust store is, in a message.
-fn trust(config: &ClientConfig) -> String {
+fn trust(config: &Properties) -> String {
     match config.get("ssl.ca.location").filter(|l| *l != "probe") {
         Some(path) => format!("ssl.ca.location ({path})"),
         None if config.get("ssl.ca.pem").is_some() => "ssl.ca.pem".to_string(),
@@ -263,7 +284,7 @@ struct Failure {
     certificate: Option<X509>,
 }
 
-fn broker_certificate(broker: &str, config: &ClientConfig) -> SecurityError {
+fn broker_certificate(broker: &str, config: &Properties) -> SecurityError {
     let failure = match handshake(broker, config) {
         Ok(Some(failure)) => failure,
         Ok(None) => {
@@ -320,7 +341,7 @@ fn host_of(broker: &str) -> &str {
 
 /// A TLS handshake with `broker`, trusting and checking what the client would; the first
 /// verification failure, or None if it verified.
-fn handshake(broker: &str, config: &ClientConfig) -> Result<Option<Failure>, String> {
+fn handshake(broker: &str, config: &Properties) -> Result<Option<Failure>, String> {
     let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
     match config.get("ssl.ca.location").filter(|l| *l != "probe") {
         Some(location) if Path::new(location).is_dir() => {
@@ -477,13 +498,17 @@ mod tests {
             broker: None,
             alert: "bad certificate".into(),
         };
-        let mut config = ClientConfig::new();
-        config.set("ssl.key.password", "hunter2");
+        let config: Properties = [("ssl.key.password", "hunter2")].into_iter().collect();
         let message = diagnose(&refusal, &config, "kafka-1:9093,kafka-2:9093").to_string();
         assert!(message.contains("kafka-1:9093"), "{message}");
         assert!(message.contains("ssl.certificate.location"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
-        config.set("ssl.certificate.location", "/etc/ktransform/client.pem");
+        let config: Properties = [
+            ("ssl.key.password", "hunter2"),
+            ("ssl.certificate.location", "/etc/ktransform/client.pem"),
+        ]
+        .into_iter()
+        .collect();
         let message = diagnose(&refusal, &config, "kafka-1:9093").to_string();
         assert!(message.contains("/etc/ktransform/client.pem"), "{message}");
     }

@@ -95,6 +95,7 @@ async fn wait_for_brokers(
     fatal: &Arc<FatalErrors>,
 ) -> Result<Option<i32>, Error> {
     let client_config = config.kafka.client_config(Side::Producer, &[])?;
+    let properties = || client_config.config_map().into_iter().collect();
     let probe: Arc<BaseProducer<ProbeContext>> =
         Arc::new(client_config.create_with_context(ProbeContext {
             quiet: QuietContext::raising(fatal.clone()),
@@ -129,10 +130,10 @@ async fn wait_for_brokers(
                 what: "metadata request",
                 source,
             })?,
-            refusal = watch.wait() => return Err(refused(&probe, refusal, client_config, config).await),
+            refusal = watch.wait() => return Err(refused(&probe, refusal, properties(), config).await),
         };
         if let Some(refusal) = watch.get() {
-            return Err(refused(&probe, refusal, client_config, config).await);
+            return Err(refused(&probe, refusal, properties(), config).await);
         }
         if let Some(message) = fatal.get() {
             return Err(Error::Fatal(message));
@@ -209,12 +210,12 @@ impl ProducerContext for ProbeContext {
 async fn refused(
     probe: &Arc<BaseProducer<ProbeContext>>,
     refusal: security::Refusal,
-    client_config: rdkafka::ClientConfig,
+    properties: security::Properties,
     config: &RunConfig,
 ) -> Error {
     let (probe, brokers) = (probe.clone(), config.kafka.brokers.clone());
     let diagnosis = tokio::task::spawn_blocking(move || {
-        security::diagnose_watched(&probe.context().watch, &refusal, &client_config, &brokers)
+        security::diagnose_watched(&probe.context().watch, &refusal, &properties, &brokers)
     })
     .await;
     match diagnosis {
