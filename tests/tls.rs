@@ -15,6 +15,8 @@
 
 mod common;
 
+use std::time::Instant;
+
 use common::data::{self, Mix};
 use common::faults::{assert_passed, audit_on};
 use common::tls::{self, ktransform, Output, TlsBroker};
@@ -30,9 +32,19 @@ const WRONG_PASSWORD: &str = "wrong-scram-password";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listeners_carry_records_and_refusals_name_their_fix() {
+    let started = Instant::now();
     let broker = tokio::task::spawn_blocking(TlsBroker::start).await.unwrap();
-    refusals(&broker).await;
-    records(&broker).await;
+    eprintln!("broker started after {:?}", started.elapsed());
+    // Both at once: the refused runs are short and light.
+    let refused = async {
+        refusals(&broker).await;
+        eprintln!("refusals checked after {:?}", started.elapsed());
+    };
+    let carried = async {
+        records(&broker).await;
+        eprintln!("records checked after {:?}", started.elapsed());
+    };
+    tokio::join!(refused, carried);
 }
 
 /// Flags of a `run` against `brokers` for `names`, then `extra`.
@@ -282,11 +294,16 @@ async fn records(broker: &TlsBroker) {
             .map(|(_, _, _, args)| ktransform(args.clone(), CAP)),
     )
     .await;
-    for ((case, names, guarantee, _), output) in runs.iter().zip(&outputs) {
+    for ((case, _, _, _), output) in runs.iter().zip(&outputs) {
         assert_eq!(output.code, Some(0), "{case}: {output:?}");
         assert_no_secret(case, output);
-        let report = audit_on(&broker.plain, names, guarantee).await;
-        assert_passed(case, &report);
+    }
+    let audits = runs
+        .iter()
+        .map(|(_, names, guarantee, _)| audit_on(&broker.plain, names, guarantee));
+    let reports = join_all(audits).await;
+    for ((case, _, _, _), report) in runs.iter().zip(&reports) {
+        assert_passed(case, report);
         assert_eq!(report.counts.lost, 0, "{case}");
         assert_eq!(report.counts.source_records, RECORDS as u64, "{case}");
     }
