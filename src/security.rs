@@ -183,9 +183,13 @@ pub fn classify(message: &str) -> Option<Refusal> {
         let alert = "unexpected message".to_string();
         return Some(Refusal::ClientCertificate { broker, alert });
     }
+    // The broker's verdict, not a request that failed on the way ("SaslAuthenticateRequest
+    // failed: Local: Broker transport failure" is waited out).
     if let Some((_, detail)) = message.split_once("SASL authentication error: ") {
-        let detail = detail.to_string();
-        return Some(Refusal::Credentials { broker, detail });
+        if detail.contains("Authentication failed") || detail.contains("invalid credentials") {
+            let detail = detail.to_string();
+            return Some(Refusal::Credentials { broker, detail });
+        }
     }
     None
 }
@@ -486,7 +490,13 @@ mod tests {
             classify(sasl),
             Some(Refusal::Credentials { broker: Some(b), .. }) if b == "kafka-1:9093"
         ));
+        let plain = "sasl_plaintext://127.0.0.1:9094/1: SASL authentication error: \
+                     Authentication failed: Invalid username or password (after 3ms)";
+        assert!(matches!(classify(plain), Some(Refusal::Credentials { .. })));
         // An outage is not a refusal: it is waited out.
+        let lost = "sasl_ssl://kafka-1:9093/1: SASL authentication error: \
+                    SaslAuthenticateRequest failed: Local: Broker transport failure";
+        assert_eq!(classify(lost), None);
         let down = "ssl://127.0.0.1:39411/bootstrap: Connect to ipv4#127.0.0.1:39411 failed: \
                     Connection refused";
         assert_eq!(classify(down), None);
