@@ -80,8 +80,9 @@
 //! - [`logging`]: librdkafka's errors and log lines, rate-limited; the unrecoverable ones
 //!   (credentials, ACLs, fatal) raised to stop the run.
 //! - [`security`]: why the brokers refuse this client (the broker's certificate, the client's
-//!   certificate under mutual TLS, SASL credentials), read from librdkafka's messages; the broker
-//!   certificate's fault found by a TLS handshake of its own, named with the property to fix.
+//!   certificate under mutual TLS, SASL credentials), read from librdkafka's messages and named
+//!   with the property to fix; the broker certificate's fault found by a TLS handshake of its own
+//!   (`security/handshake.rs`).
 //! - [`lag`]: `ktransform lag`, a group's lag, rates and keep-up verdict (reads offsets only);
 //!   the group's members and protocol, either protocol, from its coordinator's description
 //!   (`lag/group.rs`, librdkafka's DescribeConsumerGroups, which rust-rdkafka does not wrap).
