@@ -59,7 +59,9 @@ def parse_args():
                    help="instance counts; 8 and more only where the partitions are at least as many")
     p.add_argument("--settle", type=float, default=12, help="seconds for the group to settle")
     p.add_argument("--window", type=float, default=15, help="seconds of the measured window")
-    p.add_argument("--max-backlog", type=int, default=15_000_000)
+    p.add_argument("--max-backlog", type=int,
+                   help="records per source topic at most (default 15M; 30M in the shared mode, "
+                        "where one instance alone drains several hundred thousand a second)")
     p.add_argument("--advice", type=floats, default=[1.5, 2.5, 4.0],
                    help="generator rates as multiples of one instance's rate (empty: skip)")
     p.add_argument("--advice-partitions", type=int, default=12)
@@ -270,6 +272,7 @@ def main():
     kafka = harness.Kafka(args.brokers)
     reason = "--shared given" if args.shared else cpu_budget.writable_reason()
     budgets = None if reason else cpu_budget.Budgets(f"ktransform-{run_id}", args.cpu)
+    args.max_backlog = args.max_backlog or (15_000_000 if budgets else 30_000_000)
     if budgets:
         broker = harness.broker_pid()
         if broker:
