@@ -132,6 +132,7 @@ def cell(ctx, backlog, N):
     drop_topics(ctx, dest, f"{dest}.dlq")
     c = {"partitions": P, "instances": N, **w, **counts, "backlog": backlog.records,
          "produced_per_instance": produced_per_instance(inst), "exhausted": exhausted,
+         "peak_rss_mb": inst.peak_rss_mb,
          "status": "failed" if problems else "lower bound" if exhausted else "ok",
          "problems": problems,
          "loadavg": round(__import__("os").getloadavg()[0], 2)}

@@ -97,6 +97,7 @@ class Instances:
         for p in self.procs:
             p.kill(signal.SIGTERM)
         results = [p.finish() for p in self.procs]
+        self.peak_rss_mb = [round(m.max_rss_mb) for m in results]
         for g in self.groups:
             if g:
                 self.ctx["budgets"].release(g)

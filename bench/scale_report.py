@@ -121,6 +121,11 @@ def findings(r, eff):
         text = ", ".join(f"N={N} {e:.2f}" for N, e in pairs if N > 1)
         if text:
             out.append(f"- P={P}: efficiency {text}.")
+    rss = [(c["partitions"], x) for c in cells for x in c.get("peak_rss_mb") or []]
+    if rss:
+        low, high = min(rss, key=lambda t: t[1]), max(rss, key=lambda t: t[1])
+        out.append(f"- Peak RSS of an instance: {low[1]}–{high[1]} MB (the largest at "
+                   f"P={high[0]}).")
     idle = [c for c in cells if c["instances"] > c["partitions"]]
     if idle:
         out.append(f"- Where N > P ({len(idle)} cells) the curve is flat: the extra instances "
