@@ -52,7 +52,7 @@ bench: ## Raw copy, ktransform, Python and Kafka Streams on the local broker -> 
 latency-sweep: ## Latency over load, raw copy against ktransform -> bench/results/<date>-latency-sweep.* (SWEEP_ARGS=...)
 	python3 bench/latency.py $(SWEEP_ARGS)
 
-scale-test: ## ktransform drain rate over partitions x instances, and a keep-up check -> bench/results/<date>-scale-* (SCALE_ARGS=...)
+scale-test: ## Scale-out with a CPU budget per instance (0.1 core, cgroups; shared cores where not writable): partitions x instances, and whether `ktransform lag`'s advice holds -> bench/results/<date>-scale* (SCALE_ARGS=...)
 	python3 bench/scale.py $(SCALE_ARGS)
 
 rebalance-bench: ## What a hand-off costs per group protocol: joins, SIGTERM leaves, a SIGKILL under a live producer -> bench/results/<date>-rebalance.* (REBALANCE_ARGS=...)

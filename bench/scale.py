@@ -1,21 +1,31 @@
 #!/usr/bin/env python3
-"""`make scale-test`: how ktransform's drain rate changes with partitions and instances.
+"""`make scale-test`: does adding an instance add its capacity? And does `ktransform lag`'s advice
+hold when followed?
 
-For each partition count P (default 1 2 4 8 16 32) a source topic gets a backlog (default
-2,000,000 seed-format records); for each instance count N (default 1 2 3) N `ktransform run
---until-end` processes in one fresh group drain it into a fresh destination topic. Every process
-must exit 0, and the destination must hold exactly the backlog, each record with a correct hash.
+Each instance runs in its own CPU cgroup with a quota (default 0.1 core, `--cpu`), emulating one
+small machine each; the broker and the generator run outside the quotas, in a group with high
+`cpu.shares` (bench/cpu_budget.py). Where cgroups are not writable the script says so and runs
+everything on the shared cores instead, labelled *shared* in the report.
 
-Then one configuration (default P=8, N=2) runs against a live producer at a fixed rate, and
-`ktransform lag --interval 5s` says whether the group keeps up.
+1. Matrix: for P partitions (default 1 2 4 8 12 24) and N instances (1 2 3 4 6, and 8 where
+   P >= 8), N `ktransform run` start together in a fresh group on a backlog; after the group
+   settles (`--settle`), the drain rate is the destination's growth over `--window` seconds.
+   Then SIGTERM: every instance must exit 0, each destination partition must hold exactly what
+   the group committed on its source partition, and a sample of every partition's tail must carry
+   correct hashes (bench/scale_cells.py).
+2. Advice: on 12 partitions, the generator writes at 1.5x, 2.5x and 4x one instance's measured
+   rate (`--advice`); with one instance, `ktransform lag --json` gives a verdict and the instances
+   it needs (k); then instances are added one at a time, with a verdict at each count, until the
+   group keeps up and k is reached: predicted k against the smallest count that kept up.
 
-Writes bench/results/<date>-scale.md, .json and <date>-scale-*.png.
+Writes bench/results/<date>-scale.md, .json and <date>-scale-*.png (bench/scale_report.py).
 
-    python3 bench/scale.py [--records 1000000] [--partitions 1,2,4,8,16,32] [--instances 1,2,3]
+    python3 bench/scale.py [--quick] [--cpu 0.1] [--partitions 1,2,4,8,12,24] [--instances 1,2,3,4,6,8]
 """
 
 import argparse
 import datetime
+import json
 import re
 import shlex
 import signal
@@ -25,39 +35,48 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cpu_budget  # noqa: E402
 import harness  # noqa: E402
 from harness import ROOT, say  # noqa: E402
+from scale_cells import Backlog, Instances, check_content, steady_window, wait_assigned  # noqa: E402
 
 
 def ints(text):
     return [int(x) for x in text.split(",") if x]
 
 
+def floats(text):
+    return [float(x) for x in text.split(",") if x]
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--brokers", default="127.0.0.1:9092")
-    p.add_argument("--records", type=int, help="backlog per cell (default 2,000,000; --quick 300,000)")
-    p.add_argument("--partitions", type=ints, default=[1, 2, 4, 8, 16, 32])
-    p.add_argument("--instances", type=ints, default=[1, 2, 3])
-    p.add_argument("--lag-partitions", type=int, default=8)
-    p.add_argument("--lag-instances", type=int, default=2)
-    p.add_argument("--lag-rate", type=float,
-                   help="records/s of the keep-up check (default: half of that cell's measured "
-                        "drain rate)")
-    p.add_argument("--lag-seconds", type=float, help="length of the keep-up check (default 30)")
-    p.add_argument("--stop", choices=["until-end", "lag"], default="until-end",
-                   help="until-end (default): each instance runs with --until-end and must exit "
-                        "0 by itself. lag: the instances run without it; the drain ends when the "
-                        "destination holds the whole backlog, then they get SIGTERM (for when "
-                        "--until-end cannot be trusted with several instances)")
-    p.add_argument("--no-lag", action="store_true")
-    p.add_argument("--quick", action="store_true", help="300k records per cell; <date>-quick-scale.*")
+    p.add_argument("--cpu", type=float, default=0.1, help="cores per instance (default 0.1)")
+    p.add_argument("--shared", action="store_true", help="no budgets even where cgroups work")
+    p.add_argument("--partitions", type=ints, default=[1, 2, 4, 8, 12, 24])
+    p.add_argument("--instances", type=ints, default=[1, 2, 3, 4, 6, 8],
+                   help="instance counts; 8 and more only where the partitions are at least as many")
+    p.add_argument("--settle", type=float, default=12, help="seconds for the group to settle")
+    p.add_argument("--window", type=float, default=15, help="seconds of the measured window")
+    p.add_argument("--max-backlog", type=int,
+                   help="records per source topic at most (default 15M; 30M in the shared mode, "
+                        "where one instance alone drains several hundred thousand a second)")
+    p.add_argument("--advice", type=floats, default=[1.5, 2.5, 4.0],
+                   help="generator rates as multiples of one instance's rate (empty: skip)")
+    p.add_argument("--advice-partitions", type=int, default=12)
+    p.add_argument("--advice-capacity", type=float,
+                   help="one instance's records/s for the advice check (default: measured in "
+                        "the matrix at --advice-partitions, else measured first)")
+    p.add_argument("--lag-interval", default="10s", help="`ktransform lag --interval`")
+    p.add_argument("--quick", action="store_true",
+                   help="partitions 1,4,12 x instances 1,2,4; advice at 2.5x; <date>-quick-scale")
     p.add_argument("--name", help="results file stem (default <date>-scale)")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--keep-topics", action="store_true")
     args = p.parse_args()
-    args.records = args.records or (300_000 if args.quick else 2_000_000)
-    args.lag_seconds = args.lag_seconds or (20 if args.quick else 30)
+    if args.quick:
+        args.partitions, args.instances, args.advice = [1, 4, 12], [1, 2, 4], [2.5]
     today = datetime.date.today().isoformat()
     args.name = args.name or (f"{today}-quick-scale" if args.quick else f"{today}-scale")
     return args
@@ -66,137 +85,184 @@ def parse_args():
 STOPPED = re.compile(r"stopped consumed=(\d+) produced=(\d+)")
 
 
-def drain_cell(P, N, source, ctx):
-    args, kafka, bins, scratch = ctx["args"], ctx["kafka"], ctx["bins"], ctx["scratch"]
+def produced_per_instance(inst):
+    out = []
+    for p in inst.procs:
+        found = STOPPED.findall(Path(p.log_path).read_text(errors="replace"))
+        out.append(int(found[-1][1]) if found else None)
+    return out
+
+
+def start_group(ctx, source, dest, n, label):
+    """N instances on a fresh destination; returns once one of them has partitions."""
+    ctx["kafka"].create(dest, ctx["partitions_of"][source])
+    inst = Instances(ctx, source, dest, label)
+    inst.start(n)
+    if not wait_assigned([p.log_path for p in inst.procs], 1, 90):
+        say(f"{label}: no instance got partitions within 90 s")
+    return inst
+
+
+def drop_topics(ctx, *topics):
+    kafka = ctx["kafka"]
+    existing = set(kafka.admin.list_topics(timeout=10).topics)
+    gone = [t for t in topics if t in existing]
+    if gone:
+        for f in kafka.admin.delete_topics(gone, operation_timeout=60).values():
+            try:
+                f.result()
+            except Exception as e:  # noqa: BLE001: cleanup goes on
+                say(f"could not delete a topic: {e}")
+    kafka.created[:] = [t for t in kafka.created if t not in topics]
+
+
+def cell(ctx, backlog, N):
+    args, P = ctx["args"], backlog.partitions
     dest = f"{ctx['run_id']}-p{P}-n{N}"
-    kafka.create(dest, P, log_append_time=True)
-    until_end = args.stop == "until-end"
-    cmd = [bins.ktransform, "run", "--brokers", args.brokers, "--source", source,
-           "--destination", dest, "--group", dest, "--dlq", f"{dest}.dlq",
-           *(["--until-end"] if until_end else []), *harness.ktransform_flags(bins.ktransform)]
-    say(f"P={P} N={N}: draining {args.records} records")
-    t0 = time.monotonic()
-    procs = [harness.Started(cmd, scratch / "logs" / f"p{P}-n{N}-{i}.log", timeout=900)
-             for i in range(N)]
-    if until_end:
-        results = [p.finish() for p in procs]
-        wall = time.monotonic() - t0
-    else:
-        # Done when the destination holds the backlog (polled every 0.1 s), then a clean stop.
-        ends = harness.EndOffsets(args.brokers, dest)
-        deadline = t0 + 900
-        while ends.total() < args.records and time.monotonic() < deadline:
-            if not any(p.running() for p in procs):
+    say(f"P={P} N={N}: start")
+    inst = start_group(ctx, backlog.topic, dest, N, f"p{P}-n{N}")
+    time.sleep(args.settle)
+    w = steady_window(ctx, inst, dest, args.window)
+    rcs = inst.stop()
+    problems = [f"instance {i} exited {rc}" for i, rc in enumerate(rcs) if rc != 0]
+    content, counts = check_content(ctx, backlog.topic, dest, dest)
+    problems += content
+    # Not a failure, but the rate is only a lower bound: the group ran out of work.
+    exhausted = w["dest_at_end"] >= 0.98 * backlog.records
+    drop_topics(ctx, dest, f"{dest}.dlq")
+    c = {"partitions": P, "instances": N, **w, **counts, "backlog": backlog.records,
+         "produced_per_instance": produced_per_instance(inst), "exhausted": exhausted,
+         "peak_rss_mb": inst.peak_rss_mb,
+         "status": "failed" if problems else "lower bound" if exhausted else "ok",
+         "problems": problems,
+         "loadavg": round(__import__("os").getloadavg()[0], 2)}
+    ctx["command"] = inst.command
+    say(f"P={P} N={N}: {w['records_per_s']:,.0f} records/s (halves "
+        f"{', '.join(f'{h:,.0f}' for h in w['halves_per_s'] if h is not None)}), instance cores "
+        f"{w['instance_cores']}, broker {w['broker_cores']} cores"
+        + (f"; PROBLEMS {problems}" if problems else "")
+        + (f"; the backlog ({backlog.records:,}) ran out: a lower bound" if exhausted else ""))
+    return c
+
+
+def matrix(ctx, results, out_json):
+    args = ctx["args"]
+    guess = 60_000 * args.cpu / 0.1 if ctx["budgets"] else 600_000
+    for P in args.partitions:
+        backlog = Backlog(ctx, P)
+        ctx["partitions_of"][backlog.topic] = P
+        rate1 = None
+        try:
+            for N in args.instances:
+                if N >= 8 and N > P:
+                    continue
+                expected = (rate1 or guess) * min(N, P) * 1.2
+                backlog.ensure(int(expected * (args.settle + args.window + 10)))
+                c = cell(ctx, backlog, N)
+                results["cells"].append(c)
+                if N == 1 and c["status"] == "ok":
+                    rate1 = c["records_per_s"]
+                harness.write_json(out_json, results)
+        finally:
+            if not args.keep_topics:
+                backlog.drop()
+
+
+# --- The advice check ---------------------------------------------------------------------
+
+
+def lag_json(ctx, source, group):
+    cmd = [ctx["bins"].ktransform, "lag", "--brokers", ctx["args"].brokers, "--group", group,
+           "--topic", source, "--interval", ctx["args"].lag_interval, "--json"]
+    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120)
+    ctx["lag_command"] = " ".join(str(c).replace(str(ROOT) + "/", "") for c in cmd)
+    try:
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"verdict": f"(none; exit {p.returncode}: {p.stderr.strip()[-200:]})"}
+
+
+KEPT_UP = ("keeping_up", "catching_up", "caught_up")
+
+
+def advice_run(ctx, capacity, multiple):
+    args, P = ctx["args"], ctx["args"].advice_partitions
+    rate = capacity * multiple
+    base = f"{ctx['run_id']}-adv{multiple:g}".replace(".", "_")
+    source, dest = f"{base}-src", f"{base}-out"
+    ctx["kafka"].create(source, P)
+    ctx["partitions_of"][source] = P
+    limit = 10 * 60
+    gen_cmd = [ctx["bins"].generate, "--brokers", args.brokers, "--topic", source,
+               "--rate", f"{rate:.0f}", "--count", str(int(rate * limit))]
+    if ctx["budgets"]:
+        gen_cmd = ctx["budgets"].infra.wrap(gen_cmd)
+    gen = harness.Started(gen_cmd, ctx["scratch"] / "logs" / f"{base}-generate.log",
+                          timeout=limit + 60)
+    say(f"advice {multiple:g}x: the generator at {rate:,.0f} records/s, 1 instance")
+    inst = start_group(ctx, source, dest, 1, f"{base}")
+    steps, predicted, smallest = [], None, None
+    try:
+        n = 1
+        while True:
+            time.sleep(args.settle)
+            report = lag_json(ctx, source, dest)
+            step = {"instances": n, "verdict": report.get("verdict"),
+                    "instances_needed": report.get("instances_needed"),
+                    "members": report.get("members"),
+                    "produce_per_s": report.get("produce_per_sec"),
+                    "consume_per_s": report.get("consume_per_sec"),
+                    "lag": (report.get("total") or {}).get("lag"),
+                    "instance_cores": None}
+            steps.append(step)
+            say(f"advice {multiple:g}x: {n} instance(s): {step['verdict']}, "
+                f"needed {step['instances_needed']}, produce {step['produce_per_s'] or 0:,.0f}/s, "
+                f"consume {step['consume_per_s'] or 0:,.0f}/s")
+            if n == 1:
+                predicted = step["instances_needed"] if step["verdict"] == "falling_behind" else 1
+            if smallest is None and step["verdict"] in KEPT_UP:
+                smallest = n
+            if (smallest is not None and n >= (predicted or 1)) or n >= P or not gen.running():
                 break
-            time.sleep(0.1)
-        wall = time.monotonic() - t0
-        ends.close()
-        for p in procs:
-            p.kill(signal.SIGTERM)
-        results = [p.finish() for p in procs]
-    out = harness.scan(args.brokers, dest, check="splice")
-    per_instance = []
-    for m in results:
-        found = STOPPED.findall(Path(ROOT / m.log).read_text(errors="replace"))
-        per_instance.append(int(found[-1][1]) if found else None)
-    problems = [f"instance {i} exited {m.rc}" for i, m in enumerate(results) if m.rc != 0]
-    if out.records != args.records:
-        problems.append(f"{out.records} records in the destination, expected {args.records}")
-    if out.hash_bad:
-        problems.append(f"{out.hash_bad} wrong hashes")
-    active = (out.max_ts - out.min_ts) / 1000 if out.records > 1 else None
-    cpu = sum(m.cpu_s for m in results)
-    cell = {
-        "partitions": P, "instances": N, "status": "ok" if not problems else "failed",
-        "problems": problems, "records": out.records, "wall_s": round(wall, 3),
-        "records_per_s": out.records / wall,
-        "active_records_per_s": out.records / active if active else None,
-        "cpu_s_per_million": cpu / out.records * 1e6 if out.records else None,
-        "max_rss_mb": max(m.max_rss_mb for m in results),
-        "produced_per_instance": per_instance,
-        "loadavg_before": results[0].loadavg_before,
-        "command": " ".join(shlex.quote(str(c).replace(str(ROOT) + "/", "")) for c in cmd)
-        + f"   (x{N})",
-        "stop": args.stop,
-    }
-    if problems:
-        say(f"P={P} N={N}: FAILED: {problems}")
-    else:
-        say(f"P={P} N={N}: {cell['records_per_s']:.0f} records/s (active "
-            f"{cell['active_records_per_s'] or 0:.0f}), {cell['cpu_s_per_million']:.1f} CPU s/M, "
-            f"split {per_instance}")
-    return cell
+            inst.start_one()
+            n += 1
+    finally:
+        gen.kill(signal.SIGTERM)
+        g = gen.finish()
+        rcs = inst.stop()
+    problems = [f"instance {i} exited {rc}" for i, rc in enumerate(rcs) if rc != 0]
+    content, counts = check_content(ctx, source, dest, dest)
+    problems += content
+    drop_topics(ctx, source, dest, f"{dest}.dlq")
+    at_predicted = next((s["verdict"] for s in steps if s["instances"] == predicted), None)
+    return {"multiple": multiple, "rate": rate, "capacity": capacity, "partitions": P,
+            "steps": steps, "predicted": predicted, "smallest_kept_up": smallest,
+            "verdict_at_predicted": at_predicted, "generator_rc": g.rc, **counts,
+            "status": "ok" if not problems else "failed", "problems": problems}
 
 
-VERDICT = re.compile(r"^verdict: (.+)$", re.M)
-TOTALS = re.compile(r"^total lag (\d+)\s+produce (\d+)/s\s+consume (\d+)/s", re.M)
-
-
-def keep_up_check(P, N, rate, ctx):
-    args, kafka, bins, scratch = ctx["args"], ctx["kafka"], ctx["bins"], ctx["scratch"]
-    src = f"{ctx['run_id']}-lag-src"
-    dest = f"{ctx['run_id']}-lag-out"
-    kafka.create(src, P)
-    kafka.create(dest, P, log_append_time=True)
-    count = int(rate * args.lag_seconds)
-    cmd = [bins.ktransform, "run", "--brokers", args.brokers, "--source", src,
-           "--destination", dest, "--group", dest, "--dlq", f"{dest}.dlq",
-           *harness.ktransform_flags(bins.ktransform)]
-    say(f"keep-up check: P={P} N={N}, {count} records at {rate:.0f}/s")
-    logs = [scratch / "logs" / f"lag-{i}.log" for i in range(N)]
-    procs = [harness.Started(cmd, log, timeout=args.lag_seconds + 600) for log in logs]
-    for log in logs:
-        harness.wait_for_line(log, r"partitions assigned", 60)
-    time.sleep(2)  # let the group settle on its final assignment
-    gen = harness.Started([bins.generate, "--brokers", args.brokers, "--topic", src,
-                           "--count", str(count), "--rate", str(rate)],
-                          scratch / "logs" / "lag-generate.log",
-                          timeout=args.lag_seconds * 3 + 60)
-    samples = []
-    time.sleep(min(10, args.lag_seconds / 4))  # past the generator's start
-    lag_cmd = [bins.ktransform, "lag", "--brokers", args.brokers, "--group", dest,
-               "--topic", src, "--interval", "5s"]
-    while gen.running() and len(samples) < 50:
-        p = subprocess.run([str(c) for c in lag_cmd], capture_output=True, text=True)
-        if not gen.running():
-            break  # the window ended inside this sample: the producer stopped, not a verdict
-        verdict = VERDICT.search(p.stdout)
-        totals = TOTALS.search(p.stdout)
-        samples.append({
-            "verdict": verdict.group(1) if verdict else f"(none; exit {p.returncode})",
-            "lag": int(totals.group(1)) if totals else None,
-            "produce_per_s": int(totals.group(2)) if totals else None,
-            "consume_per_s": int(totals.group(3)) if totals else None,
-        })
-        say(f"keep-up check: {samples[-1]}")
-    g = gen.finish()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and kafka.committed(dest, src) < count:
-        time.sleep(0.5)
-    for p in procs:
-        p.kill(signal.SIGTERM)
-    results = [p.finish() for p in procs]
-    out = harness.scan(args.brokers, dest, check="splice")
-    problems = [f"instance {i} exited {m.rc}" for i, m in enumerate(results) if m.rc != 0]
-    if g.rc != 0:
-        problems.append(f"generator exited {g.rc}")
-    if out.records < count:
-        problems.append(f"{out.records} records in the destination, expected {count}")
-    verdicts = [s["verdict"] for s in samples]
-    kept_up = bool(samples) and all(v.startswith(("caught up", "keeping up")) for v in verdicts)
-    return {
-        "partitions": P, "instances": N, "rate": rate, "seconds": args.lag_seconds,
-        "records": count, "generator_achieved_rate": count / g.wall_s if g.wall_s else None,
-        "samples": samples, "kept_up": kept_up,
-        "status": "ok" if not problems else "failed", "problems": problems,
-        "duplicates": max(0, out.records - count),
-        "command": " ".join(shlex.quote(str(c)) for c in lag_cmd),
-    }
+def advice(ctx, results, out_json):
+    args = ctx["args"]
+    capacity = args.advice_capacity
+    if not capacity:
+        ones = [c for c in results["cells"] if c["instances"] == 1 and c["status"] == "ok"
+                and c["partitions"] == args.advice_partitions]
+        if not ones:
+            backlog = Backlog(ctx, args.advice_partitions)
+            ctx["partitions_of"][backlog.topic] = backlog.partitions
+            backlog.ensure(int(60_000 * args.cpu / 0.1 * (args.settle + args.window + 10) * 1.5))
+            ones = [cell(ctx, backlog, 1)]
+            results["cells"].append(ones[0])
+            backlog.drop()
+        capacity = ones[0]["records_per_s"]
+    results["advice_capacity"] = capacity
+    for multiple in args.advice:
+        results["advice"].append(advice_run(ctx, capacity, multiple))
+        harness.write_json(out_json, results)
 
 
 def main():
     harness.bootstrap()
-    # On SIGTERM, still end the contenders and delete the run's topics (the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args()
     started = time.monotonic()
@@ -205,57 +271,50 @@ def main():
     bins = harness.build(scratch, skip=args.no_build)
     harness.ensure_broker(args.brokers)
     kafka = harness.Kafka(args.brokers)
-    ctx = {"args": args, "kafka": kafka, "bins": bins, "scratch": scratch, "run_id": run_id}
+    reason = "--shared given" if args.shared else cpu_budget.writable_reason()
+    budgets = None if reason else cpu_budget.Budgets(f"ktransform-{run_id}", args.cpu)
+    args.max_backlog = args.max_backlog or (15_000_000 if budgets else 30_000_000)
+    if budgets:
+        broker = harness.broker_pid()
+        if broker:
+            budgets.adopt(broker)
+        say(f"budget mode: {args.cpu:g} core per instance; broker pid {broker} "
+            f"{'in the infra group' if broker else 'not found (KAFKA_STATE_DIR?): not measured'}")
+    else:
+        say(f"SHARED MODE (no CPU budgets): {reason}")
+    ctx = {"args": args, "kafka": kafka, "bins": bins, "scratch": scratch, "run_id": run_id,
+           "budgets": budgets, "partitions_of": {}}
     results = {
-        "name": args.name,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "name": args.name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": "python3 bench/scale.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "machine": harness.machine(),
-        "settings": dict(vars(args)),
-        "run_id": run_id,
-        "cells": [],
-        "keep_up": None,
+        "machine": harness.machine(), "settings": dict(vars(args)), "run_id": run_id,
+        "mode": "budget" if budgets else "shared", "shared_reason": reason,
+        "cells": [], "advice": [],
     }
     out_json = harness.RESULTS / f"{args.name}.json"
     try:
-        for P in args.partitions:
-            source = f"{run_id}-src-p{P}"
-            gen = harness.measure([bins.generate, "--brokers", args.brokers, "--topic", source,
-                                   "--partitions", str(P), "--count", str(args.records)],
-                                  scratch / "logs" / f"generate-p{P}.log", timeout=600)
-            kafka.created.append(source)
-            if gen.rc != 0:
-                sys.exit(f"generator failed for P={P}")
-            for N in args.instances:
-                results["cells"].append(drain_cell(P, N, source, ctx))
-                harness.write_json(out_json, results)
-        if not args.no_lag:
-            P, N = args.lag_partitions, args.lag_instances
-            # That cell's drain rate, else the single instance's at the same P.
-            ok = {(c["partitions"], c["instances"]): c for c in results["cells"]
-                  if c["status"] == "ok"}
-            cell = ok.get((P, N)) or ok.get((P, 1))
-            rate = args.lag_rate or (0.5 * cell["records_per_s"] if cell else None)
-            if rate:
-                results["keep_up"] = keep_up_check(P, N, rate, ctx)
-            else:
-                say("keep-up check skipped: no measured rate for that cell; give --lag-rate")
+        matrix(ctx, results, out_json)
+        if args.advice:
+            advice(ctx, results, out_json)
+        results["run_command"] = ctx.get("command")
+        results["lag_command"] = ctx.get("lag_command")
         results["wall_minutes"] = (time.monotonic() - started) / 60
         harness.write_json(out_json, results)
-        import report
+        import scale_report
 
-        report.write_scale(results)
+        scale_report.write(results)
         say(f"wrote {harness.RESULTS.relative_to(ROOT)}/{args.name}.md and charts in "
             f"{results['wall_minutes']:.1f} min")
         failed = [f"P={c['partitions']} N={c['instances']}" for c in results["cells"]
-                  if c["status"] != "ok"]
-        if results["keep_up"] and results["keep_up"]["status"] != "ok":
-            failed.append("keep-up check")
+                  if c["status"] == "failed"]
+        failed += [f"advice {a['multiple']:g}x" for a in results["advice"] if a["status"] != "ok"]
         if failed:
             say(f"FAILED: {', '.join(failed)} (see the report)")
             sys.exit(1)
     finally:
         harness.kill_all()
+        if budgets:
+            budgets.close()
         if not args.keep_topics:
             kafka.delete_created()
 
