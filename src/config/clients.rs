@@ -45,6 +45,11 @@ impl RunConfig {
                 // librdkafka's 500 ms default that wait was the p99 end-to-end latency. The
                 // price: an idle consumer asks each broker up to 200 times a second.
                 ("fetch.wait.max.ms", "5"),
+                // Partitions added to a live source topic are seen (and, under the classic
+                // protocol, assigned) at the next metadata refresh: librdkafka's 5 min default
+                // left them unread that long (measured: assigned 290 s after the change).
+                // The price: one metadata request per 30 s.
+                ("topic.metadata.refresh.interval.ms", "30000"),
             ],
         )?;
         match self.group_protocol {
