@@ -44,6 +44,15 @@ pub enum Error {
     #[error("{0}")]
     Fatal(String),
 
+    /// Two live instances of a group with one `--instance-id`: the group fenced this one.
+    #[error("another live instance of group {group} uses --instance-id {instance_id}; this one was {what}; every live instance needs its own id ({cause})")]
+    InstanceIdTaken {
+        group: String,
+        instance_id: String,
+        what: &'static str,
+        cause: String,
+    },
+
     #[error("shutdown deadline of {timeout:?} passed with {uncommitted} records unacknowledged; they were not committed and will be consumed again")]
     ShutdownTimeout {
         timeout: Duration,
@@ -102,6 +111,7 @@ impl Error {
             Error::Client(_)
             | Error::Worker { .. }
             | Error::Fatal(_)
+            | Error::InstanceIdTaken { .. }
             | Error::Io(_)
             | Error::Transaction(_)
             | Error::NotSplit { .. }

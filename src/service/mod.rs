@@ -179,6 +179,26 @@ impl Pipeline {
         })
     }
 
+    /// A raised client error as the run's error: a consumer fenced for its instance id says so.
+    fn fatal_error(&self, config: &RunConfig, message: String) -> Error {
+        use rdkafka::error::RDKafkaErrorCode::{FencedInstanceId, UnreleasedInstanceId};
+        let what = match self.consumer.client().fatal_error() {
+            // Classic: the newer member takes the id, the older one is fenced.
+            Some((FencedInstanceId, _)) => "fenced by the newer one",
+            // KIP-848: the member holding the id keeps it until it leaves or times out.
+            Some((UnreleasedInstanceId, _)) => {
+                "refused (under --group-protocol consumer the member holding an id keeps it until it leaves or its session times out)"
+            }
+            _ => return Error::Fatal(message),
+        };
+        Error::InstanceIdTaken {
+            group: config.group.clone(),
+            instance_id: config.instance_id().ok().flatten().unwrap_or_default(),
+            what,
+            cause: message,
+        }
+    }
+
     /// Until `shutdown`, the end (`--until-end`) or an error that stops the run.
     async fn run_until_stopped(
         &mut self,
@@ -205,7 +225,7 @@ impl Pipeline {
                     GroupEvent::Failed(error) => return Err(error),
                 },
                 Some(error) = self.txn_failed.recv() => return Err(error.into()),
-                message = self.fatal.wait() => return Err(Error::Fatal(message)),
+                message = self.fatal.wait() => return Err(self.fatal_error(config, message)),
             }
             if let (true, Some(rebalanced)) = (config.until_end, last_rebalance) {
                 let (done, assigned) = self.consumer.context().all_at_end();
