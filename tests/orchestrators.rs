@@ -1,0 +1,276 @@
+//! Running as N replicas under an orchestrator: `--log-format json` (every line of a run's log is
+//! a JSON object, librdkafka's lines included, secrets masked), `--instance-id` (conflicting
+//! flags refused at start naming the flag; two live instances with one id: the group fences
+//! one, which exits 1 saying so, under both group protocols).
+
+mod common;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::data::Mix;
+use common::{poll_until, prepare, run_binary, Names, CAP};
+use serde_json::Value;
+
+/// A value librdkafka may echo with `debug=conf`; it must never reach the log.
+const SECRET: &str = "hunter2-never-logged";
+
+/// Every stderr line of a run, parsed as JSON; fails naming the first line that is not an
+/// object with the fields a log pipeline reads.
+fn json_lines(stderr: &str) -> Vec<serde_json::Map<String, Value>> {
+    stderr
+        .lines()
+        .map(|line| {
+            let Ok(Value::Object(o)) = serde_json::from_str::<Value>(line) else {
+                panic!("not a JSON object: {line}\nwhole log:\n{stderr}");
+            };
+            for field in ["timestamp", "level", "target", "message"] {
+                assert!(o.contains_key(field), "no {field} in {line}");
+            }
+            o
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_of_a_json_log_is_a_json_object() {
+    let test = prepare("json-log", 2, 2_000, Mix::Poisoned).await;
+    let mut stderr = String::new();
+    for format in ["json", "text"] {
+        let names = &test.names;
+        let group = format!("{}-{format}", names.group);
+        let args = [
+            "run",
+            "--source",
+            &names.source,
+            "--destination",
+            &names.destination,
+            "--group",
+            &group,
+            "--until-end",
+            "--log-format",
+            format,
+            // librdkafka's own lines, its configuration dump among them.
+            "-X",
+            "consumer.debug=cgrp,conf",
+            "-X",
+            &format!("consumer.sasl.password={SECRET}"),
+        ];
+        let exit = run_binary(&args).await;
+        assert_eq!(exit.code, Some(0), "{format}; stderr:\n{}", exit.stderr);
+        assert!(
+            !exit.stderr.contains(SECRET),
+            "{format}: the secret reached the log:\n{}",
+            exit.stderr
+        );
+        if format == "json" {
+            stderr = exit.stderr;
+        }
+    }
+    let lines = json_lines(&stderr);
+    let librdkafka = lines
+        .iter()
+        .filter(|o| o["message"].as_str().unwrap().starts_with("librdkafka: "))
+        .collect::<Vec<_>>();
+    assert!(!librdkafka.is_empty(), "no librdkafka line:\n{stderr}");
+    assert!(librdkafka.iter().all(|o| o["fac"].is_string()), "{stderr}");
+    // The fields of an event are members of its object, with their types.
+    let stopped = lines
+        .iter()
+        .find(|o| o["message"] == "stopped")
+        .unwrap_or_else(|| panic!("no stopped line:\n{stderr}"));
+    assert_eq!(stopped["consumed"].as_u64(), Some(2_000), "{stopped:?}");
+    assert!(lines.iter().any(|o| o["level"] == "INFO"));
+    // RFC 3339 in UTC, as the text lines have it.
+    assert!(
+        lines
+            .iter()
+            .all(|o| o["timestamp"].as_str().unwrap().ends_with('Z')),
+        "{stderr}"
+    );
+}
+
+/// A run that stops at start prints its error as a JSON line too.
+#[tokio::test]
+async fn a_refused_start_is_a_json_line_naming_the_flag() {
+    let exit = run_binary(&["run", "--log-format", "json", "--instance-id", "pod 1"]).await;
+    assert_eq!(exit.code, Some(2), "{}", exit.stderr);
+    let lines = json_lines(&exit.stderr);
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "ERROR");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid --instance-id: `pod 1`"),
+        "{last:?}"
+    );
+    assert_eq!(last["exit_code"], 2);
+}
+
+#[tokio::test]
+async fn conflicting_identities_are_refused_at_start() {
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[
+                "--instance-id",
+                "pod-1",
+                "-X",
+                "consumer.group.instance.id=pod-2",
+            ],
+            "invalid -X group.instance.id: `pod-2` conflicts with --instance-id `pod-1`",
+        ),
+        (
+            &[
+                "--instance-id",
+                "pod-1",
+                "--guarantee",
+                "exactly-once",
+                "--transactional-id",
+                "shared",
+            ],
+            "invalid --transactional-id: `shared` conflicts with the instance id",
+        ),
+        (
+            &["--instance-id", "pod/1"],
+            "invalid --instance-id: `pod/1` is not a group instance id",
+        ),
+    ];
+    for (flags, expected) in cases {
+        let args: Vec<&str> = std::iter::once("run")
+            .chain(flags.iter().copied())
+            .collect();
+        let exit = run_binary(&args).await;
+        assert_eq!(exit.code, Some(2), "{flags:?}: {}", exit.stderr);
+        assert!(
+            exit.stderr.contains(expected),
+            "{flags:?}: expected {expected:?} in:\n{}",
+            exit.stderr
+        );
+    }
+}
+
+/// The binary with its stderr in a file, readable while it runs.
+struct Instance {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Instance {
+    fn start(names: &Names, extra: &[&str], log: &str) -> Self {
+        let log = std::env::temp_dir().join(format!("{}-{log}.log", names.group));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ktransform"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("KTRANSFORM_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .arg("run")
+            .args(names.args(extra))
+            .args(["--brokers", &common::brokers()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("start the ktransform binary");
+        Instance { child, log }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_for(&self, what: &str) {
+        poll_until(&format!("`{what}` in the log"), CAP, || async {
+            self.stderr().contains(what)
+        })
+        .await;
+    }
+
+    /// The exit code, waiting at most `cap`; None if it still runs then.
+    fn exit_within(&mut self, cap: Duration) -> Option<Option<i32>> {
+        let started = Instant::now();
+        while started.elapsed() < cap {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    fn terminate(&self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Two live instances with one `--instance-id`: the group fences one of them fatally, and
+/// that one exits 1 by itself, naming the id, while the other goes on. Classic: the newer
+/// member takes the id and the older is fenced. KIP-848: the member holding the id keeps it
+/// and the newcomer is refused.
+async fn two_live_instances_with_one_id(protocol: &str) {
+    let names = Names::new(&format!("twins-{protocol}"));
+    names.create(2).await;
+    let flags = ["--group-protocol", protocol, "--instance-id", "twin"];
+    let first = Instance::start(&names, &flags, "first");
+    first.wait_for("partitions assigned").await;
+    let second = Instance::start(&names, &flags, "second");
+    let (mut fenced, mut survivor) = match protocol {
+        "classic" => (first, second),
+        _ => (second, first),
+    };
+    let code = tokio::task::block_in_place(|| fenced.exit_within(CAP));
+    let log = fenced.stderr();
+    assert_eq!(
+        code,
+        Some(Some(1)),
+        "the fenced instance's exit; log:\n{log}"
+    );
+    let expected = format!(
+        "another live instance of group {} uses --instance-id twin; this one was {}",
+        names.group,
+        if protocol == "classic" {
+            "fenced by the newer one"
+        } else {
+            "refused"
+        }
+    );
+    assert!(log.contains(&expected), "expected {expected:?} in:\n{log}");
+    // The other one still runs, and stops cleanly.
+    assert_eq!(
+        survivor.child.try_wait().unwrap(),
+        None,
+        "{}",
+        survivor.stderr()
+    );
+    survivor.terminate();
+    let code = tokio::task::block_in_place(|| survivor.exit_within(CAP));
+    assert_eq!(code, Some(Some(0)), "{}", survivor.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_instances_with_one_id_classic() {
+    two_live_instances_with_one_id("classic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_instances_with_one_id_consumer_protocol() {
+    two_live_instances_with_one_id("consumer").await;
+}
