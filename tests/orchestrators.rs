@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -273,4 +274,101 @@ async fn two_live_instances_with_one_id_classic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_live_instances_with_one_id_consumer_protocol() {
     two_live_instances_with_one_id("consumer").await;
+}
+
+/// The partitions a JSON log says the instance holds: its assignments less its revocations.
+fn held(log: &str) -> BTreeSet<i64> {
+    let mut held = BTreeSet::new();
+    for o in log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        let Some(parts) = o["partitions"].as_str() else {
+            continue;
+        };
+        let parts = parts
+            .trim_matches(['[', ']'])
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| p.trim().parse::<i64>().unwrap());
+        match o["message"].as_str() {
+            Some("partitions assigned") => held.extend(parts),
+            Some("partitions revoked; draining") => parts.for_each(|p| {
+                held.remove(&p);
+            }),
+            _ => {}
+        }
+    }
+    held
+}
+
+/// The lines of a rebalance callback in a JSON log: an assignment (even an empty one) or a
+/// revocation.
+fn rebalance_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|o| {
+                o["message"] == "partitions assigned"
+                    || o["message"] == "partitions revoked; draining"
+            })
+        })
+        .collect()
+}
+
+/// A static member stopped with SIGTERM and started again under its name takes its partitions
+/// back, and the other member goes through no rebalance: no assignment, no revocation.
+async fn a_restarted_static_member_moves_nothing(protocol: &str) {
+    let names = Names::new(&format!("static-{protocol}"));
+    names.create(4).await;
+    let flags = |id: &'static str| {
+        [
+            "--group-protocol",
+            protocol,
+            "--instance-id",
+            id,
+            "--log-format",
+            "json",
+        ]
+    };
+    let mut first = Instance::start(&names, &flags("a"), "a");
+    first.wait_for("partitions assigned").await;
+    let second = Instance::start(&names, &flags("b"), "b");
+    poll_until(
+        "the two members to split the four partitions",
+        CAP,
+        || async {
+            let (a, b) = (held(&first.stderr()), held(&second.stderr()));
+            !a.is_empty() && !b.is_empty() && a.is_disjoint(&b) && a.len() + b.len() == 4
+        },
+    )
+    .await;
+    let before = held(&first.stderr());
+    let seen = rebalance_lines(&second.stderr()).len();
+    first.terminate();
+    let code = tokio::task::block_in_place(|| first.exit_within(CAP));
+    assert_eq!(code, Some(Some(0)), "{}", first.stderr());
+    // Back after more than a heartbeat of the other member (KIP-848 groups on scripts/kafka.sh's
+    // broker: 1 s) and well within the session (6 s there, 45 s classic): without an id the
+    // other member would be handed the stopped one's partitions meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = Instance::start(&names, &flags("a"), "a-again");
+    poll_until(
+        "the restarted member to hold its partitions again",
+        CAP,
+        || async { held(&again.stderr()) == before },
+    )
+    .await;
+    let log = second.stderr();
+    let since = &rebalance_lines(&log)[seen..];
+    assert!(since.is_empty(), "the other member rebalanced: {since:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_static_member_moves_nothing_classic() {
+    a_restarted_static_member_moves_nothing("classic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_static_member_moves_nothing_consumer_protocol() {
+    a_restarted_static_member_moves_nothing("consumer").await;
 }
