@@ -18,7 +18,11 @@
 //! naming the flag.
 //!
 //! Two live instances with the same id: the group fences one of them, fatally, and that one
-//! exits 1 saying so (see [`crate::config::GroupProtocol`] for which one).
+//! exits 1 saying so. Under `--group-protocol classic` the newer member takes the id and the
+//! older is fenced (`FENCED_INSTANCE_ID`: the coordinator cannot tell a live predecessor from a
+//! dead one within its session, and a restart must replace the latter at once); under
+//! `consumer` the member holding the id keeps it and the newcomer is refused
+//! (`UNRELEASED_INSTANCE_ID`) until the holder leaves or its session expires.
 
 use clap::Args;
 
@@ -132,8 +136,9 @@ fn consumer_instance_id(overrides: &[Override]) -> Option<Override> {
         .cloned()
 }
 
-/// The broker refuses a `group.instance.id` that is not 1-249 of `[a-zA-Z0-9._-]` (Kafka's
-/// `JoinGroupRequest.validateGroupInstanceId`): refuse it now, naming the flag.
+/// Kafka's rule for a group instance id, 1-249 of `[a-zA-Z0-9._-]` and not `.` or `..` (the
+/// Java client's `JoinGroupRequest.validateGroupInstanceId`; also a valid transactional id):
+/// one that other clients would refuse is refused here, naming the flag.
 fn check_instance_id(id: &str) -> Result<(), ConfigError> {
     let valid = !id.is_empty()
         && id.len() <= 249
