@@ -8,7 +8,8 @@ fixed rate, and after --warmup seconds each instance in turn is SIGTERMed and, a
 has exited, started again with the same flags (as a StatefulSet restarts a pod under its own
 name); the next restart waits until the restarted one has its partitions and --settle seconds
 have passed. Then the generator stops, the group catches up, every instance gets SIGTERM and
-`ktransform verify` audits the run at-least-once. Per restart:
+`ktransform verify` audits the run (at-least-once unless --guarantee says otherwise). Per
+restart:
 
 - rebalances of the others: the increase of `ktransform_rebalances_total` (one per rebalance
   callback, an assignment or a revocation, empty ones included) summed over the instances that
@@ -26,6 +27,7 @@ bench/results/<date>-rolling.md and .json.
 
     python3 bench/rolling.py [--brokers 127.0.0.1:9092] [--instances 3] [--partitions 12]
         [--rate 5000] [--protocols classic,kip848] [--identities dynamic,static]
+        [--guarantee at-least-once|exactly-once]
 """
 
 import argparse
@@ -41,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 from harness import ROOT, say  # noqa: E402
-from rebalance import group_consumer_settings, verify  # noqa: E402
+from rebalance import group_consumer_settings  # noqa: E402
 from rebalance_analysis import KEYS, read_outputs, read_source  # noqa: E402
 
 PROTOCOLS = {"classic": ("classic (cooperative-sticky)", []),
@@ -64,6 +66,8 @@ def parse_args():
                         "restart (and before the others' metrics are read)")
     p.add_argument("--protocols", default="classic,kip848", help=f"of {','.join(PROTOCOLS)}")
     p.add_argument("--identities", default="dynamic,static", help=f"of {','.join(IDENTITIES)}")
+    p.add_argument("--guarantee", default="at-least-once", choices=["at-least-once", "exactly-once"],
+                   help="of the instances, and the one verify checks")
     p.add_argument("--name", help="results file stem (default <date>-rolling)")
     p.add_argument("--no-build", action="store_true")
     args = p.parse_args()
@@ -165,7 +169,8 @@ def run_one(protocol, identity, ctx):
     def cmd(slot):
         c = [bins.ktransform, "run", "--brokers", args.brokers, "--source", src,
              "--destination", dest, "--group", group, "--dlq", dlq, "--log-format", "json",
-             "--metrics-addr", "127.0.0.1:0", *PROTOCOLS[protocol][1]]
+             "--metrics-addr", "127.0.0.1:0", "--guarantee", args.guarantee,
+             *PROTOCOLS[protocol][1]]
         return c + (["--instance-id", f"rolling-{slot}"] if identity == "static" else [])
 
     live = [Instance(slot, 0, cmd(slot), logs) for slot in range(args.instances)]
@@ -234,7 +239,7 @@ def run_one(protocol, identity, ctx):
     if g.rc != 0:
         problems.append(f"generator exited {g.rc}")
     say(f"{label}: ktransform verify, then reading {src} and {dest}")
-    audit = verify(bins.ktransform, args.brokers, src, dest, dlq, logs / "verify.log")
+    audit = verify(bins.ktransform, args, src, dest, dlq, logs / "verify.log")
     per_step, duplicates, missing = replays(args, read_source(args.brokers, src, count),
                                             read_outputs(args.brokers, dest), steps, final_stop)
     if audit is None:
@@ -256,6 +261,21 @@ def run_one(protocol, identity, ctx):
                                                   for c in cmd(0)),
             "verify": {k: v for k, v in (audit or {}).items() if k != "findings"},
             "duplicates": duplicates, "steps": steps}
+
+
+def verify(binary, args, src, dest, dlq, log):
+    """`ktransform verify --json` of the run, or None. The destination stamps each output with
+    its append time (LogAppendTime), so outputs cannot keep their input's timestamp."""
+    import subprocess
+
+    cmd = [str(binary), "verify", "--brokers", args.brokers, "--source", src, "--destination",
+           dest, "--dlq", dlq, "--guarantee", args.guarantee, "--timestamp", "now", "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    log.write_text(p.stderr)
+    try:
+        return json.loads(p.stdout)
+    except ValueError:
+        return None
 
 
 def replays(args, source, outputs, steps, final_stop):
@@ -297,6 +317,7 @@ def write_report(results):
         f"--instance-id ({r['date'][:10]})", "",
         f"`{r['command']}` on {harness.describe_machine(r['machine'])}; "
         f"{r['machine']['broker']}, git {r['machine']['git']}.", "",
+        f"{r['settings']['guarantee']}; "
         f"{r['settings']['partitions']} partitions, the generator at "
         f"{r['settings']['rate']:,.0f} records/s throughout; each instance in turn SIGTERMed "
         f"and started again as soon as it exited, the next one {r['settings']['settle']:.0f} s "
