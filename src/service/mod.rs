@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::config::{ConfigError, MetricsAddr, RunConfig, StallTimeout};
 use crate::consumer::{self, Context, GroupEvent};
 use crate::dead_letter::Router;
-use crate::error::Error;
+use crate::error::{Error, InstanceIdLoss};
 use crate::http::{self, Health};
 use crate::logging::FatalErrors;
 use crate::member::Member;
@@ -182,19 +182,15 @@ impl Pipeline {
     /// A raised client error as the run's error: a consumer fenced for its instance id says so.
     fn fatal_error(&self, config: &RunConfig, message: String) -> Error {
         use rdkafka::error::RDKafkaErrorCode::{FencedInstanceId, UnreleasedInstanceId};
-        let what = match self.consumer.client().fatal_error() {
-            // Classic: the newer member takes the id, the older one is fenced.
-            Some((FencedInstanceId, _)) => "fenced by the newer one",
-            // KIP-848: the member holding the id keeps it until it leaves or times out.
-            Some((UnreleasedInstanceId, _)) => {
-                "refused (under --group-protocol consumer the member holding an id keeps it until it leaves or its session times out)"
-            }
+        let loss = match self.consumer.client().fatal_error() {
+            Some((FencedInstanceId, _)) => InstanceIdLoss::Fenced,
+            Some((UnreleasedInstanceId, _)) => InstanceIdLoss::Refused,
             _ => return Error::Fatal(message),
         };
         Error::InstanceIdTaken {
             group: config.group.clone(),
             instance_id: config.instance_id().ok().flatten().unwrap_or_default(),
-            what,
+            loss,
             cause: message,
         }
     }
