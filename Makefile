@@ -8,7 +8,7 @@
 
 KAFKA_SH := scripts/kafka.sh
 
-.PHONY: help up down logs broker-status demo build test lint chaos bench-transform bench latency-sweep scale-test rebalance-bench
+.PHONY: help up down logs broker-status demo build test lint chaos bench-transform bench latency-sweep scale-test rebalance-bench rolling-bench
 
 ##@ General
 
@@ -57,6 +57,9 @@ scale-test: ## Scale-out with a CPU budget per instance (0.1 core, cgroups; shar
 
 rebalance-bench: ## What a hand-off costs per group protocol: joins, SIGTERM leaves, a SIGKILL under a live producer -> bench/results/<date>-rebalance.* (REBALANCE_ARGS=...)
 	python3 bench/rebalance.py $(REBALANCE_ARGS)
+
+rolling-bench: ## A rolling restart of 3 instances under a live producer, with and without --instance-id, per group protocol -> bench/results/<date>-rolling.* (ROLLING_ARGS=...)
+	python3 bench/rolling.py $(ROLLING_ARGS)
 
 ##@ Local Kafka broker (127.0.0.1:9092, see scripts/kafka.sh for settings)
 

@@ -285,6 +285,10 @@ impl ClientContext for Context {
             tracing::error!(topic = %self.topic, "librdkafka: {message}");
             return;
         }
+        if fac == "FATAL" {
+            self.log.consumer_fatal(message);
+            return;
+        }
         self.log.log(level, fac, message);
     }
 

@@ -48,6 +48,15 @@ pub enum Error {
     #[error("{0}")]
     Fatal(String),
 
+    /// Two members of a group with one `--instance-id`: the group stopped this one.
+    #[error("{}", instance_id_taken(.group, .instance_id, *.loss, .cause))]
+    InstanceIdTaken {
+        group: String,
+        instance_id: String,
+        loss: InstanceIdLoss,
+        cause: String,
+    },
+
     #[error("shutdown deadline of {timeout:?} passed with {uncommitted} records unacknowledged; they were not committed and will be consumed again")]
     ShutdownTimeout {
         timeout: Duration,
@@ -96,6 +105,29 @@ pub enum Error {
     },
 }
 
+/// Which of two members with one `--instance-id` the group stops, and why this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceIdLoss {
+    /// Classic: a newer member joined with the id and took this one's place
+    /// (`FENCED_INSTANCE_ID`).
+    Fenced,
+    /// KIP-848: the group still has a member with the id, live or stopped without leaving and
+    /// within its session (`UNRELEASED_INSTANCE_ID`).
+    Refused,
+}
+
+fn instance_id_taken(group: &str, id: &str, loss: InstanceIdLoss, cause: &str) -> String {
+    let what = match loss {
+        InstanceIdLoss::Fenced => format!(
+            "another instance joined group {group} with --instance-id {id} and took this one's place (under --group-protocol classic the newer member wins)"
+        ),
+        InstanceIdLoss::Refused => format!(
+            "group {group} still has a member with --instance-id {id}, live or stopped without leaving and within its session; this one was refused (under --group-protocol consumer the member holding an id keeps it until it leaves or its session expires)"
+        ),
+    };
+    format!("{what}; every live instance needs its own id ({cause})")
+}
+
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -107,6 +139,7 @@ impl Error {
             | Error::Security(_)
             | Error::Worker { .. }
             | Error::Fatal(_)
+            | Error::InstanceIdTaken { .. }
             | Error::Io(_)
             | Error::Transaction(_)
             | Error::NotSplit { .. }

@@ -23,8 +23,10 @@
 //! - [`config`]: flags and env vars (clap), start-up checks; its submodules are the `--config`
 //!   TOML file (`file`), the librdkafka pass-through and owned keys (`properties`), secret
 //!   masking (`redact`), `run --print-config` (`print`), the consumer's and producer's
-//!   librdkafka settings, each with its reason (`clients`), and the consumer group protocol with
-//!   the properties it leaves to the brokers (`protocol`).
+//!   librdkafka settings, each with its reason (`clients`), the consumer group protocol with
+//!   the properties it leaves to the brokers (`protocol`), and running as one of N replicas:
+//!   the instance id for static membership and the transactional id, and the log format
+//!   (`orchestrator`).
 //! - [`cli`]: the command line, `run | lag | verify`, parsed with the file's fallbacks.
 //! - [`service`]: [`run`]: start (`service/startup.rs`: brokers, topic limits, producer, the
 //!   guarantee), run until something says stop, stop (`service/shutdown.rs`: drain, commit,
@@ -78,7 +80,8 @@
 //!   watchdog's in `metrics/stall.rs`), and the periodic progress line.
 //! - [`http`]: `/metrics`, `/healthz` (brokers seen, no partition stalled unhealed), `/readyz`.
 //! - [`logging`]: librdkafka's errors and log lines, rate-limited; the unrecoverable ones
-//!   (credentials, ACLs, fatal) raised to stop the run.
+//!   (credentials, ACLs, fatal, a consumer fenced for its instance id) raised to stop the run.
+//!   The subscriber that writes them (text or JSON lines) is the binary's.
 //! - [`security`]: why the brokers refuse this client (the broker's certificate, the client's
 //!   certificate under mutual TLS, SASL credentials), read from librdkafka's messages and named
 //!   with the property to fix; the broker certificate's fault found by a TLS handshake of its own

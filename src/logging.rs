@@ -3,8 +3,12 @@
 //! at WARN, then at most one summary line per [`INTERVAL`] with how many were suppressed.
 //!
 //! Errors that no retry can cure ([`fatal_cause`]: credentials refused, an operation the ACLs
-//! deny, librdkafka's own fatal error) are raised on [`FatalErrors`] instead, which stops the
-//! run with the cause named.
+//! deny, librdkafka's own fatal error, a consumer's fatal error such as a fenced static member)
+//! are raised on [`FatalErrors`] instead, which stops the run with the cause named.
+//!
+//! Where the lines go, and in which form (`--log-format text|json`), is the subscriber's
+//! business, set up by the binary: these are ordinary `tracing` events with the librdkafka
+//! facility as the field `fac`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -97,6 +101,18 @@ impl ClientLog {
         }
         if let Some(suppressed) = self.admit() {
             tracing::warn!(%error, reason, suppressed, "kafka client error");
+        }
+    }
+
+    /// A consumer's fatal error, seen in its `FATAL` log line. librdkafka logs every fatal error
+    /// so when the client has an error event handler (rust-rdkafka always sets one), and hands a
+    /// consumer's fatal error to the consumer queue as a consumer error, not to the error
+    /// callback: the log line is where it is sure to be seen. Without this a consumer fenced
+    /// for its `group.instance.id` stayed up, a member of nothing, until stopped.
+    pub fn consumer_fatal(&self, message: &str) {
+        match &self.fatal {
+            Some(fatal) => fatal.raise(format!("the Kafka consumer hit a fatal error: {message}")),
+            None => tracing::error!("librdkafka: {message}"),
         }
     }
 

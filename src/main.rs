@@ -2,6 +2,7 @@
 
 use ktransform::cli::{Cli, Command};
 use ktransform::config::file::CliError;
+use ktransform::config::LogFormat;
 use ktransform::error::exit;
 use tracing_subscriber::EnvFilter;
 
@@ -39,13 +40,11 @@ fn main() {
             std::process::exit(exit::OK);
         }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let log_format = match &cli.command {
+        Command::Run(config) => config.orchestrator.log_format,
+        Command::Lag(_) | Command::Verify(_) => LogFormat::Text,
+    };
+    init_logging(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -74,11 +73,38 @@ fn main() {
     let code = match result {
         Ok(()) => exit::OK,
         Err(e) => {
-            eprintln!("error: {e}");
-            e.exit_code()
+            let code = e.exit_code();
+            match log_format {
+                LogFormat::Text => eprintln!("error: {e}"),
+                // A log pipeline gets the run's last word as a line like the others.
+                LogFormat::Json => tracing::error!(exit_code = code, "{e}"),
+            }
+            code
         }
     };
     std::process::exit(code);
+}
+
+/// The log subscriber: lines on stderr, `RUST_LOG` filtering (INFO by default), as text for
+/// people or, with `--log-format json`, one JSON object per line with `timestamp`, `level`,
+/// `target`, `message` and the event's fields at the top level (where Loki, Elasticsearch and
+/// Cloud Logging look for them). librdkafka's lines are events like the others.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let lines = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => lines
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => lines
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// Installs the SIGINT and SIGTERM handlers at once, so that a signal during start-up stops the

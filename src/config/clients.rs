@@ -70,6 +70,10 @@ impl RunConfig {
             config.set("statistics.interval.ms", ms);
         }
         config.set("group.id", &self.group);
+        if let Some(id) = self.instance_id()? {
+            // Static membership (`config::orchestrator`): the consumer alone is a group member.
+            config.set("group.instance.id", id);
+        }
         config.set("enable.auto.offset.store", "false");
         // Owned: see `properties::OWNED_PROPERTIES`.
         config.set("enable.partition.eof", "false");
@@ -122,7 +126,7 @@ impl RunConfig {
             config.set("message.timeout.ms", "0");
         }
         if self.pipeline.guarantee == Guarantee::ExactlyOnce {
-            let id = self.transactional_id.clone().unwrap_or_else(|| {
+            let id = self.stable_transactional_id()?.unwrap_or_else(|| {
                 let nanos = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.subsec_nanos());

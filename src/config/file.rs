@@ -475,8 +475,8 @@ mod tests {
         let run = <RunConfig as clap::Args>::augment_args(clap::Command::new("run"));
         keys(&run, &mut known);
         for (key, _) in &known {
-            // Only set with exactly-once and a given id.
-            if key != "transactional_id" {
+            // Only set when given.
+            if key != "transactional_id" && key != "instance_id" {
                 assert!(
                     table.contains_key(key),
                     "--print-config lacks {key}:\n{text}"

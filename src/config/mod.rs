@@ -12,12 +12,14 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
 pub mod clients;
 pub mod file;
+pub mod orchestrator;
 pub mod print;
 pub mod properties;
 pub mod protocol;
 pub mod redact;
 
 use file::CliError;
+pub use orchestrator::{LogFormat, OrchestratorArgs};
 pub use properties::{KafkaArgs, Origin, Override, Property, Side, OWNED_PROPERTIES};
 pub use protocol::GroupProtocol;
 
@@ -62,6 +64,9 @@ pub struct RunConfig {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 
+    #[command(flatten)]
+    pub orchestrator: OrchestratorArgs,
+
     /// Consumer group: instances with the same group share the source's partitions.
     #[arg(long, env = "KTRANSFORM_GROUP", default_value = "ktransform")]
     pub group: String,
@@ -87,7 +92,8 @@ pub struct RunConfig {
     pub transaction_records: usize,
 
     /// Exactly-once: a stable transactional id for this instance (unique per instance)
-    /// [default: ktransform-<group>-<random>].
+    /// [default: ktransform-<group>-<instance id> with --instance-id, else
+    /// ktransform-<group>-<random>].
     #[arg(long, env = "KTRANSFORM_TRANSACTIONAL_ID")]
     pub transactional_id: Option<String>,
 
@@ -297,6 +303,7 @@ impl RunConfig {
             return Err(invalid("--connect-timeout", "must be more than 0"));
         }
         self.group_protocol.check(&self.kafka.overrides()?)?;
+        self.check_orchestrator()?;
         self.check_drain_timeout()?;
         if self.pipeline.guarantee == Guarantee::ExactlyOnce {
             if self.transaction_interval.is_zero() {

@@ -41,6 +41,13 @@ pub fn render(config: &RunConfig) -> Result<String, ConfigError> {
         duration(c.transaction_interval),
     );
     t.insert("transaction_records".into(), int(c.transaction_records));
+    if let Some(id) = &c.orchestrator.instance_id {
+        t.insert("instance_id".into(), string(id));
+    }
+    t.insert(
+        "log_format".into(),
+        string(c.orchestrator.log_format.as_str()),
+    );
     if let Some(id) = &c.transactional_id {
         t.insert("transactional_id".into(), string(id));
     }

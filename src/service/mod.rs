@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::config::{ConfigError, MetricsAddr, RunConfig, StallTimeout};
 use crate::consumer::{self, Context, GroupEvent};
 use crate::dead_letter::Router;
-use crate::error::Error;
+use crate::error::{Error, InstanceIdLoss};
 use crate::http::{self, Health};
 use crate::logging::FatalErrors;
 use crate::member::Member;
@@ -179,6 +179,22 @@ impl Pipeline {
         })
     }
 
+    /// A raised client error as the run's error: a consumer fenced for its instance id says so.
+    fn fatal_error(&self, config: &RunConfig, message: String) -> Error {
+        use rdkafka::error::RDKafkaErrorCode::{FencedInstanceId, UnreleasedInstanceId};
+        let loss = match self.consumer.client().fatal_error() {
+            Some((FencedInstanceId, _)) => InstanceIdLoss::Fenced,
+            Some((UnreleasedInstanceId, _)) => InstanceIdLoss::Refused,
+            _ => return Error::Fatal(message),
+        };
+        Error::InstanceIdTaken {
+            group: config.group.clone(),
+            instance_id: config.instance_id().ok().flatten().unwrap_or_default(),
+            loss,
+            cause: message,
+        }
+    }
+
     /// Until `shutdown`, the end (`--until-end`) or an error that stops the run.
     async fn run_until_stopped(
         &mut self,
@@ -205,7 +221,7 @@ impl Pipeline {
                     GroupEvent::Failed(error) => return Err(error),
                 },
                 Some(error) = self.txn_failed.recv() => return Err(error.into()),
-                message = self.fatal.wait() => return Err(Error::Fatal(message)),
+                message = self.fatal.wait() => return Err(self.fatal_error(config, message)),
             }
             if let (true, Some(rebalanced)) = (config.until_end, last_rebalance) {
                 let (done, assigned) = self.consumer.context().all_at_end();

@@ -1,6 +1,7 @@
 //! The stop sequence: stop fetching, let every worker finish what it has in flight, commit
 //! (store-and-commit under at-least-once, the transaction under exactly-once), flush the
-//! producer, leave the group; all of it within `--shutdown-timeout`. Past the deadline the
+//! producer, leave the group (a static member, `--instance-id`, stays in it for its successor);
+//! all of it within `--shutdown-timeout`. Past the deadline the
 //! unacknowledged records are counted and reported as [`Error::ShutdownTimeout`]
 //! (uncommitted, so consumed again by the next owner, never lost).
 
@@ -54,7 +55,9 @@ pub(super) async fn stop(
         &offsets, &stats, &consumer, config, &drained, clean, deadline,
     )
     .await?;
-    leave_if_idle(&consumer);
+    if !config.instance_id().is_ok_and(|id| id.is_some()) {
+        leave_if_idle(&consumer);
+    }
     let _ = stop_main_queue.send(true);
     let remaining = deadline.saturating_duration_since(Instant::now());
     let flushing = sink.clone();
@@ -139,6 +142,11 @@ async fn commit(
 /// in order, and their commits queue behind their pending JoinGroup), so one stopped then
 /// misses its deadline and leaves everything since the rebalance began to be replayed.
 /// Unsubscribing sends the LeaveGroup; a member that holds partitions leaves on close.
+///
+/// Not for a static member (`--instance-id`): it must not leave, so that its successor under
+/// the same id takes its place without a rebalance, and an unsubscribe would send the
+/// LeaveGroup that librdkafka's close leaves out for it (classic; under KIP-848 a static member
+/// leaves with epoch -2, "back soon", either way).
 fn leave_if_idle(consumer: &StreamConsumer<Context>) {
     if consumer.assignment().is_ok_and(|a| a.count() == 0) {
         tracing::debug!("no partition assigned; leaving the group before closing");
