@@ -1,15 +1,19 @@
-//! `/metrics` (Prometheus text), `/healthz` and `/readyz` on `--metrics-addr`.
+//! `/metrics` (Prometheus text), `/livez`, `/healthz` and `/readyz` on `--metrics-addr`.
 //!
-//! - `/healthz`: 200 while a broker was seen up within [`BROKER_WINDOW`] (librdkafka statistics,
-//!   every [`STATISTICS_INTERVAL`]) and no partition is stalled past the stall watchdog's health
-//!   bound (`crate::stall`: its heals did not help), else 503 with the reason. An orchestrator
-//!   restarting on it restarts a process that lost its brokers or a partition, not one that is
-//!   busy.
+//! - `/livez`: 200 unless the process itself is broken: no partition is stalled past the stall
+//!   watchdog's health bound (`crate::stall`: its heals in place did not help, a fresh process
+//!   would). A runtime too stuck to answer fails it by not answering. It never looks at the
+//!   brokers: a liveness probe (Kubernetes restarts the container on it) must not restart every
+//!   instance while the brokers are away, since a new process would find them away too.
+//! - `/healthz`: `/livez`, and a broker seen up within [`BROKER_WINDOW`] (librdkafka
+//!   statistics, every [`STATISTICS_INTERVAL`]), else 503 with the reason: for a person or an
+//!   alert asking "is this instance doing its work?", not for a restart.
 //! - `/readyz`: 200 when partitions are assigned and the run is not stopping, else 503.
 //!
-//! Three GET routes do not need a web framework: this reads one request line per connection,
+//! Four GET routes do not need a web framework: this reads one request line per connection,
 //! answers and closes.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use tokio::net::TcpListener;
 use crate::metrics::Stats;
 
 pub use crate::config::clients::STATISTICS_INTERVAL;
+use crate::config::DEFAULT_METRICS_ADDR;
 /// `/healthz` fails when no broker was seen up for this long.
 pub const BROKER_WINDOW: Duration = Duration::from_secs(30);
 
@@ -30,9 +35,34 @@ pub struct Health {
     pub stopping: AtomicBool,
 }
 
-/// Binds now (so a taken port fails at start) and serves until the task is dropped.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+/// Binds now, so that an address that cannot be had is known at start. A given address
+/// (`--metrics-addr`, its env var or file key) must be bound: on an error the caller stops the
+/// start. Without one, [`DEFAULT_METRICS_ADDR`] is tried, and when another process holds it
+/// (N instances started with the same flags on one host) a free port on the same interface
+/// is taken instead and logged: an instance that only lacks its metrics port keeps working.
+pub async fn bind(given: Option<SocketAddr>) -> Result<TcpListener, (SocketAddr, io::Error)> {
+    if let Some(addr) = given {
+        return TcpListener::bind(addr).await.map_err(|e| (addr, e));
+    }
+    let default: SocketAddr = DEFAULT_METRICS_ADDR
+        .parse()
+        .expect("DEFAULT_METRICS_ADDR is an address");
+    match TcpListener::bind(default).await {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            let any = SocketAddr::new(default.ip(), 0);
+            let listener = TcpListener::bind(any).await.map_err(|e| (any, e))?;
+            if let Ok(addr) = listener.local_addr() {
+                tracing::warn!(
+                    %default,
+                    %addr,
+                    "the default metrics address is taken (another instance on this host?); \
+                     serving on a free port instead (--metrics-addr chooses one)"
+                );
+            }
+            Ok(listener)
+        }
+        other => other.map_err(|e| (default, e)),
+    }
 }
 
 pub async fn serve(listener: TcpListener, health: Arc<Health>) {
@@ -86,12 +116,14 @@ fn respond(path: &str, health: &Health) -> (&'static str, &'static str, String) 
                 Err(e) => ("500 Internal Server Error", TEXT, format!("{e}\n")),
             }
         }
+        "/livez" => match unhealed(health) {
+            Some(why) => check(false, &why),
+            None => check(true, ""),
+        },
         "/healthz" => {
-            let unhealed = health.stats.unhealed_stalls();
             if !health.stats.broker_seen_within(BROKER_WINDOW) {
                 check(false, "no broker seen up recently")
-            } else if !unhealed.is_empty() {
-                let why = format!("stalled, not healed: {}", unhealed.join(", "));
+            } else if let Some(why) = unhealed(health) {
                 check(false, &why)
             } else {
                 check(true, "")
@@ -112,7 +144,53 @@ fn respond(path: &str, health: &Health) -> (&'static str, &'static str, String) 
         _ => (
             "404 Not Found",
             TEXT,
-            "try /metrics, /healthz or /readyz\n".to_string(),
+            "try /metrics, /livez, /healthz or /readyz\n".to_string(),
         ),
+    }
+}
+
+/// Why the process is broken: partitions stalled past the watchdog's health bound.
+fn unhealed(health: &Health) -> Option<String> {
+    let unhealed = health.stats.unhealed_stalls();
+    (!unhealed.is_empty()).then(|| format!("stalled, not healed: {}", unhealed.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health() -> Health {
+        Health {
+            stats: Stats::new(),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    fn status(path: &str, health: &Health) -> &'static str {
+        respond(path, health).0
+    }
+
+    #[test]
+    fn livez_ignores_the_brokers() {
+        // No statistics ever said a broker was up: the brokers are away.
+        let health = health();
+        assert!(!health.stats.broker_seen_within(BROKER_WINDOW));
+        assert_eq!(status("/healthz", &health), "503 Service Unavailable");
+        assert_eq!(
+            respond("/healthz", &health).2,
+            "no broker seen up recently\n"
+        );
+        assert_eq!(status("/livez", &health), "200 OK");
+    }
+
+    #[test]
+    fn livez_fails_when_the_stall_watchdog_gives_up() {
+        let health = health();
+        health.stats.stall_unhealed("in", 3);
+        let (code, _, body) = respond("/livez", &health);
+        assert_eq!(code, "503 Service Unavailable");
+        assert_eq!(body, "stalled, not healed: in/3\n");
+        health.stats.stall_ended("in", 3);
+        assert_eq!(status("/livez", &health), "200 OK");
     }
 }

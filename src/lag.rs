@@ -7,19 +7,23 @@
 //! (`lag/group.rs`), which rust-rdkafka's group list cannot give for a `consumer` group.
 //!
 //! `--json` prints one JSON object per report (one per window with `--watch`) instead of the
-//! table, for scripts and alerting: see [`JsonReport`].
+//! table, for scripts and alerting: see [`JsonReport`] (`lag/json.rs`). With `--lag-threshold`
+//! the report adds the replica count KEDA's Kafka scaler would compute from the same offsets,
+//! next to ktransform's, and which to trust (`lag/keda.rs`).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use crate::config::{ConfigError, KafkaArgs, Side};
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use serde::Serialize;
-
-use crate::config::{ConfigError, KafkaArgs, Side};
 
 pub mod group;
+pub mod json;
+pub mod keda;
+
+pub use json::{JsonKeda, JsonPartition, JsonReport, JsonTotal};
 
 #[derive(Debug, Clone, Args)]
 pub struct LagConfig {
@@ -49,6 +53,32 @@ pub struct LagConfig {
     /// Print one JSON object per report (per window with --watch) instead of the table.
     #[arg(long)]
     pub json: bool,
+
+    /// Also give the replica count KEDA's Kafka scaler would ask for with this `lagThreshold`,
+    /// next to ktransform's own, and which to trust.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub lag_threshold: Option<u64>,
+
+    /// With --lag-threshold, KEDA's `offsetResetPolicy`: a partition without a committed offset
+    /// counts its retained records (`earliest`, where `ktransform run` starts) or 1 (`latest`,
+    /// KEDA's default).
+    #[arg(long, value_enum, default_value = "earliest")]
+    pub offset_reset_policy: keda::OffsetResetPolicy,
+
+    /// With --lag-threshold, KEDA's `allowIdleConsumers`: no cap at one replica per partition.
+    #[arg(long)]
+    pub allow_idle_consumers: bool,
+}
+
+impl LagConfig {
+    /// The KEDA trigger to compare with, if `--lag-threshold` asks for one.
+    pub fn keda_trigger(&self) -> Option<keda::Trigger> {
+        self.lag_threshold.map(|lag_threshold| keda::Trigger {
+            lag_threshold,
+            offset_reset_policy: self.offset_reset_policy,
+            allow_idle_consumers: self.allow_idle_consumers,
+        })
+    }
 }
 
 /// Offsets of one partition at one moment.
@@ -216,8 +246,14 @@ impl LagReader {
     }
 }
 
-/// The table and verdict as a person reads them.
-pub fn render(group: &str, topic: &str, sample: &Sample, report: &Report) -> String {
+/// The table and verdict as a person reads them; with `keda`, KEDA's count and which to trust.
+pub fn render(
+    group: &str,
+    topic: &str,
+    sample: &Sample,
+    report: &Report,
+    keda: Option<&keda::Comparison>,
+) -> String {
     let mut s = String::new();
     let protocol = sample
         .protocol
@@ -277,100 +313,30 @@ pub fn render(group: &str, topic: &str, sample: &Sample, report: &Report) -> Str
         }
         s.push('\n');
     }
-    s
-}
-
-/// The machine-readable report of `ktransform lag --json`; every field is always present (null
-/// when it does not apply), so a reader can rely on the shape.
-#[derive(Debug, Clone, Serialize)]
-pub struct JsonReport<'a> {
-    pub group: &'a str,
-    pub topic: &'a str,
-    /// When the second sample was taken, milliseconds since the Unix epoch.
-    pub timestamp_ms: u64,
-    /// Seconds between the two samples the rates come from.
-    pub window_secs: f64,
-    pub members: usize,
-    /// `classic` or `consumer`; null when the coordinator does not know the group.
-    pub protocol: Option<&'static str>,
-    pub partitions: Vec<JsonPartition>,
-    /// Sums over the partitions; `committed` counts never-committed partitions as 0.
-    pub total: JsonTotal,
-    pub produce_per_sec: f64,
-    pub consume_per_sec: f64,
-    /// `caught_up`, `keeping_up`, `catching_up` or `falling_behind`.
-    pub verdict: &'static str,
-    /// With `falling_behind`: how fast the lag grows.
-    pub falling_behind_per_sec: Option<f64>,
-    /// With `catching_up`: seconds until the lag is zero at the observed rates.
-    pub eta_secs: Option<f64>,
-    /// With a lag: instances the observed produce rate needs at the observed per-instance rate.
-    pub instances_needed: Option<usize>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct JsonPartition {
-    pub partition: i32,
-    /// Null when the group never committed on this partition.
-    pub committed: Option<i64>,
-    pub end: i64,
-    pub lag: i64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct JsonTotal {
-    pub committed: i64,
-    pub end: i64,
-    pub lag: i64,
-}
-
-impl<'a> JsonReport<'a> {
-    pub fn new(
-        group: &'a str,
-        topic: &'a str,
-        before: &Sample,
-        after: &Sample,
-        report: &Report,
-    ) -> Self {
-        let (verdict, falling_behind_per_sec, eta_secs) = match &report.verdict {
-            Verdict::CaughtUp => ("caught_up", None, None),
-            Verdict::KeepingUp => ("keeping_up", None, None),
-            Verdict::CatchingUp { eta } => ("catching_up", None, Some(eta.as_secs_f64())),
-            Verdict::FallingBehind { per_sec } => ("falling_behind", Some(*per_sec), None),
-        };
-        let partitions: Vec<JsonPartition> = after
-            .partitions
-            .iter()
-            .map(|p| JsonPartition {
-                partition: p.partition,
-                committed: p.committed,
-                end: p.end,
-                lag: p.lag(),
-            })
-            .collect();
-        JsonReport {
-            group,
-            topic,
-            timestamp_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            window_secs: after.at.duration_since(before.at).as_secs_f64(),
-            members: after.members,
-            protocol: after.protocol.map(group::Protocol::as_str),
-            total: JsonTotal {
-                committed: partitions.iter().filter_map(|p| p.committed).sum(),
-                end: after.end(),
-                lag: after.lag(),
+    if let Some(c) = keda {
+        let ktransform = c.ktransform.map_or("?".to_string(), |n| n.to_string());
+        let _ = writeln!(
+            s,
+            "KEDA (lagThreshold {}, offsetResetPolicy {}): lag {}{} -> {} replica(s); \
+             ktransform: {ktransform}",
+            c.trigger.lag_threshold,
+            c.trigger.offset_reset_policy.as_str(),
+            c.keda.total_lag,
+            if c.keda.capped {
+                format!(", capped at {}", c.keda.metric)
+            } else {
+                String::new()
             },
-            partitions,
-            produce_per_sec: report.produce_rate,
-            consume_per_sec: report.consume_rate,
-            verdict,
-            falling_behind_per_sec,
-            eta_secs,
-            instances_needed: report.instances_needed,
-        }
+            c.keda.replicas,
+        );
+        let trust = match c.trust {
+            keda::Trust::Either => "either",
+            keda::Trust::Ktransform => "ktransform",
+            keda::Trust::Keda => "KEDA",
+        };
+        let _ = writeln!(s, "trust: {trust}: {}", c.why);
     }
+    s
 }
 
 /// Prints the report once (after one window), or every window with `--watch`. Blocking.
@@ -388,15 +354,24 @@ pub fn print(config: &LagConfig) -> Result<(), crate::Error> {
         .into());
     }
     let tty = std::io::stdout().is_terminal();
+    let trigger = config.keda_trigger();
     loop {
         std::thread::sleep(config.interval);
         let after = reader.sample()?;
         let report = assess(&before, &after);
+        let keda = trigger.map(|t| keda::compare(&t, &after, &report));
         let text = if config.json {
-            let json = JsonReport::new(&config.group, &config.topic, &before, &after, &report);
+            let json = JsonReport::new(
+                &config.group,
+                &config.topic,
+                &before,
+                &after,
+                &report,
+                keda.as_ref(),
+            );
             serde_json::to_string(&json).map_err(|e| crate::Error::Fatal(e.to_string()))?
         } else {
-            render(&config.group, &config.topic, &after, &report)
+            render(&config.group, &config.topic, &after, &report, keda.as_ref())
         };
         let mut out = std::io::stdout().lock();
         if config.watch && tty && !config.json {
@@ -453,30 +428,6 @@ mod tests {
             assess(&sample(t0, 0, 1000, 1), &sample(t1, 1000, 2000, 1)).verdict,
             Verdict::KeepingUp
         );
-    }
-
-    #[test]
-    fn json_report_is_machine_readable() {
-        let t0 = Instant::now();
-        let t1 = t0 + Duration::from_secs(10);
-        let (before, after) = (sample(t0, 0, 1000, 1), sample(t1, 1000, 3000, 1));
-        let report = assess(&before, &after);
-        let json = JsonReport::new("g", "t", &before, &after, &report);
-        let v = serde_json::to_value(&json).unwrap();
-        assert_eq!(v["verdict"], "falling_behind");
-        assert_eq!(v["falling_behind_per_sec"], 100.0);
-        assert_eq!(v["instances_needed"], 2);
-        assert!(v["eta_secs"].is_null());
-        assert_eq!(v["partitions"][0]["committed"], 1000);
-        assert_eq!(v["partitions"][0]["lag"], 2000);
-        assert_eq!(v["total"]["lag"], 2000);
-        assert_eq!(v["window_secs"], 10.0);
-        assert_eq!(v["protocol"], "consumer");
-        let catching = sample(t1, 1500, 2000, 1);
-        let json = JsonReport::new("g", "t", &before, &catching, &assess(&before, &catching));
-        let v = serde_json::to_value(&json).unwrap();
-        assert_eq!(v["verdict"], "catching_up");
-        assert_eq!(v["eta_secs"], 10.0);
     }
 
     #[test]

@@ -65,7 +65,8 @@ impl RunConfig {
                 config.set("group.protocol", GroupProtocol::Consumer.as_str());
             }
         }
-        if self.metrics_addr != MetricsAddr::Off && config.get("statistics.interval.ms").is_none() {
+        let serving = self.metrics_addr != Some(MetricsAddr::Off);
+        if serving && config.get("statistics.interval.ms").is_none() {
             let ms = STATISTICS_INTERVAL.as_millis().to_string();
             config.set("statistics.interval.ms", ms);
         }

@@ -42,7 +42,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: &str = "30s";
 const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
 /// librdkafka's default `max.poll.interval.ms`.
 const DEFAULT_MAX_POLL_INTERVAL_MS: u64 = 300_000;
-/// The port registered for Prometheus exporters of this kind.
+/// The port registered for Prometheus exporters of this kind. Without `--metrics-addr`, an
+/// instance that finds it taken (another one on the same host) serves on a free port instead.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 pub const DEFAULT_PROGRESS_INTERVAL: &str = "10s";
 /// A batch at least this large (bytes of values) is hashed on the rayon pool; smaller ones inline.
@@ -133,9 +134,11 @@ pub struct RunConfig {
     #[arg(long, env = "KTRANSFORM_PARALLEL_MIN_BYTES", default_value_t = DEFAULT_PARALLEL_MIN_BYTES)]
     pub parallel_min_bytes: usize,
 
-    /// Address of `/metrics`, `/healthz` and `/readyz`; `none` turns them off.
-    #[arg(long, env = "KTRANSFORM_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR, value_parser = parse_metrics_addr)]
-    pub metrics_addr: MetricsAddr,
+    /// Address of `/metrics`, `/livez`, `/healthz` and `/readyz`; `none` turns them off
+    /// [default: 127.0.0.1:9464, or a free port when another process holds it]. A given address
+    /// that cannot be bound stops the start.
+    #[arg(long, env = "KTRANSFORM_METRICS_ADDR", value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<MetricsAddr>,
 
     /// Interval of the progress line in the log.
     #[arg(long, env = "KTRANSFORM_PROGRESS_INTERVAL", default_value = DEFAULT_PROGRESS_INTERVAL, value_parser = humantime::parse_duration)]
@@ -391,7 +394,8 @@ fn parse_stall_timeout(s: &str) -> Result<StallTimeout, String> {
     }
 }
 
-/// `--metrics-addr`: a socket address, or off.
+/// `--metrics-addr` as given: a socket address, or off (not given: `None`, see
+/// [`DEFAULT_METRICS_ADDR`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricsAddr {
     Off,

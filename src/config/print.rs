@@ -23,10 +23,6 @@ pub fn render(config: &RunConfig) -> Result<String, ConfigError> {
         .map_or_else(String::new, |v| v.get_name().to_string());
     let timestamp = clap::ValueEnum::to_possible_value(&c.pipeline.timestamp)
         .map_or_else(String::new, |v| v.get_name().to_string());
-    let metrics_addr = match c.metrics_addr {
-        MetricsAddr::Off => "none".to_string(),
-        MetricsAddr::At(addr) => addr.to_string(),
-    };
     let mut t = Table::new();
     t.insert("brokers".into(), string(&c.kafka.brokers));
     t.insert("source".into(), string(&c.pipeline.source));
@@ -59,7 +55,15 @@ pub fn render(config: &RunConfig) -> Result<String, ConfigError> {
     t.insert("max_in_flight".into(), int(c.max_in_flight));
     t.insert("hash_threads".into(), int(c.hash_threads()));
     t.insert("parallel_min_bytes".into(), int(c.parallel_min_bytes));
-    t.insert("metrics_addr".into(), string(&metrics_addr));
+    // Not given: left out, so that the printed file, used as one, keeps the fallback to a free
+    // port that the default has (a given address must be bound).
+    match c.metrics_addr {
+        Some(MetricsAddr::Off) => _ = t.insert("metrics_addr".into(), string("none")),
+        Some(MetricsAddr::At(addr)) => {
+            _ = t.insert("metrics_addr".into(), string(&addr.to_string()))
+        }
+        None => {}
+    }
     t.insert("progress_interval".into(), duration(c.progress_interval));
     let stall_timeout = match c.stall_timeout {
         StallTimeout::Off => string("off"),

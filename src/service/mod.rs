@@ -118,14 +118,19 @@ impl Pipeline {
             stopping: AtomicBool::new(false),
         });
         let server = match config.metrics_addr {
-            MetricsAddr::Off => None,
-            MetricsAddr::At(addr) => {
-                let listener = http::bind(addr).await.map_err(|e| ConfigError {
+            Some(MetricsAddr::Off) => None,
+            given => {
+                let given = match given {
+                    Some(MetricsAddr::At(addr)) => Some(addr),
+                    _ => None,
+                };
+                let listener = http::bind(given).await.map_err(|(addr, e)| ConfigError {
                     flag: "--metrics-addr".into(),
                     message: format!("cannot listen on {addr}: {e}"),
                 })?;
-                let addr = listener.local_addr().unwrap_or(addr);
-                tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+                if let Ok(addr) = listener.local_addr() {
+                    tracing::info!(%addr, "serving /metrics, /livez, /healthz, /readyz");
+                }
                 Some(tokio::spawn(http::serve(listener, health.clone())))
             }
         };
