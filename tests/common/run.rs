@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -71,6 +72,8 @@ fn init_logs() {
 pub struct Binary {
     child: Child,
     stderr: std::thread::JoinHandle<String>,
+    /// What it has written to stderr so far.
+    so_far: Arc<Mutex<Vec<u8>>>,
 }
 
 /// How a child process ended.
@@ -85,16 +88,28 @@ impl Binary {
     /// Starts the binary with `args`, the test broker in `KTRANSFORM_BROKERS` (a `--brokers`
     /// flag wins) and `RUST_LOG=info`; other `KTRANSFORM_*` variables of the caller are removed.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with(args, true)
+    }
+
+    /// [`Binary::spawn`], but with the default `--metrics-addr` unless `args` give one, as an
+    /// instance started by hand would have.
+    pub fn spawn_serving(args: &[&str]) -> Self {
+        Self::spawn_with(args, false)
+    }
+
+    fn spawn_with(args: &[&str], metrics_off: bool) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ktransform"));
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("KTRANSFORM_") {
                 command.env_remove(name);
             }
         }
+        if metrics_off {
+            command.env("KTRANSFORM_METRICS_ADDR", "none");
+        }
         let mut child = command
             .args(args)
             .env("KTRANSFORM_BROKERS", brokers())
-            .env("KTRANSFORM_METRICS_ADDR", "none")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -102,13 +117,27 @@ impl Binary {
             .spawn()
             .expect("start the ktransform binary");
         let mut pipe = child.stderr.take().unwrap();
+        let so_far = Arc::new(Mutex::new(Vec::new()));
+        let shared = so_far.clone();
         // Read as it comes, so a chatty child never blocks on a full pipe.
         let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
+            let mut buf = [0u8; 8192];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                shared.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+            let text = String::from_utf8_lossy(&shared.lock().unwrap()).into_owned();
             text
         });
-        Binary { child, stderr }
+        Binary {
+            child,
+            stderr,
+            so_far,
+        }
+    }
+
+    /// What the child has written to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.so_far.lock().unwrap()).into_owned()
     }
 
     /// `ktransform run` with `args`.
@@ -146,7 +175,9 @@ impl Binary {
 
     /// Waits for the exit; past `cap` kills the child and fails the test with its stderr.
     pub async fn wait(self, cap: Duration) -> Exit {
-        let Binary { mut child, stderr } = self;
+        let Binary {
+            mut child, stderr, ..
+        } = self;
         blocking(move || {
             let started = Instant::now();
             let status = loop {
