@@ -27,7 +27,7 @@ build: ## Build the release binary and the generator
 
 ##@ Tests
 
-test: up ## Start the broker if needed, then run every test (unit + integration against it)
+test: up k8s-tools ## Start the broker if needed, then run every test (unit + integration against it)
 	@rm -f target/fault-figures.txt
 	cargo test
 	@echo "fault suite figures (target/fault-figures.txt):"; cat target/fault-figures.txt 2>/dev/null || true
@@ -35,6 +35,15 @@ test: up ## Start the broker if needed, then run every test (unit + integration 
 lint: ## rustfmt and clippy, as CI runs them
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+
+k8s-tools: ## Install the Kubernetes validator (kubernetes-validate, PyPI) that tests/deploy.rs needs, if missing
+	@python3 -c 'import kubernetes_validate' 2>/dev/null \
+	  || python3 -m pip install --quiet kubernetes-validate==1.37.0 \
+	  || python3 -m pip install --quiet --user --break-system-packages kubernetes-validate==1.37.0
+
+k8s-check: k8s-tools ## Check deploy/kubernetes/ offline: schemas, KEDA's fields, ktransform's own configuration check
+	cargo build --bin ktransform
+	python3 deploy/kubernetes/check.py --ktransform target/debug/ktransform --self-test
 
 chaos: up ## Long fault soak (KTRANSFORM_CHAOS=1; about 11 min after the build): kills, broker restarts, 3-node cluster, rebalance storms, poison, fuzzing
 	@rm -f target/fault-figures.txt
