@@ -56,8 +56,8 @@
 //!   Done | Abandoned, and the worker's progress), these two unit-tested without a broker.
 //! - [`stall`]: the stall watchdog: which partitions are behind their end offset and read
 //!   nothing (the decisions without I/O in `stall/judge.rs`, unit-tested without a broker in
-//!   `stall/tests.rs`), and the heals in steps (re-arm the wake-up, re-split, `/healthz`
-//!   failing); the consumer is its [`stall::Watched`]. Its `testing` hook makes a worker stop
+//!   `stall/tests.rs`), and the heals in steps (re-arm the wake-up, re-split, `/livez` and
+//!   `/healthz` failing); the consumer is its [`stall::Watched`]. Its `testing` hook makes a worker stop
 //!   reading, for tests only.
 //! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out;
 //!   its validating JSON scanner is the submodule `transform/scan.rs`.
@@ -78,7 +78,9 @@
 //!   commits (outputs and offsets together).
 //! - [`metrics`]: counters as named events (run totals and the Prometheus registry; the stall
 //!   watchdog's in `metrics/stall.rs`), and the periodic progress line.
-//! - [`http`]: `/metrics`, `/healthz` (brokers seen, no partition stalled unhealed), `/readyz`.
+//! - [`http`]: `/metrics`, `/livez` (no partition stalled unhealed; never the brokers),
+//!   `/healthz` (that, and brokers seen), `/readyz`; the default address's fallback to a free
+//!   port.
 //! - [`logging`]: librdkafka's errors and log lines, rate-limited; the unrecoverable ones
 //!   (credentials, ACLs, fatal, a consumer fenced for its instance id) raised to stop the run.
 //!   The subscriber that writes them (text or JSON lines) is the binary's.
@@ -88,7 +90,10 @@
 //!   (`security/handshake.rs`).
 //! - [`lag`]: `ktransform lag`, a group's lag, rates and keep-up verdict (reads offsets only);
 //!   the group's members and protocol, either protocol, from its coordinator's description
-//!   (`lag/group.rs`, librdkafka's DescribeConsumerGroups, which rust-rdkafka does not wrap).
+//!   (`lag/group.rs`, librdkafka's DescribeConsumerGroups, which rust-rdkafka does not wrap);
+//!   the replica count KEDA's Kafka scaler would compute from the same offsets and which to
+//!   trust (`lag/keda.rs`, unit-tested in `lag/keda/tests.rs`); the `--json` report
+//!   (`lag/json.rs`).
 //! - [`verify`]: `ktransform verify`, audits source against destination and dead-letter topic
 //!   (matched by content) for a guarantee; reads dead letters by [`dead_letter`]'s reasons and
 //!   headers. The audit itself, without Kafka, is `verify/audit.rs`, its unit tests

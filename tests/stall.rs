@@ -1,7 +1,7 @@
 //! The stall watchdog (`ktransform::stall`) against the broker, with a short `--stall-timeout`:
 //! a partition whose worker stops reading its queue (the test-only hook
 //! `ktransform::stall::testing::deafen`) is reported (gauge, error count, WARN line, then
-//! `/healthz`) and healed with nothing lost; an idle partition and one held back by a slow
+//! `/healthz` and `/livez`) and healed with nothing lost; an idle partition and one held back by a slow
 //! destination raise no alarm.
 //!
 //! Real broker, unique names; every wait polls a condition with a cap, none asserts a duration.
@@ -114,6 +114,12 @@ async fn stalled_partition(guarantee: &str) {
         }
     })
     .await;
+    // The watchdog gave up healing in place: the liveness probe asks for a fresh process.
+    let live = get(addr, "/livez").await;
+    assert!(
+        matches!(&live, Some((503, body)) if body.contains(&unhealed)),
+        "/livez while the partition is stalled past the health bound: {live:?}"
+    );
     let body = metrics(addr).await;
     let stalled = |p: i32| {
         series(
@@ -156,6 +162,7 @@ async fn stalled_partition(guarantee: &str) {
             consumed >= n as f64
                 && stalled == 0.0
                 && get(addr, "/healthz").await.map(|r| r.0) == Some(200)
+                && get(addr, "/livez").await.map(|r| r.0) == Some(200)
         },
     )
     .await;

@@ -45,7 +45,8 @@ impl Stats {
         self.stall_heals.get_or_create(&labels).inc();
     }
 
-    /// A stalled partition is past the watchdog's health bound: `/healthz` fails until it ends.
+    /// A stalled partition is past the watchdog's health bound: `/livez` and `/healthz` fail until
+    /// it ends.
     pub fn stall_unhealed(&self, topic: &str, partition: i32) {
         let key = (topic.to_string(), partition);
         self.unhealed.lock().unwrap().insert(key);
