@@ -314,7 +314,9 @@ pub fn render(
         s.push('\n');
     }
     if let Some(c) = keda {
-        let ktransform = c.ktransform.map_or("?".to_string(), |n| n.to_string());
+        let ktransform = c
+            .ktransform
+            .map_or("no estimate".to_string(), |n| n.to_string());
         let _ = writeln!(
             s,
             "KEDA (lagThreshold {}, offsetResetPolicy {}): lag {}{} -> {} replica(s); \

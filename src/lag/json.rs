@@ -52,8 +52,8 @@ pub struct JsonKeda {
     pub active: bool,
     /// ceil(metric / lag_threshold), at least 1 while active.
     pub replicas: u64,
-    /// ktransform's count: `instances_needed`, or the members when they keep up; null when it
-    /// cannot tell.
+    /// ktransform's count: `instances_needed`; 0 when nothing arrives and nothing is left to
+    /// read; else the members when they keep up; null when it cannot tell.
     pub ktransform_replicas: Option<u64>,
     /// `either` (they agree), `ktransform` or `keda`.
     pub trust: keda::Trust,

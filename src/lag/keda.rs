@@ -124,8 +124,9 @@ pub enum Trust {
 pub struct Comparison {
     pub trigger: Trigger,
     pub keda: Estimate,
-    /// ktransform's count: [`Report::instances_needed`], or with a verdict that needs none the
-    /// members it has; None when it cannot tell (no members, or nothing consumed).
+    /// ktransform's count: [`Report::instances_needed`]; 0 when nothing arrives and nothing is
+    /// left to read; else, unless falling behind, the members it has; None when it cannot tell
+    /// (no members, or nothing consumed).
     pub ktransform: Option<u64>,
     pub trust: Trust,
     pub why: String,
@@ -144,14 +145,18 @@ fn only_markers(sample: &Sample, report: &Report) -> bool {
 pub fn compare(trigger: &Trigger, sample: &Sample, report: &Report) -> Comparison {
     let keda = estimate(trigger, &sample.partitions);
     let members = sample.members as u64;
+    let markers = sample.lag() > 0 && only_markers(sample, report);
+    let idle = report.produce_rate == 0.0 && (sample.lag() == 0 || markers);
     let ktransform = match (&report.verdict, report.instances_needed) {
         (_, Some(n)) => Some(n as u64),
         (Verdict::FallingBehind { .. }, None) => None,
+        // Nothing arrives and nothing is left to read.
+        _ if idle => Some(0),
         _ => (members > 0).then_some(members),
     };
     let partitions = sample.partitions.len() as u64;
     let (trust, why) = match ktransform {
-        _ if sample.lag() > 0 && only_markers(sample, report) => (
+        _ if markers => (
             Trust::Ktransform,
             format!(
                 "the lag is transaction commit markers (at most 1 per partition, nothing \

@@ -145,7 +145,7 @@ fn trust_ktransform_when_the_lag_is_only_markers() {
     let s = sample(behind(12, 1), 2);
     let c = compare(&trigger(1000), &s, &report(Verdict::KeepingUp, 0.0, None));
     assert_eq!(c.keda.replicas, 1);
-    assert_eq!(c.ktransform, Some(2));
+    assert_eq!(c.ktransform, Some(0), "nothing arrives, nothing to read");
     assert_eq!(c.trust, Trust::Ktransform);
     assert!(c.why.contains("commit markers"), "{}", c.why);
 }
@@ -189,6 +189,13 @@ fn they_agree_or_only_keda_can_tell() {
     let falling = Verdict::FallingBehind { per_sec: 100.0 };
     let c = compare(&trigger(1000), &s, &report(falling.clone(), 900.0, Some(2)));
     assert_eq!((c.keda.replicas, c.trust), (2, Trust::Either));
+    // Nothing arrives, nothing to read: both say zero.
+    let s = sample(behind(4, 0), 1);
+    let c = compare(&trigger(1000), &s, &report(Verdict::CaughtUp, 0.0, None));
+    assert_eq!(
+        (c.keda.replicas, c.ktransform, c.trust),
+        (0, Some(0), Trust::Either)
+    );
     // No member: no measured rate.
     let s = sample(behind(4, 500), 0);
     let c = compare(&trigger(1000), &s, &report(falling, 900.0, None));
