@@ -1,0 +1,75 @@
+//! Fault: the only broker away for longer than `/healthz`'s broker window (30 s), as in a Kafka
+//! maintenance window. A liveness probe must not restart the instance for it: `/livez` stays
+//! 200 while `/healthz` says `no broker seen up recently`, the process keeps running, and once
+//! the broker is back it is healthy again, catches up and has lost nothing. A broker of this
+//! test's own (`scripts/kafka.sh` on free ports), never the shared one. About 2 to 3 minutes on
+//! 2 shared cores: the outage and two broker starts.
+
+use crate::common::data::{self, Mix};
+use crate::common::faults::{self, assert_passed, audit_on, Figures};
+use crate::common::http::{args_with_http, free_addr, get};
+use crate::common::nodes::Brokers;
+use crate::common::{poll_until, produce_on, run_in_process_on, stop, Names, CAP, KEYS};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livez_stays_up_while_the_broker_is_away() {
+    let scenario = "broker-away/probes";
+    let broker = tokio::task::spawn_blocking(|| Brokers::single("probes-broker"))
+        .await
+        .unwrap();
+    let bootstrap = broker.bootstrap.clone();
+    let names = Names::new("broker-away");
+    names.create_on(&bootstrap, 2, 1).await;
+    let records = data::generate(2_000, KEYS, Mix::Clean, data::seed());
+    produce_on(&bootstrap, &names.source, &records, None).await;
+
+    let addr = free_addr();
+    let (mut handle, shutdown) = run_in_process_on(&bootstrap, &args_with_http(&names, addr, &[]));
+    let status = |path: &'static str| async move { get(addr, path).await.map(|(code, _)| code) };
+    poll_until("/healthz 200 with the broker up", CAP, || async {
+        status("/healthz").await == Some(200)
+    })
+    .await;
+
+    let broker = std::sync::Arc::new(broker);
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || b.stop_node(1))
+        .await
+        .unwrap();
+    poll_until("/healthz 503 with the broker away", CAP, || async {
+        status("/healthz").await == Some(503)
+    })
+    .await;
+    let (healthz, why) = get(addr, "/healthz").await.expect("/healthz answers");
+    let livez = status("/livez").await;
+    assert!(
+        !handle.is_finished(),
+        "{scenario}: ktransform stopped while the broker was away: {:?}",
+        (&mut handle).await
+    );
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || b.start_node(1))
+        .await
+        .unwrap();
+    assert_eq!((healthz, why.trim()), (503, "no broker seen up recently"));
+    assert_eq!(
+        livez,
+        Some(200),
+        "/livez while the broker is away: a liveness probe would restart a working process"
+    );
+
+    poll_until("/healthz 200 with the broker back", CAP, || async {
+        status("/healthz").await == Some(200)
+    })
+    .await;
+    faults::wait_caught_up(scenario, &bootstrap, &names, &mut handle).await;
+    stop((handle, shutdown))
+        .await
+        .unwrap_or_else(|e| panic!("{scenario}: ktransform did not stop cleanly: {e}"));
+    let report = audit_on(&bootstrap, &names, "at-least-once").await;
+    Figures::from_report(scenario, &report, 1)
+        .with("livez_while_away", livez.map_or(0, u16::from))
+        .print();
+    assert_passed(scenario, &report);
+    assert_eq!(report.counts.lost, 0, "{scenario}: records lost");
+}
