@@ -45,6 +45,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = [".", "statefulset"]
 KUBERNETES_VERSIONS = ["1.31.0", "1.37.0"]
 KEDA_SCHEMAS = os.path.join(HERE, "schemas", "keda-v2.21.1")
+TEST_CA = os.path.join(HERE, "..", "..", "tests", "fixtures", "test-ca.pem")
 
 # KEDA v2.21.1, pkg/scalers/kafka_scaler.go, kafkaMetadata's `keda:"name=...,order=..."` tags.
 KAFKA_METADATA = {
@@ -320,7 +321,8 @@ def config_path(workload, problems):
 
 def check_with_ktransform(binary, workload, toml_text, docs, problems):
     """`ktransform run --print-config` with the pod's args and env, the Secret's values in
-    place of $(VAR), and the TLS handshake left out (the CA is the Secret's placeholder)."""
+    place of $(VAR), and the tests' CA in place of the Secret's placeholder (librdkafka reads
+    the CA file when the clients are made)."""
     c = container_of(workload)
     secrets = {s["metadata"]["name"]: {**s.get("stringData", {}), **s.get("data", {})}
                for s in by_kind(docs, "Secret")}
@@ -342,7 +344,7 @@ def check_with_ktransform(binary, workload, toml_text, docs, problems):
         args = [re.sub(r"\$\((\w+)\)", lambda m: values.get(m.group(1), ""), a)
                 for a in c.get("args", [])]
         args[args.index("--config") + 1] = f.name
-        command = [binary] + args + ["--print-config", "-X", "security.protocol=SASL_PLAINTEXT"]
+        command = [binary] + args + ["--print-config", "-X", f"ssl.ca.location={TEST_CA}"]
         out = subprocess.run(command, env=env, capture_output=True, text=True)
         if out.returncode != 0:
             problems.append(f"ktransform refuses the pod's configuration: {out.stderr.strip()}")
