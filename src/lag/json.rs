@@ -53,7 +53,7 @@ pub struct JsonKeda {
     /// ceil(metric / lag_threshold), at least 1 while active.
     pub replicas: u64,
     /// ktransform's count: `instances_needed`; 0 when nothing arrives and nothing is left to
-    /// read; else the members when they keep up; null when it cannot tell.
+    /// read; the members when they are caught up; null when it cannot tell.
     pub ktransform_replicas: Option<u64>,
     /// `either` (they agree), `ktransform` or `keda`.
     pub trust: keda::Trust,

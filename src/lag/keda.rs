@@ -125,8 +125,8 @@ pub struct Comparison {
     pub trigger: Trigger,
     pub keda: Estimate,
     /// ktransform's count: [`Report::instances_needed`]; 0 when nothing arrives and nothing is
-    /// left to read; else, unless falling behind, the members it has; None when it cannot tell
-    /// (no members, or nothing consumed).
+    /// left to read; the members when they are caught up; None when it cannot tell (a lag and
+    /// no member consuming in the window).
     pub ktransform: Option<u64>,
     pub trust: Trust,
     pub why: String,
@@ -152,7 +152,9 @@ pub fn compare(trigger: &Trigger, sample: &Sample, report: &Report) -> Compariso
         (Verdict::FallingBehind { .. }, None) => None,
         // Nothing arrives and nothing is left to read.
         _ if idle => Some(0),
-        _ => (members > 0).then_some(members),
+        // Caught up: the members keep up (how many fewer would is not measured).
+        _ if sample.lag() == 0 && members > 0 => Some(members),
+        _ => None,
     };
     let partitions = sample.partitions.len() as u64;
     let (trust, why) = match ktransform {
@@ -167,11 +169,19 @@ pub fn compare(trigger: &Trigger, sample: &Sample, report: &Report) -> Compariso
         ),
         None => (
             Trust::Keda,
-            "ktransform has no measured rate yet (no member consumed in the window): KEDA's \
-             count is the only one"
+            "ktransform has no measured rate (no member consumed in the window): KEDA's count \
+             is the only one"
                 .to_string(),
         ),
         Some(k) if k == keda.replicas => (Trust::Either, "they agree".to_string()),
+        Some(k) if sample.lag() == 0 => (
+            Trust::Ktransform,
+            format!(
+                "{k} member(s) keep up with no lag; KEDA, seeing none, goes down to \
+                 minReplicaCount and back up once the lag has grown: set minReplicaCount to \
+                 what keeps up at the usual peak"
+            ),
+        ),
         Some(k) if k > keda.replicas => {
             let mut why = format!(
                 "the lag ({}) is still under {k} × lagThreshold, so KEDA waits while the rates \

@@ -196,6 +196,12 @@ fn they_agree_or_only_keda_can_tell() {
         (c.keda.replicas, c.ktransform, c.trust),
         (0, Some(0), Trust::Either)
     );
+    // Caught up while records arrive: the members keep up; KEDA sees nothing to do.
+    let s = sample(behind(4, 0), 3);
+    let c = compare(&trigger(1000), &s, &report(Verdict::CaughtUp, 900.0, None));
+    assert_eq!((c.keda.replicas, c.ktransform), (0, Some(3)));
+    assert_eq!(c.trust, Trust::Ktransform);
+    assert!(c.why.contains("minReplicaCount"), "{}", c.why);
     // No member: no measured rate.
     let s = sample(behind(4, 500), 0);
     let c = compare(&trigger(1000), &s, &report(falling, 900.0, None));
