@@ -65,6 +65,26 @@ pub async fn bind(given: Option<SocketAddr>) -> Result<TcpListener, (SocketAddr,
     }
 }
 
+/// The endpoints' task; dropped, it stops serving (a start that fails after binding does not
+/// leave the port taken).
+pub struct Server(tokio::task::JoinHandle<()>);
+
+impl Server {
+    pub fn spawn(listener: TcpListener, health: Arc<Health>) -> Self {
+        Server(tokio::spawn(serve(listener, health)))
+    }
+
+    pub fn abort(&self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub async fn serve(listener: TcpListener, health: Arc<Health>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {

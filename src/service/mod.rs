@@ -69,7 +69,7 @@ struct Pipeline {
     offsets: Arc<Offsets>,
     consumer: Arc<StreamConsumer<Context>>,
     health: Arc<Health>,
-    server: Option<JoinHandle<()>>,
+    server: Option<http::Server>,
     progress: JoinHandle<()>,
     /// Exactly-once: the periodic commits.
     committer: Option<JoinHandle<()>>,
@@ -86,6 +86,29 @@ struct Pipeline {
 impl Pipeline {
     async fn start(config: &RunConfig) -> Result<Self, Error> {
         let stats = Stats::new();
+        // Listening first: a port that cannot be had stops the start at once, and `/livez`
+        // answers (and `/readyz` says not ready) while the brokers are waited for.
+        let health = Arc::new(Health {
+            stats: stats.clone(),
+            stopping: AtomicBool::new(false),
+        });
+        let server = match config.metrics_addr {
+            Some(MetricsAddr::Off) => None,
+            given => {
+                let given = match given {
+                    Some(MetricsAddr::At(addr)) => Some(addr),
+                    _ => None,
+                };
+                let listener = http::bind(given).await.map_err(|(addr, e)| ConfigError {
+                    flag: "--metrics-addr".into(),
+                    message: format!("cannot listen on {addr}: {e}"),
+                })?;
+                if let Ok(addr) = listener.local_addr() {
+                    tracing::info!(%addr, "serving /metrics, /livez, /healthz, /readyz");
+                }
+                Some(http::Server::spawn(listener, health.clone()))
+            }
+        };
         let fatal = Arc::new(FatalErrors::default());
         let sink = startup::sink(config, &fatal).await?;
         let offsets = startup::offsets(config, &sink, &stats).await?;
@@ -113,27 +136,6 @@ impl Pipeline {
             config.drain_timeout,
             fatal.clone(),
         );
-        let health = Arc::new(Health {
-            stats: stats.clone(),
-            stopping: AtomicBool::new(false),
-        });
-        let server = match config.metrics_addr {
-            Some(MetricsAddr::Off) => None,
-            given => {
-                let given = match given {
-                    Some(MetricsAddr::At(addr)) => Some(addr),
-                    _ => None,
-                };
-                let listener = http::bind(given).await.map_err(|(addr, e)| ConfigError {
-                    flag: "--metrics-addr".into(),
-                    message: format!("cannot listen on {addr}: {e}"),
-                })?;
-                if let Ok(addr) = listener.local_addr() {
-                    tracing::info!(%addr, "serving /metrics, /livez, /healthz, /readyz");
-                }
-                Some(tokio::spawn(http::serve(listener, health.clone())))
-            }
-        };
         let consumer: Arc<StreamConsumer<Context>> =
             Arc::new(config.consumer_config()?.create_with_context(context)?);
         consumer.context().attach(&consumer);

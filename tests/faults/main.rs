@@ -15,7 +15,7 @@
 //! - [`handoff`]: exactly-once through hand-offs (SIGTERM and SIGKILL): no member stops.
 //! - [`auth`]: refused credentials and denied operations stop the run at once, exit 1.
 //! - [`lag`]: `ktransform lag` on a group with transactional offsets pending.
-//! - [`probes`]: the broker away past `/healthz`'s window: `/livez` stays 200, no restart.
+//! - [`probes`]: no broker at start, or away past `/healthz`'s window: `/livez` stays 200.
 //!
 //! The transform alone is fuzzed in `tests/transform_props.rs`.
 //!

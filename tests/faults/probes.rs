@@ -1,5 +1,5 @@
-//! Fault: the only broker away for longer than `/healthz`'s broker window (30 s), as in a Kafka
-//! maintenance window. A liveness probe must not restart the instance for it: `/livez` stays
+//! Fault: no broker, at start and for longer than `/healthz`'s broker window (30 s), as in a
+//! Kafka maintenance window. A liveness probe must not restart the instance for it: `/livez` stays
 //! 200 while `/healthz` says `no broker seen up recently`, the process keeps running, and once
 //! the broker is back it is healthy again, catches up and has lost nothing. A broker of this
 //! test's own (`scripts/kafka.sh` on free ports), never the shared one. About 2 to 3 minutes on
@@ -8,7 +8,7 @@
 use crate::common::data::{self, Mix};
 use crate::common::faults::{self, assert_passed, audit_on, Figures};
 use crate::common::http::{args_with_http, free_addr, get};
-use crate::common::nodes::Brokers;
+use crate::common::nodes::{free_port, Brokers};
 use crate::common::{poll_until, produce_on, run_in_process_on, stop, Names, CAP, KEYS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,4 +72,33 @@ async fn livez_stays_up_while_the_broker_is_away() {
         .print();
     assert_passed(scenario, &report);
     assert_eq!(report.counts.lost, 0, "{scenario}: records lost");
+}
+
+/// A pod started during the window: the endpoints listen before the brokers answer, `/livez` 200
+/// (no restart), `/healthz` and `/readyz` 503, and a stop while waiting is clean. No broker at
+/// all: a port nothing listens on. A few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livez_answers_while_the_brokers_are_waited_for() {
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let names = Names::new("no-broker");
+    let addr = free_addr();
+    let args = args_with_http(&names, addr, &["--connect-timeout", "5m"]);
+    let running = run_in_process_on(&nowhere, &args);
+    poll_until(
+        "the endpoints while the brokers are waited for",
+        CAP,
+        || async { get(addr, "/livez").await.is_some() },
+    )
+    .await;
+    let code = |path: &'static str| async move { get(addr, path).await.map(|(code, _)| code) };
+    assert_eq!(code("/livez").await, Some(200));
+    assert_eq!(code("/healthz").await, Some(503));
+    assert_eq!(code("/readyz").await, Some(503));
+    stop(running)
+        .await
+        .expect("a stop while the brokers are waited for is clean");
+    poll_until("the endpoints to stop with the run", CAP, || async {
+        get(addr, "/livez").await.is_none()
+    })
+    .await;
 }
