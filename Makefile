@@ -36,6 +36,7 @@ lint: ## rustfmt and clippy, as CI runs them
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
+.PHONY: k8s-tools k8s-check
 k8s-tools: ## Install the Kubernetes validator (kubernetes-validate, PyPI) that tests/deploy.rs needs, if missing
 	@python3 -c 'import kubernetes_validate' 2>/dev/null \
 	  || python3 -m pip install --quiet kubernetes-validate==1.37.0 \
