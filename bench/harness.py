@@ -11,6 +11,8 @@
   every record, and keeps what a latency computation needs.
 - ``topic_on_disk()``: the bytes, batches and compression codecs of a topic's log segments
   on the local broker's disk.
+- ``topics_bytes()``: what topics take on the local broker's disk, cheaply (for bounded runs).
+- ``proc_sample()``: RSS and CPU seconds of one process, from /proc.
 - Topic admin, broker checks, and a description of the machine.
 """
 
@@ -485,8 +487,50 @@ class EndOffsets:
         except KafkaException:
             return -1
 
+    def per_partition(self):
+        """{partition: high watermark}, or None if the broker could not say just now."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        try:
+            return {p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p),
+                                                           timeout=10, cached=False)[1]
+                    for p in self.partitions}
+        except KafkaException:
+            return None
+
     def close(self):
         self.consumer.close()
+
+
+def topics_bytes(log_dirs, topics):
+    """The bytes allocated to every file in the partition directories of ``topics`` (segments,
+    indexes; allocated, since the broker preallocates its index files sparse): what the topics
+    take on the local broker's disk. Cheap enough to call every minute, unlike topic_on_disk(),
+    which walks the batches."""
+    pattern = re.compile("(?:" + "|".join(re.escape(t) for t in topics) + r")-\d+")
+    total = 0
+    for d in log_dirs:
+        for part in Path(d).iterdir():
+            if pattern.fullmatch(part.name) and part.is_dir():
+                for f in part.iterdir():
+                    try:
+                        total += f.stat().st_blocks * 512
+                    except OSError:  # a segment deleted or renamed meanwhile
+                        pass
+    return total
+
+
+def proc_sample(pid):
+    """(VmRSS in kB, user+sys CPU seconds) of one live process, or None."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    rss = re.search(r"^VmRSS:\s*(\d+)", status, re.M)
+    cpu = cpu_seconds_of(pid)
+    if rss is None or cpu is None:
+        return None
+    return int(rss.group(1)), cpu
 
 
 # Record batch format v2 (magic 2): the fields up to and including the record count.
