@@ -117,7 +117,13 @@ def flatness(points, warmup_s, window_s):
     cpu_last = [c for t, c in cpu if t >= end - window_s]
     r0 = statistics.median(p[1] for p in first)
     r1 = statistics.median(p[1] for p in last)
+    # Within the last window: its last fifth against its first fifth (a leak keeps climbing;
+    # a step, say after a backlog, does not).
+    fifth = window_s / 5
+    head = statistics.median(p[1] for p in last if p[0] < end - window_s + fifth)
+    tail = statistics.median(p[1] for p in last if p[0] >= end - fifth)
     return {"rss_first_mb": r0, "rss_last_mb": r1, "rss_growth_pct": 100 * (r1 - r0) / r0,
+            "rss_drift_last_pct": 100 * (tail - head) / head,
             "cpu_first_pct": statistics.median(cpu_first),
             "cpu_last_pct": statistics.median(cpu_last)}
 
@@ -295,21 +301,29 @@ def memory_section(soak, procs, warmup_s, window_s, s):
          f"Per process (instance a1, b1, b2, ..., the broker's pid): RSS and CPU (% of one core) "
          f"as medians of the first {s['window']:g} minutes after a {s['warmup']:g}-minute "
          f"warm-up and of the last {s['window']:g} minutes of its life; growth = last / first - 1 "
-         f"(flat: at most {FLAT}%). A process too short-lived for two such windows has none.", "",
-         "| process | life (min) | RSS first | RSS last | growth | max RSS | CPU first | "
-         "CPU last | verdict |", "|---|---|--:|--:|--:|--:|--:|--:|---|"]
+         f"(flat: at most {FLAT}%); drift = within the last window, the median of its last fifth "
+         "against its first fifth (a leak keeps climbing, a step does not). A process too "
+         "short-lived for two such windows has none.", "",
+         "| process | life (min) | RSS first | RSS last | growth | drift | max RSS | CPU first | "
+         "CPU last | verdict |", "|---|---|--:|--:|--:|--:|--:|--:|--:|---|"]
     for label, points in procs.items():
         life = f"{_min(soak, points[0][0]):.1f}-{_min(soak, points[-1][0]):.1f}"
         peak = max(p[1] for p in points)
         f = flatness(points, warmup_s, window_s)
         if f is None:
             cpu = [c for _, c in cpu_percent(points)]
-            L.append(f"| {label} | {life} | | {points[-1][1]:.1f} MB | | {peak:.1f} MB | | "
+            L.append(f"| {label} | {life} | | {points[-1][1]:.1f} MB | | | {peak:.1f} MB | | "
                      f"{statistics.median(cpu) if cpu else 0:.1f}% (median) | too short |")
             continue
-        flat = "flat" if f["rss_growth_pct"] <= FLAT else "**GROWS**"
+        if f["rss_growth_pct"] <= FLAT:
+            flat = "flat"
+        elif f["rss_drift_last_pct"] <= 1:
+            flat = f"**over {FLAT}%**: a step, not climbing in the last window"
+        else:
+            flat = "**GROWS**"
         L.append(f"| {label} | {life} | {f['rss_first_mb']:.1f} MB | {f['rss_last_mb']:.1f} MB "
-                 f"| {f['rss_growth_pct']:+.1f}% | {peak:.1f} MB | {f['cpu_first_pct']:.1f}% | "
+                 f"| {f['rss_growth_pct']:+.1f}% | {f['rss_drift_last_pct']:+.1f}% | {peak:.1f} MB "
+                 f"| {f['cpu_first_pct']:.1f}% | "
                  f"{f['cpu_last_pct']:.1f}% | {flat} |")
     L += [""] + lineage_table(soak, procs)
     thr = {}
@@ -343,6 +357,11 @@ def stall_section(procs):
             row.append(max_metric(pts, name) if name == "partition_stalled"
                        else last_metrics(pts).get(name, 0))
         L.append(f"| {title} | " + " | ".join(f"{x:,.0f}" for x in row) + " |")
+    replayed = sum_metric(procs, "records_replayed_total")
+    L.insert(4, f"Drain-deadline replays, all processes: {replayed:,} (a revoked partition whose "
+             "in-flight records were not acknowledged within `--drain-timeout`; these are "
+             "consumed again, so they count among the replays above).")
+    L.insert(5, "")
     kinds = sorted({k for lb in labels for k in last_metrics(procs[lb])
                     if k.startswith("errors.") and k != "errors.stalled"})
     for k in kinds:
