@@ -71,7 +71,7 @@ rebalance-bench: ## What a hand-off costs per group protocol: joins, SIGTERM lea
 rolling-bench: ## A rolling restart of 3 instances under a live producer, with and without --instance-id, per group protocol -> bench/results/<date>-rolling.* (ROLLING_ARGS=...)
 	python3 bench/rolling.py $(ROLLING_ARGS)
 
-soak: ## 30 min at half the measured drain rate with a kill, a broker restart, a scale-out and -in every 3 min; verify, RSS/CPU flatness, replays, stalls -> bench/results/<date>-soak.* (SOAK_ARGS=...; not in CI)
+soak: ## 30 min (~40 in all) at half the measured drain rate with a kill, a broker restart, a scale-out and -in every 3 min; verify, RSS/CPU flatness, replays, stalls -> bench/results/<date>-soak.* (SOAK_ARGS=...; not in CI)
 	python3 bench/soak.py $(SOAK_ARGS)
 
 ##@ Local Kafka broker (127.0.0.1:9092, see scripts/kafka.sh for settings)

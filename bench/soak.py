@@ -391,7 +391,10 @@ def main():
     if args.cpu > 0:
         if not CGROUP_ROOT.is_dir():
             sys.exit(f"{CGROUP_ROOT} is missing: run with --cpu 0 (no cap)")
-        cgroups = {slot: Cgroup(f"{run_id}-{slot}", args.cpu) for slot in ("a", "b", "c")}
+        try:
+            cgroups = {slot: Cgroup(f"{run_id}-{slot}", args.cpu) for slot in ("a", "b", "c")}
+        except OSError as e:
+            sys.exit(f"cannot set a CPU quota under {CGROUP_ROOT} ({e}): run as root, or --cpu 0")
     results = {
         "name": args.name,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
