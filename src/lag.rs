@@ -394,7 +394,7 @@ pub fn print(config: &LagConfig) -> Result<(), crate::Error> {
 mod tests {
     use super::*;
 
-    fn sample(at: Instant, committed: i64, end: i64, members: usize) -> Sample {
+    pub(super) fn sample(at: Instant, committed: i64, end: i64, members: usize) -> Sample {
         Sample {
             at,
             partitions: vec![PartitionOffsets {

@@ -411,15 +411,20 @@ fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
         .map_err(|e| format!("`{s}` is not host:port or `none` ({e})"))
 }
 
-fn check_topic_name(flag: &str, topic: &str) -> Result<(), ConfigError> {
-    let valid = !topic.is_empty()
-        && topic.len() <= 249
-        && topic != "."
-        && topic != ".."
-        && topic
+/// Kafka's rule for topic names, and for group instance ids too: 1-249 of `[a-zA-Z0-9._-]`,
+/// not `.` or `..`.
+fn is_kafka_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if valid {
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn check_topic_name(flag: &str, topic: &str) -> Result<(), ConfigError> {
+    if is_kafka_name(topic) {
         Ok(())
     } else {
         Err(invalid(

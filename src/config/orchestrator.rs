@@ -140,14 +140,7 @@ fn consumer_instance_id(overrides: &[Override]) -> Option<Override> {
 /// Java client's `JoinGroupRequest.validateGroupInstanceId`; also a valid transactional id):
 /// one that other clients would refuse is refused here, naming the flag.
 fn check_instance_id(id: &str) -> Result<(), ConfigError> {
-    let valid = !id.is_empty()
-        && id.len() <= 249
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if valid {
+    if super::is_kafka_name(id) {
         Ok(())
     } else {
         Err(invalid(

@@ -149,22 +149,9 @@ impl<'a> JsonReport<'a> {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::super::{assess, PartitionOffsets};
+    use super::super::assess;
+    use super::super::tests::sample;
     use super::*;
-
-    fn sample(at: Instant, committed: i64, end: i64, members: usize) -> Sample {
-        Sample {
-            at,
-            partitions: vec![PartitionOffsets {
-                partition: 0,
-                committed: Some(committed),
-                low: 0,
-                end,
-            }],
-            members,
-            protocol: Some(group::Protocol::Consumer),
-        }
-    }
 
     #[test]
     fn json_report_is_machine_readable() {
