@@ -69,6 +69,9 @@ def parse_args():
     p.add_argument("--every", type=float, default=180, help="seconds between events")
     p.add_argument("--events", default=",".join(CYCLE),
                    help=f"the cycle of events, of {','.join(CYCLE)}")
+    p.add_argument("--broker-down", type=float, default=0,
+                   help="seconds a broker event keeps the broker stopped before starting it "
+                        "(default 0: as long as the stop and the start take)")
     p.add_argument("--sample", type=float, default=5, help="seconds between samples")
     p.add_argument("--warmup", type=float, default=5,
                    help="minutes of a process's life left out of the flatness figure")
@@ -233,10 +236,13 @@ def measure_drain(args, ctx):
             "backlog": args.drain_records, "bytes_per_record": on_disk / records if records else None}
 
 
-def broker_restart():
-    """Stops the broker cleanly and starts it on its data; (stopped, served) wall times."""
-    t = {"t_stop": time.time()}
+def broker_restart(down=0.0):
+    """Stops the broker cleanly, keeps it stopped `down` seconds more, and starts it on its
+    data; (stopped, served) wall times."""
+    t = {"t_stop": time.time(), "down_s": down}
     for step in ("stop-node", "start-node"):
+        if step == "start-node" and down:
+            time.sleep(down)
         p = subprocess.run(["bash", str(harness.KAFKA_SH), step, "1"], capture_output=True,
                            text=True)
         t[f"t_{step.split('-')[0]}_done"] = time.time()
@@ -247,14 +253,14 @@ def broker_restart():
     return t
 
 
-def do_event(kind, group):
+def do_event(kind, group, broker_down=0.0):
     event = {"kind": kind, "t": time.time()}
     if kind == "kill":
         old = group.stop("b", signal.SIGKILL)
         old.finish()
         event["instances"] = [old.label, group.start("b").label]
     elif kind == "broker":
-        event.update(broker_restart())
+        event.update(broker_restart(broker_down))
     elif kind == "out":
         event["instances"] = [group.start("c").label]
     elif kind == "in":
@@ -292,7 +298,7 @@ def soak(args, ctx, rate):
         group.poll()
         due = t0 + args.first_event + i * args.every
         if time.time() >= due and due < t0 + seconds - 60:
-            events.append(do_event(args.cycle[i % len(args.cycle)], group))
+            events.append(do_event(args.cycle[i % len(args.cycle)], group, args.broker_down))
             if events[-1].get("failed"):
                 problems.append(f"event {i + 1}: {events[-1]['failed']}")
             i += 1
