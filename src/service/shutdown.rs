@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 
@@ -18,6 +18,11 @@ use crate::error::Error;
 use crate::member::Member;
 use crate::metrics::Stats;
 use crate::offsets::{CommitError, Offsets};
+
+/// The least time closing the consumer gets, even when the shutdown deadline has passed: a
+/// close with a reachable coordinator takes well under a second (a LeaveGroup round trip and
+/// a last revocation with nothing left to drain).
+const CLOSE_AT_LEAST: Duration = Duration::from_secs(10);
 
 pub(super) async fn stop(
     pipeline: Pipeline,
@@ -64,12 +69,26 @@ pub(super) async fn stop(
     if let Ok(Err(error)) = tokio::task::spawn_blocking(move || flushing.flush(remaining)).await {
         tracing::warn!(%error, queued = sink.queued(), "producer flush incomplete");
     }
-    // Leaving the group blocks (it serves a last revocation), so not on a runtime worker.
-    blocking("closing the consumer", move || {
+    // Leaving the group blocks (it serves a last revocation), so not on a runtime worker. It
+    // can block for good: the soak saw a consumer whose group coordinator connection never
+    // came back after a broker outage wait in librdkafka's close indefinitely. So it is
+    // bounded; past the bound the process stops without a clean leave (the group notices at
+    // its session timeout), having committed what it drained above.
+    let closing = blocking("closing the consumer", move || {
         let _ = main_queue.join();
         drop(consumer);
-    })
-    .await?;
+    });
+    let bound = deadline
+        .saturating_duration_since(Instant::now())
+        .max(CLOSE_AT_LEAST);
+    match tokio::time::timeout(bound, closing).await {
+        Ok(closed) => closed?,
+        Err(_) => tracing::warn!(
+            waited = ?bound,
+            "the consumer did not close in time (its group coordinator unreachable?); \
+             stopping without leaving the group: it notices at its session timeout"
+        ),
+    }
     progress.abort();
     if let Some(server) = server {
         server.abort();
