@@ -69,26 +69,7 @@ pub(super) async fn stop(
     if let Ok(Err(error)) = tokio::task::spawn_blocking(move || flushing.flush(remaining)).await {
         tracing::warn!(%error, queued = sink.queued(), "producer flush incomplete");
     }
-    // Leaving the group blocks (it serves a last revocation), so not on a runtime worker. It
-    // can block for good: the soak saw a consumer whose group coordinator connection never
-    // came back after a broker outage wait in librdkafka's close indefinitely. So it is
-    // bounded; past the bound the process stops without a clean leave (the group notices at
-    // its session timeout), having committed what it drained above.
-    let closing = blocking("closing the consumer", move || {
-        let _ = main_queue.join();
-        drop(consumer);
-    });
-    let bound = deadline
-        .saturating_duration_since(Instant::now())
-        .max(CLOSE_AT_LEAST);
-    match tokio::time::timeout(bound, closing).await {
-        Ok(closed) => closed?,
-        Err(_) => tracing::warn!(
-            waited = ?bound,
-            "the consumer did not close in time (its group coordinator unreachable?); \
-             stopping without leaving the group: it notices at its session timeout"
-        ),
-    }
+    close(consumer, main_queue, deadline).await?;
     progress.abort();
     if let Some(server) = server {
         server.abort();
@@ -170,6 +151,36 @@ fn leave_if_idle(consumer: &StreamConsumer<Context>) {
     if consumer.assignment().is_ok_and(|a| a.count() == 0) {
         tracing::debug!("no partition assigned; leaving the group before closing");
         consumer.unsubscribe();
+    }
+}
+
+/// Closes the consumer: leaving the group blocks (it serves a last revocation), so not on a
+/// runtime worker. It can block for good: the soak saw a consumer whose group coordinator
+/// connection never came back after a broker outage wait in librdkafka's close indefinitely.
+/// So it is bounded; past the bound the process stops without a clean leave (the group
+/// notices at its session timeout), having committed what it drained.
+async fn close(
+    consumer: Arc<StreamConsumer<Context>>,
+    main_queue: std::thread::JoinHandle<()>,
+    deadline: Instant,
+) -> Result<(), Error> {
+    let closing = blocking("closing the consumer", move || {
+        let _ = main_queue.join();
+        drop(consumer);
+    });
+    let bound = deadline
+        .saturating_duration_since(Instant::now())
+        .max(CLOSE_AT_LEAST);
+    match tokio::time::timeout(bound, closing).await {
+        Ok(closed) => closed,
+        Err(_) => {
+            tracing::warn!(
+                waited = ?bound,
+                "the consumer did not close in time (its group coordinator unreachable?); \
+                 stopping without leaving the group: it notices at its session timeout"
+            );
+            Ok(())
+        }
     }
 }
 
