@@ -112,6 +112,11 @@ Environment:
   KAFKA_MTLS_PORT        SSL that requires a client certificate signed by ca.pem
   KAFKA_SSL_EXPIRED_PORT SSL with a certificate (signed by ca.pem) that expired yesterday
   KAFKA_SSL_WRONG_HOST_PORT  SSL with a certificate (signed by ca.pem) for wrong-host.example only
+
+  Single node, for tests that cut a client off through a proxy:
+  KAFKA_PROXIED_PORT     a PLAINTEXT listener on this port that advertises itself at
+                         KAFKA_PROXIED_ADVERTISED_PORT, where the test's proxy listens: a
+                         client bootstrapped at the proxy reaches the broker only through it
 EOF
 }
 
@@ -251,6 +256,14 @@ write_properties() {
       fi
     done
   fi
+  local advertised=$listeners
+  if [[ -z $voters && -n ${KAFKA_PROXIED_PORT:-} ]]; then
+    [[ -n ${KAFKA_PROXIED_ADVERTISED_PORT:-} ]] \
+      || die "KAFKA_PROXIED_PORT needs KAFKA_PROXIED_ADVERTISED_PORT (the proxy's port)"
+    listeners+=",PROXIED://$HOST:$KAFKA_PROXIED_PORT"
+    advertised+=",PROXIED://$HOST:$KAFKA_PROXIED_ADVERTISED_PORT"
+    protocols+=",PROXIED:PLAINTEXT"
+  fi
   {
     cat <<EOF
 # Written by scripts/kafka.sh on each 'up'; edit the script, not this file.
@@ -258,7 +271,7 @@ process.roles=broker,controller
 node.id=$id
 # 127.0.0.1 rather than localhost, so that clients (librdkafka) do not try ::1 first.
 listeners=$listeners
-advertised.listeners=$listeners
+advertised.listeners=$advertised
 listener.security.protocol.map=$protocols
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
@@ -801,7 +814,7 @@ cmd_up() {
 
   reset_node_dir "$dir"
   local entry variable scram=()
-  for entry in ::KAFKA_SASL_PORT $(tls_listeners); do
+  for entry in ::KAFKA_SASL_PORT ::KAFKA_PROXIED_PORT $(tls_listeners); do
     variable=${entry##*:}
     if [[ -n ${!variable:-} ]]; then
       require_port_free "${!variable}" "$variable"

@@ -94,6 +94,15 @@ pub enum Error {
         what: String,
     },
 
+    /// The member owned no partition and its consumer got no answer from the brokers while its
+    /// producer did ([`crate::cutoff`]).
+    #[error("cut off from group {group}: for {lasted:?} ({checks} checks) this member owned no partition and its consumer got no answer from the brokers while its producer did; stopping so that a restart gets a new client")]
+    CutOff {
+        group: String,
+        lasted: Duration,
+        checks: u32,
+    },
+
     #[error("cannot start the hashing pool: {0}")]
     HashPool(#[from] rayon::ThreadPoolBuildError),
 
@@ -144,6 +153,7 @@ impl Error {
             | Error::Transaction(_)
             | Error::NotSplit { .. }
             | Error::Stalled { .. }
+            | Error::CutOff { .. }
             | Error::HashPool(_)
             | Error::Task { .. } => exit::FATAL,
         }

@@ -13,7 +13,7 @@
 //! module of `run` other than [`config`] sets a librdkafka property), bottom to top:
 //!
 //! 1. Ground, importing no other module: [`config`], [`transform`], [`fetch`], [`member`],
-//!    [`metrics`], [`logging`], [`committer`], [`security`].
+//!    [`cutoff`], [`metrics`], [`logging`], [`committer`], [`security`].
 //! 2. The pipeline: [`ack`] → [`sink`] → [`dead_letter`] → [`transaction`] →
 //!    [`offsets`] → [`partition`] → [`stall`] → [`consumer`].
 //! 3. The commands: [`service`] (`run`), [`lag`], [`verify`], with [`error`] (what stops a
@@ -59,6 +59,11 @@
 //!   `stall/tests.rs`), and the heals in steps (re-arm the wake-up, re-split, `/livez` and
 //!   `/healthz` failing); the consumer is its [`stall::Watched`]. Its `testing` hook makes a worker stop
 //!   reading, for tests only.
+//! - [`cutoff`]: a member cut off from its group while its brokers answer (it owns no
+//!   partition, its consumer gets no answer to a metadata request and its producer gets one,
+//!   for four `--stall-timeout`s): the run stops so that a restart brings a new client; the
+//!   decisions without I/O, unit-tested. The service's two clients are its probe
+//!   (`service/probe.rs`).
 //! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out;
 //!   its validating JSON scanner is the submodule `transform/scan.rs`.
 //! - [`sink`]: the idempotent producer, sending what it is handed: outputs straight through
@@ -115,6 +120,7 @@ pub mod cli;
 pub mod committer;
 pub mod config;
 pub mod consumer;
+pub mod cutoff;
 pub mod dead_letter;
 pub mod error;
 pub mod fetch;

@@ -184,7 +184,7 @@ impl Stats {
         );
         r.register(
             "errors",
-            "Errors by kind (consumer, undecodable, delivery, commit, transaction, offset_reset, stalled; rewound counts records)",
+            "Errors by kind (consumer, undecodable, delivery, commit, transaction, offset_reset, stalled, cut_off; rewound counts records)",
             self.errors.clone(),
         );
         r.register(

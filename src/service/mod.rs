@@ -5,6 +5,7 @@
 //! the end, a worker's fatal error, a failed transaction, a partition that was not split, or an
 //! unrecoverable client error.
 
+mod probe;
 mod shutdown;
 mod startup;
 
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, MetricsAddr, RunConfig, StallTimeout};
 use crate::consumer::{self, Context, GroupEvent};
+use crate::cutoff;
 use crate::dead_letter::Router;
 use crate::error::{Error, InstanceIdLoss};
 use crate::http::{self, Health};
@@ -75,6 +77,8 @@ struct Pipeline {
     committer: Option<JoinHandle<()>>,
     /// The stall watchdog, unless `--stall-timeout off`.
     watchdog: Option<JoinHandle<()>>,
+    /// Whether the member is cut off from its group, unless `--stall-timeout off`.
+    cutoff: Option<JoinHandle<cutoff::CutOff>>,
     /// The thread serving the consumer's main queue, and its stop signal.
     main_queue: std::thread::JoinHandle<()>,
     stop_main_queue: watch::Sender<bool>,
@@ -146,8 +150,8 @@ impl Pipeline {
         let progress = tokio::spawn(metrics::progress(stats.clone(), config.progress_interval));
         let (txn_failed_tx, txn_failed) = mpsc::unbounded_channel();
         let committer = offsets.commit_periodically(config.transaction_interval, txn_failed_tx);
-        let watchdog = match config.stall_timeout {
-            StallTimeout::Off => None,
+        let (watchdog, cutoff) = match config.stall_timeout {
+            StallTimeout::Off => (None, None),
             StallTimeout::After(timeout) => {
                 let settings = stall::Settings {
                     topic: config.pipeline.source.clone(),
@@ -157,7 +161,14 @@ impl Pipeline {
                     ),
                 };
                 let watched = Arc::downgrade(&consumer) as Weak<dyn Watched>;
-                Some(tokio::spawn(stall::watch(watched, stats.clone(), settings)))
+                let probe = probe::Clients::new(&consumer, &sink, config);
+                (
+                    Some(tokio::spawn(stall::watch(watched, stats.clone(), settings))),
+                    Some(tokio::spawn(async move {
+                        let settings = cutoff::Settings::from_stall_timeout(timeout);
+                        cutoff::watch(Arc::new(probe), settings).await
+                    })),
+                )
             }
         };
         tracing::info!(
@@ -178,6 +189,7 @@ impl Pipeline {
             progress,
             committer,
             watchdog,
+            cutoff,
             main_queue,
             stop_main_queue,
             worker_events,
@@ -228,6 +240,14 @@ impl Pipeline {
                     GroupEvent::Failed(error) => return Err(error),
                 },
                 Some(error) = self.txn_failed.recv() => return Err(error.into()),
+                Some(cut) = cut_off(&mut self.cutoff) => {
+                    self.stats.error("", "cut_off");
+                    return Err(Error::CutOff {
+                        group: config.group.clone(),
+                        lasted: cut.lasted,
+                        checks: cut.checks,
+                    });
+                }
                 message = self.fatal.wait() => return Err(self.fatal_error(config, message)),
             }
             if let (true, Some(rebalanced)) = (config.until_end, last_rebalance) {
@@ -243,5 +263,18 @@ impl Pipeline {
                 }
             }
         }
+    }
+}
+
+/// Resolves when the member is found cut off from its group; never without the watch.
+async fn cut_off(watch: &mut Option<JoinHandle<cutoff::CutOff>>) -> Option<cutoff::CutOff> {
+    match watch {
+        Some(handle) => {
+            let cut = handle.await.ok();
+            // A finished task must not be polled again.
+            *watch = None;
+            cut
+        }
+        None => std::future::pending().await,
     }
 }

@@ -41,6 +41,7 @@ pub(super) async fn stop(
         progress,
         committer,
         watchdog,
+        cutoff,
         main_queue,
         stop_main_queue,
         ..
@@ -48,6 +49,9 @@ pub(super) async fn stop(
     health.stopping.store(true, Ordering::Relaxed);
     consumer.context().close();
     for task in [committer, watchdog].into_iter().flatten() {
+        task.abort();
+    }
+    if let Some(task) = cutoff {
         task.abort();
     }
     let drained = {

@@ -525,8 +525,19 @@ pub async fn describe_group(group: &str) -> GroupState {
     let group = group.to_string();
     blocking(move || {
         let reader = reader_on(&brokers());
-        let described = ktransform::lag::group::describe(reader.client(), &group, REQUEST)
-            .expect("describe group");
+        // A broker just started may not lead the group's offsets partition yet
+        // (`NOT_COORDINATOR`, `COORDINATOR_LOAD_IN_PROGRESS`): asked again until CAP.
+        let started = Instant::now();
+        let described = loop {
+            match ktransform::lag::group::describe(reader.client(), &group, REQUEST) {
+                Ok(described) => break described,
+                Err(e) if started.elapsed() < CAP => {
+                    eprintln!("describe group {group}: {e}; asking again");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => panic!("describe group: {e}"),
+            }
+        };
         GroupState {
             state: described.state,
             assigned: described.assigned,

@@ -16,6 +16,7 @@ pub mod http;
 pub mod java;
 pub mod kafka;
 pub mod nodes;
+pub mod proxy;
 pub mod run;
 pub mod segments;
 pub mod tls;
