@@ -168,6 +168,22 @@ class Group:
         with self.lock:
             return [i for i in self.all if i.exited is None]
 
+    def restart_exited(self):
+        """As a supervisor would (Kubernetes, systemd's Restart=on-failure): a live slot whose
+        process exited by itself gets a new one; the restart events."""
+        events = []
+        for slot, inst in list(self.live.items()):
+            if inst.signalled is None and not inst.poll():
+                with self.lock:
+                    self.live.pop(slot, None)
+                cause = harness.tail(inst.log, 1).strip()[-300:]
+                new = self.start(slot)
+                events.append({"kind": "restart", "t": time.time(), "rc": inst.rc,
+                               "instances": [inst.label, new.label], "cause": cause,
+                               "cut_off": "cut off from group" in cause})
+                say(f"event restart: {inst.label} exited {inst.rc} by itself; {new.label} started")
+        return events
+
     def poll(self):
         for inst in self.snapshot():
             inst.poll()
@@ -296,6 +312,7 @@ def soak(args, ctx, rate):
     events, problems, i = [], [], 0
     while gen.running():
         group.poll()
+        events.extend(group.restart_exited())
         due = t0 + args.first_event + i * args.every
         if time.time() >= due and due < t0 + seconds - 60:
             events.append(do_event(args.cycle[i % len(args.cycle)], group, args.broker_down))
@@ -319,6 +336,7 @@ def soak(args, ctx, rate):
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and kafka.committed(dest, src) < expected:
         group.poll()
+        events.extend(group.restart_exited())
         time.sleep(1)
     caught_up = kafka.committed(dest, src)
     if caught_up < expected:
@@ -332,6 +350,10 @@ def soak(args, ctx, rate):
     sampler.close()
     for inst in group.all:
         killed = inst.signalled and inst.signalled[0] == "SIGKILL"
+        cut_off = any(e["kind"] == "restart" and e["cut_off"] and e["instances"][0] == inst.label
+                      for e in events)
+        if cut_off:
+            continue  # ktransform's own heal (exit 1, restarted): shown among the events
         if (inst.rc != -signal.SIGKILL) if killed else (inst.rc != 0):
             problems.append(f"instance {inst.label} exited {inst.rc}: "
                             f"{harness.tail(inst.log, 3)}")

@@ -154,6 +154,10 @@ def event_detail(e):
         return f"stop-node + start-node: {down:.0f} s until the broker served again"
     if e.get("skipped"):
         return f"skipped: {e['skipped']}"
+    if e["kind"] == "restart":
+        old, new = e["instances"]
+        why = "cut off from its group" if e.get("cut_off") else f"`{e.get('cause', '')[-160:]}`"
+        return f"{old} exited {e['rc']} by itself ({why}); {new} started, as a supervisor would"
     names = e.get("instances", [])
     return {"kill": f"SIGKILL {names[0]}, {names[-1]} started at once",
             "out": f"{names[0]} joins", "in": f"{names[0]} leaves (SIGTERM)"}[e["kind"]]
