@@ -4,7 +4,11 @@
 # a fixed rate into a 6-partition topic, ktransform, and the group's lag with its verdict every
 # few seconds. Then everything started here is stopped cleanly (SIGTERM: drain, commit, exit).
 #
-# Env: DEMO_SECONDS (30), DEMO_RATE records/s (20000), DEMO_PARTITIONS (6), DEMO_INSTANCES (1).
+# The group's live view (`ktransform lag --serve`) is served on 127.0.0.1:DEMO_VIEW_PORT while the
+# demo runs.
+#
+# Env: DEMO_SECONDS (30), DEMO_RATE records/s (20000), DEMO_PARTITIONS (6), DEMO_INSTANCES (1),
+# DEMO_VIEW_PORT (8080).
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -13,6 +17,7 @@ readonly SECONDS_TO_RUN=${DEMO_SECONDS:-30}
 readonly RATE=${DEMO_RATE:-20000}
 readonly PARTITIONS=${DEMO_PARTITIONS:-6}
 readonly INSTANCES=${DEMO_INSTANCES:-1}
+readonly VIEW_ADDR=127.0.0.1:${DEMO_VIEW_PORT:-8080}
 readonly RUN_ID=$(date +%s)
 readonly SOURCE=demo_names_$RUN_ID
 readonly DESTINATION=${SOURCE}_transformed
@@ -58,6 +63,12 @@ for _ in $(seq 1 30); do
   "$bin" lag --group "$GROUP" --topic "$SOURCE" --interval 100ms >/dev/null 2>&1 && break
   sleep 1
 done
+
+# KEDA's count next to ktransform's with deploy/kubernetes's lagThreshold.
+"$bin" lag --group "$GROUP" --topic "$SOURCE" --serve "$VIEW_ADDR" --interval 2s --lag-threshold 300000 \
+  2> >(sed -u 's/^/[live view] /' >&2) &
+pids+=($!)
+echo "== live view of group $GROUP: http://$VIEW_ADDR/ (its data: http://$VIEW_ADDR/lag.json), until the demo stops"
 
 echo "== lag of group $GROUP, every 5 s for ${SECONDS_TO_RUN}s"
 "$bin" lag --group "$GROUP" --topic "$SOURCE" --watch --interval 5s --duration "${SECONDS_TO_RUN}s" \

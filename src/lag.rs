@@ -12,7 +12,7 @@
 //! next to ktransform's, and which to trust (`lag/keda.rs`).
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{ConfigError, KafkaArgs, Side};
 use clap::Args;
@@ -22,6 +22,8 @@ use rdkafka::{Offset, TopicPartitionList};
 pub mod group;
 pub mod json;
 pub mod keda;
+pub mod live;
+pub mod serve;
 
 pub use json::{JsonKeda, JsonPartition, JsonReport, JsonTotal};
 
@@ -68,6 +70,12 @@ pub struct LagConfig {
     /// With --lag-threshold, KEDA's `allowIdleConsumers`: no cap at one replica per partition.
     #[arg(long)]
     pub allow_idle_consumers: bool,
+
+    /// Serve a live view on this address (e.g. 127.0.0.1:8080): a page with the lag and rates
+    /// over the last minutes, the members and the verdict, refreshing itself, and its data as
+    /// JSON on /lag.json; a sample every --interval until interrupted (or --duration).
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["json", "watch"])]
+    pub serve: Option<std::net::SocketAddr>,
 }
 
 impl LagConfig {
@@ -118,6 +126,15 @@ impl Sample {
     fn consumed(&self) -> i64 {
         self.partitions.iter().map(|p| p.end - p.lag()).sum()
     }
+}
+
+/// A sample, when it was taken by the clock, and the group's description (or why it could not
+/// be had).
+#[derive(Debug)]
+pub struct Observation {
+    pub sample: Sample,
+    pub wall: SystemTime,
+    pub group: Result<group::Description, rdkafka::error::KafkaError>,
 }
 
 /// The answer to "can it keep up?".
@@ -205,6 +222,11 @@ impl LagReader {
 
     /// Blocking; call from a plain thread or `spawn_blocking`.
     pub fn sample(&self) -> Result<Sample, rdkafka::error::KafkaError> {
+        self.observe().map(|o| o.sample)
+    }
+
+    /// [`LagReader::sample`], with the group's description it was made from. Blocking.
+    pub fn observe(&self) -> Result<Observation, rdkafka::error::KafkaError> {
         let timeout = Duration::from_secs(10);
         let metadata = self.consumer.fetch_metadata(Some(&self.topic), timeout)?;
         let partitions: Vec<i32> = metadata
@@ -236,14 +258,50 @@ impl LagReader {
         }
         out.sort_by_key(|p| p.partition);
         // Offsets are the report; without the members only the advice is missing.
-        let group = group::describe(self.consumer.client(), &self.group, timeout).ok();
-        Ok(Sample {
-            at: Instant::now(),
-            partitions: out,
-            members: group.as_ref().map_or(0, |g| g.assigned.len()),
-            protocol: group.and_then(|g| g.protocol),
+        let group = group::describe(self.consumer.client(), &self.group, timeout);
+        let described = group.as_ref().ok();
+        Ok(Observation {
+            sample: Sample {
+                at: Instant::now(),
+                partitions: out,
+                members: described.map_or(0, |g| g.members.len()),
+                protocol: described.and_then(|g| g.protocol),
+            },
+            wall: SystemTime::now(),
+            group,
         })
     }
+}
+
+/// The verdict as a person reads it: `caught up`, `falling behind by 120 records/s`...
+pub fn verdict_text(sample: &Sample, report: &Report) -> String {
+    match &report.verdict {
+        Verdict::CaughtUp => "caught up".to_string(),
+        Verdict::KeepingUp if report.produce_rate > 0.0 => format!(
+            "keeping up (lag steady at ~{:.1} s of production)",
+            sample.lag() as f64 / report.produce_rate
+        ),
+        Verdict::KeepingUp => "keeping up (lag steady)".to_string(),
+        Verdict::CatchingUp { eta } => format!("catching up: lag zero in ~{}s", eta.as_secs()),
+        Verdict::FallingBehind { per_sec } => format!("falling behind by {per_sec:.0} records/s"),
+    }
+}
+
+/// How many instances a group falling behind needs, and whether its partitions allow them.
+pub fn advice_text(sample: &Sample, report: &Report) -> Option<String> {
+    let (Some(needed), Verdict::FallingBehind { .. }) = (report.instances_needed, &report.verdict)
+    else {
+        return None;
+    };
+    let partitions = sample.partitions.len();
+    let mut s = format!("~{needed} instance(s) needed at the observed per-instance rate");
+    if needed > partitions {
+        let _ = write!(
+            s,
+            "; {partitions} partitions cap the group at {partitions}: add partitions"
+        );
+    }
+    Some(s)
 }
 
 /// The table and verdict as a person reads them; with `keda`, KEDA's count and which to trust.
@@ -286,32 +344,9 @@ pub fn render(
         report.produce_rate,
         report.consume_rate
     );
-    let verdict = match &report.verdict {
-        Verdict::CaughtUp => "caught up".to_string(),
-        Verdict::KeepingUp if report.produce_rate > 0.0 => format!(
-            "keeping up (lag steady at ~{:.1} s of production)",
-            sample.lag() as f64 / report.produce_rate
-        ),
-        Verdict::KeepingUp => "keeping up (lag steady)".to_string(),
-        Verdict::CatchingUp { eta } => format!("catching up: lag zero in ~{}s", eta.as_secs()),
-        Verdict::FallingBehind { per_sec } => format!("falling behind by {per_sec:.0} records/s"),
-    };
-    let _ = writeln!(s, "verdict: {verdict}");
-    if let (Some(needed), Verdict::FallingBehind { .. }) =
-        (report.instances_needed, &report.verdict)
-    {
-        let partitions = sample.partitions.len();
-        let _ = write!(
-            s,
-            "advice: ~{needed} instance(s) needed at the observed per-instance rate"
-        );
-        if needed > partitions {
-            let _ = write!(
-                s,
-                "; {partitions} partitions cap the group at {partitions}: add partitions"
-            );
-        }
-        s.push('\n');
+    let _ = writeln!(s, "verdict: {}", verdict_text(sample, report));
+    if let Some(advice) = advice_text(sample, report) {
+        let _ = writeln!(s, "advice: {advice}");
     }
     if let Some(c) = keda {
         let ktransform = c
@@ -393,6 +428,19 @@ pub fn print(config: &LagConfig) -> Result<(), crate::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ktransform lag`'s configuration from its flags (`args`, without the command).
+    pub(super) fn config(args: &[&str]) -> LagConfig {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Lag {
+            #[command(flatten)]
+            config: LagConfig,
+        }
+        Lag::try_parse_from(std::iter::once("lag").chain(args.iter().copied()))
+            .expect("valid lag flags")
+            .config
+    }
 
     pub(super) fn sample(at: Instant, committed: i64, end: i64, members: usize) -> Sample {
         Sample {

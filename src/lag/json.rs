@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::keda::{self, Comparison};
-use super::{group, Report, Sample, Verdict};
+use super::{group, PartitionOffsets, Report, Sample, Verdict};
 
 /// The machine-readable report of `ktransform lag --json`; every field is always present (null
 /// when it does not apply), so a reader can rely on the shape.
@@ -87,6 +87,17 @@ pub struct JsonPartition {
     pub lag: i64,
 }
 
+impl From<&PartitionOffsets> for JsonPartition {
+    fn from(p: &PartitionOffsets) -> Self {
+        JsonPartition {
+            partition: p.partition,
+            committed: p.committed,
+            end: p.end,
+            lag: p.lag(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct JsonTotal {
     pub committed: i64,
@@ -109,16 +120,8 @@ impl<'a> JsonReport<'a> {
             Verdict::CatchingUp { eta } => ("catching_up", None, Some(eta.as_secs_f64())),
             Verdict::FallingBehind { per_sec } => ("falling_behind", Some(*per_sec), None),
         };
-        let partitions: Vec<JsonPartition> = after
-            .partitions
-            .iter()
-            .map(|p| JsonPartition {
-                partition: p.partition,
-                committed: p.committed,
-                end: p.end,
-                lag: p.lag(),
-            })
-            .collect();
+        let partitions: Vec<JsonPartition> =
+            after.partitions.iter().map(JsonPartition::from).collect();
         JsonReport {
             group,
             topic,

@@ -528,8 +528,8 @@ pub async fn describe_group(group: &str) -> GroupState {
         let described = ktransform::lag::group::describe(reader.client(), &group, REQUEST)
             .expect("describe group");
         GroupState {
+            assigned: described.assigned(),
             state: described.state,
-            assigned: described.assigned,
             protocol: described.protocol.map_or("", |p| p.as_str()),
         }
     })
