@@ -181,9 +181,16 @@ pub fn assess(before: &Sample, after: &Sample) -> Report {
     };
     // Only a group that has work waiting shows its capacity in its consume rate.
     let instances_needed = (lag > 0 && after.members > 0 && consume_rate > 0.0).then(|| {
-        (produce_rate / (consume_rate / after.members as f64))
+        let needed = (produce_rate / (consume_rate / after.members as f64))
             .ceil()
-            .max(1.0) as usize
+            .max(1.0) as usize;
+        // A lag that does not grow beyond the noise is kept up with by the members there are:
+        // a consume rate a step of commits below the produce rate does not ask for one more.
+        if matches!(verdict, Verdict::FallingBehind { .. }) {
+            needed
+        } else {
+            needed.min(after.members)
+        }
     });
     Report {
         produce_rate,
@@ -478,6 +485,10 @@ mod tests {
             assess(&sample(t0, 0, 1000, 1), &sample(t1, 1000, 2000, 1)).verdict,
             Verdict::KeepingUp
         );
+        // Consumed 2% below produced: within the noise, the one member keeps up.
+        let steady = assess(&sample(t0, 0, 1000, 1), &sample(t1, 980, 2000, 1));
+        assert_eq!(steady.verdict, Verdict::KeepingUp);
+        assert_eq!(steady.instances_needed, Some(1));
     }
 
     #[test]

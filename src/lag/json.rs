@@ -29,7 +29,8 @@ pub struct JsonReport<'a> {
     pub falling_behind_per_sec: Option<f64>,
     /// With `catching_up`: seconds until the lag is zero at the observed rates.
     pub eta_secs: Option<f64>,
-    /// With a lag: instances the observed produce rate needs at the observed per-instance rate.
+    /// With a lag: instances the observed produce rate needs at the observed per-instance rate
+    /// (at most the members there are, unless falling behind).
     pub instances_needed: Option<usize>,
     /// With `--lag-threshold`: KEDA's count next to ktransform's; null without it.
     pub keda: Option<JsonKeda>,

@@ -3,7 +3,7 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const W = 480, H = 200, LEFT = 56, RIGHT = 8, TOP = 8, BOTTOM = 22;
+const W = 480, H = 200, LEFT = 56, RIGHT = 8, TOP = 8, BOTTOM = 22, DOTS = 60;
 const PALETTE = ["#0b7285", "#c2255c", "#5c940d", "#e67700", "#6741d9", "#1864ab",
   "#a61e4d", "#2b8a3e", "#d9480f", "#364fc7", "#087f5b", "#862e9c"];
 let timer = null;
@@ -74,14 +74,19 @@ function chart(box, series, empty) {
       }
       run = [];
     };
+    const drawn = s.points.filter((p) => p[1] !== null);
+    // A dot per sample while they are few enough to tell apart; the newest one always.
+    const dots = drawn.length <= DOTS ? drawn : drawn.slice(-1);
     for (const [t, v] of s.points) {
       if (v === null) { flush(); continue; }
       run.push(`${x(t).toFixed(1)},${y(v).toFixed(1)}`);
+    }
+    flush();
+    for (const [t, v] of dots) {
       const dot = el("svg:circle", { class: "point", cx: x(t).toFixed(1), cy: y(v).toFixed(1), r: 2, fill: s.color });
       dot.append(el("svg:title", {}, `${s.name}: ${count(v)} at ${clock(t)}`));
       svg.append(dot);
     }
-    flush();
   }
   box.append(svg);
 }
@@ -145,11 +150,13 @@ function render(v) {
 
 function replicas(v) {
   const r = v.report;
+  // ktransform's count: the one KEDA's is compared with when there is KEDA, else the rates'.
+  const n = !r ? null : (r.keda ? r.keda.ktransform_replicas : r.instances_needed);
   let ours;
   if (!r) ours = "–";
-  else if (r.instances_needed !== null) ours = `ktransform: ~${r.instances_needed} instance(s) needed`;
-  else if (r.keda && r.keda.ktransform_replicas !== null) ours = `ktransform: ${r.keda.ktransform_replicas}`;
-  else if (r.verdict === "caught_up" || r.verdict === "keeping_up") ours = `ktransform: the ${r.members} member(s) keep up`;
+  else if (n !== null && r.verdict === "falling_behind") ours = `ktransform: ~${n} instance(s) needed`;
+  else if (n !== null) ours = `ktransform: ${n} instance(s) suffice`;
+  else if (r.verdict === "caught_up") ours = `ktransform: the ${r.members} member(s) keep up`;
   else ours = "ktransform: no estimate (no member consumed in the window)";
   const k = r && r.keda;
   $("replicas").textContent = k ? `${ours} · KEDA: ${k.replicas} replica(s)` : ours;
