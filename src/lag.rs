@@ -48,7 +48,7 @@ pub struct LagConfig {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
 
-    /// With --watch, stop after this long (default: until interrupted).
+    /// With --watch or --serve, stop after this long (default: until interrupted).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
 
