@@ -19,6 +19,9 @@ use super::{Observation, Sample};
 pub const HISTORY: Duration = Duration::from_secs(600);
 /// The most points kept, for an `--interval` short enough to exceed it within [`HISTORY`].
 pub const MAX_POINTS: usize = 1_200;
+/// The shortest window the verdict, the advice and the report's rates are computed over
+/// (`--interval` when longer); each point's rates are over its own interval.
+pub const VERDICT_WINDOW: Duration = Duration::from_secs(30);
 
 /// One sample on the charts.
 #[derive(Debug, Clone, Serialize)]
@@ -65,8 +68,9 @@ pub struct Live {
     interval: Duration,
     trigger: Option<keda::Trigger>,
     history: VecDeque<Point>,
-    /// The last sample, for the next window's rates.
-    previous: Option<Sample>,
+    /// The samples of the last [`VERDICT_WINDOW`] since the last gap, oldest first: the last
+    /// one gives the next point's rates, the first the verdict's window.
+    recent: VecDeque<Sample>,
     /// The last sample's partitions.
     partitions: Vec<JsonPartition>,
     report: Option<serde_json::Value>,
@@ -99,7 +103,8 @@ pub struct View<'a> {
     pub updated_ms: Option<u64>,
     /// The last sample's offsets and lag per partition.
     pub partitions: &'a [JsonPartition],
-    /// The last window's report, as `ktransform lag --json` prints it.
+    /// The report over the last [`VERDICT_WINDOW`] (or `--interval` if longer; its
+    /// `window_secs` says which), as `ktransform lag --json` prints it.
     pub report: Option<&'a serde_json::Value>,
     pub verdict_text: Option<&'a str>,
     pub advice_text: Option<&'a str>,
@@ -119,7 +124,7 @@ impl Live {
             interval: config.interval,
             trigger: config.keda_trigger(),
             history: VecDeque::new(),
-            previous: None,
+            recent: VecDeque::new(),
             partitions: Vec::new(),
             report: None,
             verdict: None,
@@ -148,7 +153,7 @@ impl Live {
             unreachable: unreachable(error),
         });
         // The next window starts after the gap: no rate across it.
-        self.previous = None;
+        self.recent.clear();
     }
 
     pub fn observed(&mut self, observation: Observation) {
@@ -194,10 +199,19 @@ impl Live {
         self.no_topic = sample.partitions.is_empty();
         self.partitions = sample.partitions.iter().map(JsonPartition::from).collect();
         if self.no_topic {
-            self.previous = None;
+            self.recent.clear();
             return;
         }
-        let report = self.previous.as_ref().map(|before| {
+        // A window of at least VERDICT_WINDOW: a group commits in steps (every 5 s under
+        // at-least-once), which a window of one short interval reads as alternately falling
+        // behind and catching up.
+        while self.recent.len() > 1
+            && sample.at.duration_since(self.recent[1].at) >= self.interval.max(VERDICT_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        let rates = self.recent.back().map(|before| assess(before, &sample));
+        let report = self.recent.front().map(|before| {
             let report = assess(before, &sample);
             let keda = self.trigger.map(|t| keda::compare(&t, &sample, &report));
             let json = JsonReport::new(
@@ -210,16 +224,16 @@ impl Live {
             );
             (report, serde_json::to_value(json).ok())
         });
-        if let Some((report, json)) = &report {
-            self.verdict = Some(verdict_text(&sample, report));
-            self.advice = advice_text(&sample, report);
-            self.report = json.clone();
+        if let Some((report, json)) = report {
+            self.verdict = Some(verdict_text(&sample, &report));
+            self.advice = advice_text(&sample, &report);
+            self.report = json;
         }
         self.history.push_back(Point {
             timestamp_ms: millis(wall),
             lag: sample.lag(),
-            produce_per_sec: report.as_ref().map(|(r, _)| r.produce_rate),
-            consume_per_sec: report.as_ref().map(|(r, _)| r.consume_rate),
+            produce_per_sec: rates.as_ref().map(|r| r.produce_rate),
+            consume_per_sec: rates.as_ref().map(|r| r.consume_rate),
             partitions: sample
                 .partitions
                 .iter()
@@ -235,7 +249,7 @@ impl Live {
         {
             self.history.pop_front();
         }
-        self.previous = Some(sample);
+        self.recent.push_back(sample);
     }
 
     /// The page's data at `now`.

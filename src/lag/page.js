@@ -116,6 +116,8 @@ function render(v) {
   verdict.textContent = v.status === "unknown_topic" ? "no verdict: the topic does not exist"
     : (v.verdict_text || "waiting for the first window");
   $("advice").textContent = v.advice_text ? "advice: " + v.advice_text : "";
+  $("window").textContent = r
+    ? `rates and verdict over the last ${Math.round(r.window_secs)} s, to ${clock(r.timestamp_ms)}` : "";
   const last = v.history.length ? v.history[v.history.length - 1] : null;
   $("total-lag").textContent = last ? count(last.lag) : "–";
   $("produce").textContent = r ? count(r.produce_per_sec) : "–";

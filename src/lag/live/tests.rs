@@ -205,3 +205,22 @@ fn a_group_nobody_knows_is_said_so() {
     live.observed(o);
     assert_eq!(json(&live, start.1)["status"], "ok");
 }
+
+#[test]
+fn the_verdict_spans_the_commit_steps_that_a_point_shows() {
+    let start = start();
+    let mut live = new_live(&[]);
+    // 100 records/s on each partition, committed in steps of 500 every 5 s.
+    for t in 0..=42 {
+        live.observed(observation(start, t, 500 * (t as i64 / 5), 100 * t as i64));
+    }
+    let v = json(&live, start.1);
+    let last = &v["history"][42];
+    // The last second committed nothing, and the lag grew by 100 per partition...
+    assert_eq!(last["consume_per_sec"], 0.0);
+    assert_eq!(last["lag"], 400);
+    // ...but over the verdict's 30 s the group consumed what arrived.
+    assert_eq!(v["report"]["window_secs"], VERDICT_WINDOW.as_secs_f64());
+    assert_eq!(v["report"]["verdict"], "keeping_up", "{}", v["report"]);
+    assert_eq!(v["report"]["consume_per_sec"], 200.0);
+}
