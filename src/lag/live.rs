@@ -202,9 +202,9 @@ impl Live {
             self.recent.clear();
             return;
         }
-        // A window of at least VERDICT_WINDOW: a group commits in steps (every 5 s under
-        // at-least-once), which a window of one short interval reads as alternately falling
-        // behind and catching up.
+        // A window of at least VERDICT_WINDOW: a group commits in steps (auto-commit every
+        // second or five, a transaction at a time), which a window of one short interval reads
+        // as alternately falling behind and catching up.
         while self.recent.len() > 1
             && sample.at.duration_since(self.recent[1].at) >= self.interval.max(VERDICT_WINDOW)
         {
