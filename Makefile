@@ -19,7 +19,7 @@ help: ## List the targets
 
 ##@ The job
 
-demo: ## Broker + generator + transformer, with the group's lag and verdict every 5 s for 30 s; then stop
+demo: ## Broker + generator + transformer, the group's live view on http://127.0.0.1:8080/, its lag and verdict every 5 s for 30 s; then stop
 	bash scripts/demo.sh
 
 build: ## Build the release binary and the generator
@@ -27,7 +27,7 @@ build: ## Build the release binary and the generator
 
 ##@ Tests
 
-test: up k8s-tools ## Start the broker if needed, then run every test (unit + integration against it)
+test: up k8s-tools browser-tools ## Start the broker if needed, then run every test (unit + integration against it)
 	@rm -f target/fault-figures.txt
 	cargo test
 	@echo "fault suite figures (target/fault-figures.txt):"; cat target/fault-figures.txt 2>/dev/null || true
@@ -36,11 +36,16 @@ lint: ## rustfmt and clippy, as CI runs them
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
-.PHONY: k8s-tools k8s-check
+.PHONY: k8s-tools k8s-check browser-tools
 k8s-tools: ## Install the Kubernetes validator (kubernetes-validate, PyPI) that tests/deploy.rs needs, if missing
 	@python3 -c 'import kubernetes_validate' 2>/dev/null \
 	  || python3 -m pip install --quiet kubernetes-validate==1.37.0 \
 	  || python3 -m pip install --quiet --user --break-system-packages kubernetes-validate==1.37.0
+
+browser-tools: ## Install headless Chromium (Debian's chromium) that tests/live_view.rs drives, if missing
+	@test -x /usr/bin/chromium \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || { [ "$$CI" != true ] && echo "chromium not installed (apt-get needs root): tests/live_view.rs skips its browser checks"; }
 
 k8s-check: k8s-tools ## Check deploy/kubernetes/ offline: schemas, KEDA's fields, ktransform's own configuration check
 	cargo build --bin ktransform

@@ -11,8 +11,7 @@
 //! the report adds the replica count KEDA's Kafka scaler would compute from the same offsets,
 //! next to ktransform's, and which to trust (`lag/keda.rs`).
 
-use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{ConfigError, KafkaArgs, Side};
 use clap::Args;
@@ -22,8 +21,12 @@ use rdkafka::{Offset, TopicPartitionList};
 pub mod group;
 pub mod json;
 pub mod keda;
+pub mod live;
+pub mod serve;
+pub mod text;
 
 pub use json::{JsonKeda, JsonPartition, JsonReport, JsonTotal};
+pub use text::{advice_text, render, verdict_text};
 
 #[derive(Debug, Clone, Args)]
 pub struct LagConfig {
@@ -46,7 +49,7 @@ pub struct LagConfig {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
 
-    /// With --watch, stop after this long (default: until interrupted).
+    /// With --watch or --serve, stop after this long (default: until interrupted).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
 
@@ -68,6 +71,12 @@ pub struct LagConfig {
     /// With --lag-threshold, KEDA's `allowIdleConsumers`: no cap at one replica per partition.
     #[arg(long)]
     pub allow_idle_consumers: bool,
+
+    /// Serve a live view on this address (e.g. 127.0.0.1:8080): a page with the lag and rates
+    /// over the last minutes, the members and the verdict, refreshing itself, and its data as
+    /// JSON on /lag.json; a sample every --interval until interrupted (or --duration).
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["json", "watch"])]
+    pub serve: Option<std::net::SocketAddr>,
 }
 
 impl LagConfig {
@@ -120,6 +129,15 @@ impl Sample {
     }
 }
 
+/// A sample, when it was taken by the clock, and the group's description (or why it could not
+/// be had).
+#[derive(Debug)]
+pub struct Observation {
+    pub sample: Sample,
+    pub wall: SystemTime,
+    pub group: Result<group::Description, rdkafka::error::KafkaError>,
+}
+
 /// The answer to "can it keep up?".
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -164,9 +182,16 @@ pub fn assess(before: &Sample, after: &Sample) -> Report {
     };
     // Only a group that has work waiting shows its capacity in its consume rate.
     let instances_needed = (lag > 0 && after.members > 0 && consume_rate > 0.0).then(|| {
-        (produce_rate / (consume_rate / after.members as f64))
+        let needed = (produce_rate / (consume_rate / after.members as f64))
             .ceil()
-            .max(1.0) as usize
+            .max(1.0) as usize;
+        // A lag that does not grow beyond the noise is kept up with by the members there are:
+        // a consume rate a step of commits below the produce rate does not ask for one more.
+        if matches!(verdict, Verdict::FallingBehind { .. }) {
+            needed
+        } else {
+            needed.min(after.members)
+        }
     });
     Report {
         produce_rate,
@@ -205,6 +230,11 @@ impl LagReader {
 
     /// Blocking; call from a plain thread or `spawn_blocking`.
     pub fn sample(&self) -> Result<Sample, rdkafka::error::KafkaError> {
+        self.observe().map(|o| o.sample)
+    }
+
+    /// [`LagReader::sample`], with the group's description it was made from. Blocking.
+    pub fn observe(&self) -> Result<Observation, rdkafka::error::KafkaError> {
         let timeout = Duration::from_secs(10);
         let metadata = self.consumer.fetch_metadata(Some(&self.topic), timeout)?;
         let partitions: Vec<i32> = metadata
@@ -236,109 +266,19 @@ impl LagReader {
         }
         out.sort_by_key(|p| p.partition);
         // Offsets are the report; without the members only the advice is missing.
-        let group = group::describe(self.consumer.client(), &self.group, timeout).ok();
-        Ok(Sample {
-            at: Instant::now(),
-            partitions: out,
-            members: group.as_ref().map_or(0, |g| g.assigned.len()),
-            protocol: group.and_then(|g| g.protocol),
+        let group = group::describe(self.consumer.client(), &self.group, timeout);
+        let described = group.as_ref().ok();
+        Ok(Observation {
+            sample: Sample {
+                at: Instant::now(),
+                partitions: out,
+                members: described.map_or(0, |g| g.members.len()),
+                protocol: described.and_then(|g| g.protocol),
+            },
+            wall: SystemTime::now(),
+            group,
         })
     }
-}
-
-/// The table and verdict as a person reads them; with `keda`, KEDA's count and which to trust.
-pub fn render(
-    group: &str,
-    topic: &str,
-    sample: &Sample,
-    report: &Report,
-    keda: Option<&keda::Comparison>,
-) -> String {
-    let mut s = String::new();
-    let protocol = sample
-        .protocol
-        .map_or_else(String::new, |p| format!(" ({} protocol)", p.as_str()));
-    let _ = writeln!(
-        s,
-        "group {group}{protocol} on {topic}: {} member(s)",
-        sample.members
-    );
-    let _ = writeln!(
-        s,
-        "{:>9} {:>12} {:>12} {:>10}",
-        "partition", "committed", "end", "lag"
-    );
-    for p in &sample.partitions {
-        let committed = p.committed.map_or("-".to_string(), |c| c.to_string());
-        let _ = writeln!(
-            s,
-            "{:>9} {:>12} {:>12} {:>10}",
-            p.partition,
-            committed,
-            p.end,
-            p.lag()
-        );
-    }
-    let _ = writeln!(
-        s,
-        "total lag {}   produce {:.0}/s   consume {:.0}/s",
-        sample.lag(),
-        report.produce_rate,
-        report.consume_rate
-    );
-    let verdict = match &report.verdict {
-        Verdict::CaughtUp => "caught up".to_string(),
-        Verdict::KeepingUp if report.produce_rate > 0.0 => format!(
-            "keeping up (lag steady at ~{:.1} s of production)",
-            sample.lag() as f64 / report.produce_rate
-        ),
-        Verdict::KeepingUp => "keeping up (lag steady)".to_string(),
-        Verdict::CatchingUp { eta } => format!("catching up: lag zero in ~{}s", eta.as_secs()),
-        Verdict::FallingBehind { per_sec } => format!("falling behind by {per_sec:.0} records/s"),
-    };
-    let _ = writeln!(s, "verdict: {verdict}");
-    if let (Some(needed), Verdict::FallingBehind { .. }) =
-        (report.instances_needed, &report.verdict)
-    {
-        let partitions = sample.partitions.len();
-        let _ = write!(
-            s,
-            "advice: ~{needed} instance(s) needed at the observed per-instance rate"
-        );
-        if needed > partitions {
-            let _ = write!(
-                s,
-                "; {partitions} partitions cap the group at {partitions}: add partitions"
-            );
-        }
-        s.push('\n');
-    }
-    if let Some(c) = keda {
-        let ktransform = c
-            .ktransform
-            .map_or("no estimate".to_string(), |n| n.to_string());
-        let _ = writeln!(
-            s,
-            "KEDA (lagThreshold {}, offsetResetPolicy {}): lag {}{} -> {} replica(s); \
-             ktransform: {ktransform}",
-            c.trigger.lag_threshold,
-            c.trigger.offset_reset_policy.as_str(),
-            c.keda.total_lag,
-            if c.keda.capped {
-                format!(", capped at {}", c.keda.metric)
-            } else {
-                String::new()
-            },
-            c.keda.replicas,
-        );
-        let trust = match c.trust {
-            keda::Trust::Either => "either",
-            keda::Trust::Ktransform => "ktransform",
-            keda::Trust::Keda => "KEDA",
-        };
-        let _ = writeln!(s, "trust: {trust}: {}", c.why);
-    }
-    s
 }
 
 /// Prints the report once (after one window), or every window with `--watch`. Blocking.
@@ -394,6 +334,19 @@ pub fn print(config: &LagConfig) -> Result<(), crate::Error> {
 mod tests {
     use super::*;
 
+    /// `ktransform lag`'s configuration from its flags (`args`, without the command).
+    pub(super) fn config(args: &[&str]) -> LagConfig {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Lag {
+            #[command(flatten)]
+            config: LagConfig,
+        }
+        Lag::try_parse_from(std::iter::once("lag").chain(args.iter().copied()))
+            .expect("valid lag flags")
+            .config
+    }
+
     pub(super) fn sample(at: Instant, committed: i64, end: i64, members: usize) -> Sample {
         Sample {
             at,
@@ -430,6 +383,10 @@ mod tests {
             assess(&sample(t0, 0, 1000, 1), &sample(t1, 1000, 2000, 1)).verdict,
             Verdict::KeepingUp
         );
+        // Consumed 2% below produced: within the noise, the one member keeps up.
+        let steady = assess(&sample(t0, 0, 1000, 1), &sample(t1, 980, 2000, 1));
+        assert_eq!(steady.verdict, Verdict::KeepingUp);
+        assert_eq!(steady.instances_needed, Some(1));
     }
 
     #[test]

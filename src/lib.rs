@@ -97,8 +97,11 @@
 //!   the group's members and protocol, either protocol, from its coordinator's description
 //!   (`lag/group.rs`, librdkafka's DescribeConsumerGroups, which rust-rdkafka does not wrap);
 //!   the replica count KEDA's Kafka scaler would compute from the same offsets and which to
-//!   trust (`lag/keda.rs`, unit-tested in `lag/keda/tests.rs`); the `--json` report
-//!   (`lag/json.rs`).
+//!   trust (`lag/keda.rs`, unit-tested in `lag/keda/tests.rs`); the report as text
+//!   (`lag/text.rs`) and as `--json` (`lag/json.rs`); `--serve`, the live view: its state, the samples of the last minutes and
+//!   what is wrong, without I/O (`lag/live.rs`, unit-tested in `lag/live/tests.rs`), and its
+//!   HTTP server and sampling thread (`lag/serve.rs`) with the page compiled in
+//!   (`lag/page.html`, `page.js`, `page.css`).
 //! - [`verify`]: `ktransform verify`, audits source against destination and dead-letter topic
 //!   (matched by content) for a guarantee; reads dead letters by [`dead_letter`]'s reasons and
 //!   headers. The audit itself, without Kafka, is `verify/audit.rs`, its unit tests

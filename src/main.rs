@@ -58,6 +58,9 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(config) => ktransform::run(config, shutdown_signal()).await.map(drop),
+            Command::Lag(config) if config.serve.is_some() => {
+                ktransform::lag::serve::run(config, shutdown_signal()).await
+            }
             Command::Lag(config) => {
                 tokio::task::spawn_blocking(move || ktransform::lag::print(&config))
                     .await

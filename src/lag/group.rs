@@ -36,8 +36,29 @@ pub struct Description {
     pub protocol: Option<Protocol>,
     /// `Stable`, `PreparingRebalance`, `Reconciling`, `Empty`, `Dead`, ...
     pub state: String,
+    pub members: Vec<Member>,
+}
+
+/// One member of a group and what it holds now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The coordinator's id for the member (`consumer_id` in librdkafka's terms).
+    pub member_id: String,
+    /// The member's `client.id`: `ktransform`, `rdkafka`, a Java client's `consumer-<group>-1`...
+    pub client_id: String,
+    /// Where it connects from, as the coordinator saw it (`/127.0.0.1`).
+    pub host: String,
+    /// Its `group.instance.id` under static membership.
+    pub instance_id: Option<String>,
+    /// The partitions assigned to it now, of every topic it reads.
+    pub assignment: Vec<(String, i32)>,
+}
+
+impl Description {
     /// Partitions currently assigned to each member.
-    pub assigned: Vec<usize>,
+    pub fn assigned(&self) -> Vec<usize> {
+        self.members.iter().map(|m| m.assignment.len()).collect()
+    }
 }
 
 /// Describes `group` through `client`'s connection (any client will do). Blocking, up to
@@ -108,7 +129,7 @@ unsafe fn read(event: *mut rdsys::rd_kafka_event_t) -> Result<Description, Kafka
             return Ok(Description {
                 protocol: None,
                 state: "Dead".into(),
-                assigned: Vec::new(),
+                members: Vec::new(),
             });
         }
         return Err(KafkaError::AdminOp(code.into()));
@@ -124,27 +145,42 @@ unsafe fn read(event: *mut rdsys::rd_kafka_event_t) -> Result<Description, Kafka
         RD_KAFKA_CONSUMER_GROUP_TYPE_CLASSIC => Some(Protocol::Classic),
         _ => None,
     };
-    let assigned = (0..rdsys::rd_kafka_ConsumerGroupDescription_member_count(group))
-        .map(|i| {
-            let member = rdsys::rd_kafka_ConsumerGroupDescription_member(group, i);
-            let assignment = rdsys::rd_kafka_MemberDescription_assignment(member);
-            let partitions = if assignment.is_null() {
-                std::ptr::null()
-            } else {
-                rdsys::rd_kafka_MemberAssignment_partitions(assignment)
-            };
-            if partitions.is_null() {
-                0
-            } else {
-                usize::try_from((*partitions).cnt).unwrap_or(0)
-            }
-        })
+    let members = (0..rdsys::rd_kafka_ConsumerGroupDescription_member_count(group))
+        .map(|i| member(rdsys::rd_kafka_ConsumerGroupDescription_member(group, i)))
         .collect();
     Ok(Description {
         protocol,
         state,
-        assigned,
+        members,
     })
+}
+
+/// # Safety
+/// `member` is a live member description of a live result event.
+unsafe fn member(member: *const rdsys::rd_kafka_MemberDescription_t) -> Member {
+    let assignment = rdsys::rd_kafka_MemberDescription_assignment(member);
+    let list = if assignment.is_null() {
+        std::ptr::null()
+    } else {
+        rdsys::rd_kafka_MemberAssignment_partitions(assignment)
+    };
+    let assignment = if list.is_null() || (*list).elems.is_null() {
+        Vec::new()
+    } else {
+        let count = usize::try_from((*list).cnt).unwrap_or(0);
+        std::slice::from_raw_parts((*list).elems, count)
+            .iter()
+            .map(|tp| (text(tp.topic), tp.partition))
+            .collect()
+    };
+    let instance_id = text(rdsys::rd_kafka_MemberDescription_group_instance_id(member));
+    Member {
+        member_id: text(rdsys::rd_kafka_MemberDescription_consumer_id(member)),
+        client_id: text(rdsys::rd_kafka_MemberDescription_client_id(member)),
+        host: text(rdsys::rd_kafka_MemberDescription_host(member)),
+        instance_id: (!instance_id.is_empty()).then_some(instance_id),
+        assignment,
+    }
 }
 
 /// # Safety

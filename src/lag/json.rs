@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::keda::{self, Comparison};
-use super::{group, Report, Sample, Verdict};
+use super::{group, PartitionOffsets, Report, Sample, Verdict};
 
 /// The machine-readable report of `ktransform lag --json`; every field is always present (null
 /// when it does not apply), so a reader can rely on the shape.
@@ -29,7 +29,8 @@ pub struct JsonReport<'a> {
     pub falling_behind_per_sec: Option<f64>,
     /// With `catching_up`: seconds until the lag is zero at the observed rates.
     pub eta_secs: Option<f64>,
-    /// With a lag: instances the observed produce rate needs at the observed per-instance rate.
+    /// With a lag: instances the observed produce rate needs at the observed per-instance rate
+    /// (at most the members there are, unless falling behind).
     pub instances_needed: Option<usize>,
     /// With `--lag-threshold`: KEDA's count next to ktransform's; null without it.
     pub keda: Option<JsonKeda>,
@@ -87,6 +88,17 @@ pub struct JsonPartition {
     pub lag: i64,
 }
 
+impl From<&PartitionOffsets> for JsonPartition {
+    fn from(p: &PartitionOffsets) -> Self {
+        JsonPartition {
+            partition: p.partition,
+            committed: p.committed,
+            end: p.end,
+            lag: p.lag(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct JsonTotal {
     pub committed: i64,
@@ -109,16 +121,8 @@ impl<'a> JsonReport<'a> {
             Verdict::CatchingUp { eta } => ("catching_up", None, Some(eta.as_secs_f64())),
             Verdict::FallingBehind { per_sec } => ("falling_behind", Some(*per_sec), None),
         };
-        let partitions: Vec<JsonPartition> = after
-            .partitions
-            .iter()
-            .map(|p| JsonPartition {
-                partition: p.partition,
-                committed: p.committed,
-                end: p.end,
-                lag: p.lag(),
-            })
-            .collect();
+        let partitions: Vec<JsonPartition> =
+            after.partitions.iter().map(JsonPartition::from).collect();
         JsonReport {
             group,
             topic,

@@ -539,8 +539,8 @@ pub async fn describe_group(group: &str) -> GroupState {
             }
         };
         GroupState {
+            assigned: described.assigned(),
             state: described.state,
-            assigned: described.assigned,
             protocol: described.protocol.map_or("", |p| p.as_str()),
         }
     })
