@@ -36,7 +36,7 @@ async fn assigned(bootstrap: &str, group: &str) -> Vec<usize> {
     tokio::task::spawn_blocking(move || {
         let reader = reader_on(&bootstrap);
         ktransform::lag::group::describe(reader.client(), &group, Duration::from_secs(10))
-            .map(|g| g.assigned)
+            .map(|g| g.assigned())
             .unwrap_or_default()
     })
     .await
