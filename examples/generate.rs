@@ -117,15 +117,25 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 /// Counts delivery reports. They are served on our own thread (see `serve`), but the trait
-/// requires `Sync`, hence atomics.
+/// requires `Sync`, hence atomics. Shared by every producer of the run (see `Revival`).
 #[derive(Default)]
-struct Ctx {
+struct Counts {
     delivered: AtomicU64,
     failed: AtomicU64,
     last_msg: Mutex<String>,
 }
 
-impl Ctx {
+#[derive(Default, Clone)]
+struct Ctx(Arc<Counts>);
+
+impl std::ops::Deref for Ctx {
+    type Target = Counts;
+    fn deref(&self) -> &Counts {
+        &self.0
+    }
+}
+
+impl Counts {
     /// Prints a client/delivery error, skipping exact repeats so an outage doesn't flood stderr.
     fn report(&self, msg: String) {
         let mut last = self.last_msg.lock().unwrap();
@@ -227,8 +237,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
     for (k, v) in &args.config {
         cfg.set(k, v);
     }
-    let producer: BaseProducer<Ctx> = cfg
-        .create_with_context(Ctx::default())
+    let shared = Ctx::default();
+    let mut producer: BaseProducer<Ctx> = cfg
+        .create_with_context(shared.clone())
         .context("creating producer")?;
 
     // Fail fast with a clear message instead of silently queueing into the void.
@@ -281,7 +292,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
         },
     );
 
-    let ctx = producer.context().clone();
+    let ctx = shared;
+    let mut revival = Revival::new(&ctx);
     // Reused buffers: the per-record work is string pushes plus librdkafka's own copy.
     let (mut payload, mut gseq_buf, mut kseq_buf) =
         (String::with_capacity(128), String::new(), String::new());
@@ -344,6 +356,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
         if seq % 1024 == 0 {
             serve(&producer);
             progress(&ctx, start, &mut last_report, &mut last_delivered, seq);
+            if let Some(fresh) = revival.check(&producer, &cfg, &ctx, &args.topic) {
+                producer = fresh;
+            }
         }
     }
 
@@ -365,6 +380,63 @@ fn run(args: Args) -> anyhow::Result<bool> {
         delivered as f64 / elapsed,
     );
     Ok(fatal.is_none() && failed == 0 && undelivered == 0)
+}
+
+/// A producer that lost its brokers for good is replaced. librdkafka 2.12 can decommission
+/// every broker on a Metadata response without brokers from a broker starting up, and then
+/// never connect again (librdkafka#5301): soaks with broker outages met it. When nothing was
+/// delivered for [`Revival::QUIET`] with records in flight, and the producer gets no metadata
+/// while a fresh client does, the producer is dropped (its queued records fail, so they are not
+/// in the topic) and a new one takes over.
+struct Revival {
+    delivered: u64,
+    since: Instant,
+}
+
+impl Revival {
+    const QUIET: Duration = Duration::from_secs(60);
+    const ASK: Duration = Duration::from_secs(5);
+
+    fn new(ctx: &Ctx) -> Self {
+        Revival {
+            delivered: ctx.delivered.load(Relaxed),
+            since: Instant::now(),
+        }
+    }
+
+    fn check(
+        &mut self,
+        producer: &BaseProducer<Ctx>,
+        cfg: &ClientConfig,
+        ctx: &Ctx,
+        topic: &str,
+    ) -> Option<BaseProducer<Ctx>> {
+        let delivered = ctx.delivered.load(Relaxed);
+        if delivered != self.delivered || producer.in_flight_count() == 0 {
+            *self = Revival::new(ctx);
+            return None;
+        }
+        if self.since.elapsed() < Self::QUIET {
+            return None;
+        }
+        self.since = Instant::now();
+        if producer
+            .client()
+            .fetch_metadata(Some(topic), Self::ASK)
+            .is_ok()
+        {
+            return None;
+        }
+        let fresh: BaseProducer<Ctx> = cfg.create_with_context(ctx.clone()).ok()?;
+        fresh.client().fetch_metadata(Some(topic), Self::ASK).ok()?;
+        eprintln!(
+            "generate: nothing delivered for {:?} and the producer gets no answer while a new one \
+             does (librdkafka#5301?): replacing it; its {} queued records fail",
+            Self::QUIET,
+            producer.in_flight_count()
+        );
+        Some(fresh)
+    }
 }
 
 /// Enqueues `record` without ever discarding it: on QueueFull, serves delivery reports (which

@@ -1,51 +1,51 @@
-//! A member cut off from its group while its brokers answer: found, and the process stopped so
-//! that a restart brings a fresh client.
+//! One of the instance's two clients cut off from the brokers while the other is answered:
+//! found, and the process stopped so that a restart brings new clients.
 //!
 //! # Why
-//! A soak with four 60 s broker outages (`bench/results/2026-12-07-soak-long-outages.md`) left
-//! one instance whose consumer never reconnected after the third: for 20 minutes librdkafka
-//! 2.12.1 logged `GroupCoordinator: Timed out 0 in-flight, 0 retry-queued, 1 out-queue` and
-//! "2/2 brokers are down", while the other member, in the same group on the same broker, was
-//! up and had taken all its partitions, and while the instance's own producer (another client)
-//! was connected. Nothing was lost, but the instance did nothing and said only that no broker
-//! was up. No upstream report was found, and a defect nobody can reproduce on demand is not
-//! fixed by a setting: what the process can do is notice it and get a fresh client.
+//! librdkafka 2.12.1 (the bundled version) can lose every broker for good: a broker that is
+//! starting up may answer a Metadata request with no broker in it (a KRaft broker is fenced
+//! until it has caught up), and since librdkafka 2.10 the brokers missing from a Metadata
+//! response are decommissioned with their threads; with all of them gone and the re-bootstrap
+//! stopped, the client never connects again ([librdkafka#5301], open; a fix proposed in
+//! [librdkafka#5303], not merged). Soaks with 60 s broker outages met it three times: an
+//! instance whose consumer never came back while its producer and the other member were fine
+//! (`bench/results/2026-12-07-soak-long-outages.md`), then an instance whose producer never
+//! came back (18,000 records in flight for good, its partitions held and read no further) and
+//! the generator, a third client, with no socket left (`2026-12-07-soak-outages-cutoff.md`).
+//! No setting avoids it; a client made anew does not have it.
 //!
 //! # What "cut off" is
-//! All at once, at every check for [`Settings::bound`] (and at least [`MIN_CHECKS`] checks in a
-//! row):
-//! - the member owns no partition (a member that owns one is the stall watchdog's business, and
-//!   a member that holds partitions it cannot fetch loses them within the session timeout);
-//! - its consumer gets no answer to a metadata request within [`Settings::probe_timeout`];
-//! - its producer, a second client of the same process to the same brokers, gets one.
-//!
-//! An idle member (more members than partitions) answers the first probe and is fine; a broker
-//! outage fails the second probe too and is waited out (that is `/healthz`'s business, and a
-//! restart would find the brokers away as well); a member in a long rebalance answers.
-//! Checks cost nothing for a member that owns partitions, and one metadata request per check
-//! for one that owns none.
+//! The consumer and the producer are separate librdkafka clients of the same brokers. At every
+//! check (one per [`Settings::every`]) each is asked for its topic's metadata. One of them not
+//! answered within [`Settings::probe_timeout`] while the other is, at every check for
+//! [`Settings::bound`] (and at least [`MIN_CHECKS`] checks in a row), is cut off. Neither
+//! answered is a broker outage: waited out, however long (`/healthz`'s business, and a restart
+//! would find the brokers away as well). A client reconnecting after an outage is answered
+//! again within librdkafka's reconnect backoff (at most 10 s), far inside the bound. Each check
+//! costs two metadata requests.
 //!
 //! # What is done about it
-//! A WARN line at the first failed check, and when the bound passes an error,
-//! [`CutOff`]: the run stops (exit 1) the usual way, draining, flushing and committing what it
-//! holds (nothing: it owns no partition), with its consumer's close bounded. A restart gets a
-//! new client; the brokers answer, so it does not loop. Recreating the consumer in the process
-//! would do the same with more to get wrong (every holder of the old client), and a process
-//! left to a supervisor (Kubernetes, systemd's `Restart=on-failure`) is how every instance is
-//! run; `docs/operations.md` says so.
+//! A WARN line at the first failed check, and when the bound passes an error, [`CutOff`]: the
+//! run stops (exit 1) the usual way, with every step bounded by the shutdown deadline: what can
+//! be committed is, the rest is consumed again after the restart (at-least-once), or aborted
+//! (exactly-once). A restart gets new clients; the brokers answer, so it does not loop.
+//! Recreating a client in the process would do the same with more to get wrong (every holder
+//! of the old one), and instances run under something that restarts them (Kubernetes,
+//! systemd's `Restart=on-failure`); `docs/operations.md` says so.
+//!
+//! [librdkafka#5301]: https://github.com/confluentinc/librdkafka/issues/5301
+//! [librdkafka#5303]: https://github.com/confluentinc/librdkafka/pull/5303
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The fewest failed checks in a row that make a member cut off, however short the bound.
+/// The fewest failed checks in a row that make a client cut off, however short the bound.
 pub const MIN_CHECKS: u32 = 3;
 
 /// What the watch asks of the running instance: its clients, probed (each call may block up to
 /// its timeout).
 pub trait Probe: Send + Sync {
-    /// Whether the member owns a partition now.
-    fn owns_partitions(&self) -> bool;
-
     /// Whether the consumer's client gets the source topic's metadata within `timeout`.
     fn consumer_answers(&self, timeout: Duration) -> bool;
 
@@ -53,7 +53,32 @@ pub trait Probe: Send + Sync {
     fn producer_answers(&self, timeout: Duration) -> bool;
 }
 
-/// How often to check, and for how long a member must be cut off.
+/// One of the instance's librdkafka clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    Consumer,
+    Producer,
+}
+
+impl Client {
+    pub fn other(self) -> Client {
+        match self {
+            Client::Consumer => Client::Producer,
+            Client::Producer => Client::Consumer,
+        }
+    }
+}
+
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Client::Consumer => "consumer",
+            Client::Producer => "producer",
+        })
+    }
+}
+
+/// How often to check, and for how long a client must be cut off.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub every: Duration,
@@ -74,9 +99,10 @@ impl Settings {
     }
 }
 
-/// The member was cut off from its group for `lasted` while its brokers answered.
+/// `client` was cut off from the brokers for `lasted` while the other client was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CutOff {
+    pub client: Client,
     pub lasted: Duration,
     pub checks: u32,
 }
@@ -84,18 +110,18 @@ pub struct CutOff {
 /// What one check saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
-    /// The member owns partitions, or its consumer answered.
-    InGroup,
-    /// Neither client answered: the brokers are away.
+    /// Both clients were answered.
+    Answered,
+    /// Neither was: the brokers are away.
     BrokersAway,
-    /// The consumer did not answer and the producer did.
-    ConsumerAlone,
+    /// This client was not answered, and the other was.
+    Silent(Client),
 }
 
 /// The decisions, without I/O.
 #[derive(Debug, Default)]
 pub struct Judge {
-    since: Option<Instant>,
+    streak: Option<(Client, Instant)>,
     checks: u32,
 }
 
@@ -104,29 +130,25 @@ pub struct Judge {
 pub enum Verdict {
     Fine,
     /// The first failed check of a streak: worth a WARN line.
-    Suspected,
+    Suspected(Client),
     /// Failed again, not for long enough yet.
     Suspect,
     CutOff(CutOff),
-    /// A streak ended: the consumer answers again, or owns partitions.
-    Recovered {
+    /// A streak ended: both answered, or neither, or the other client is the silent one now.
+    Ended {
         lasted: Duration,
     },
 }
 
 impl Judge {
     pub fn observe(&mut self, now: Instant, seen: Seen, bound: Duration) -> Verdict {
-        match (seen, self.since) {
-            (Seen::ConsumerAlone, None) => {
-                self.since = Some(now);
-                self.checks = 1;
-                Verdict::Suspected
-            }
-            (Seen::ConsumerAlone, Some(since)) => {
+        match (seen, self.streak) {
+            (Seen::Silent(client), Some((same, since))) if client == same => {
                 self.checks += 1;
                 let lasted = now.saturating_duration_since(since);
                 if lasted >= bound && self.checks >= MIN_CHECKS {
                     Verdict::CutOff(CutOff {
+                        client,
                         lasted,
                         checks: self.checks,
                     })
@@ -134,31 +156,39 @@ impl Judge {
                     Verdict::Suspect
                 }
             }
-            // Evidence must be continuous: an outage or an answer starts it again.
-            (_, Some(since)) => {
-                self.since = None;
+            // Evidence must be continuous: anything else ends a streak (and a silence of the
+            // other client starts one of its own at the next check).
+            (_, Some((_, since))) => {
+                self.streak = None;
                 self.checks = 0;
-                Verdict::Recovered {
+                Verdict::Ended {
                     lasted: now.saturating_duration_since(since),
                 }
+            }
+            (Seen::Silent(client), None) => {
+                self.streak = Some((client, now));
+                self.checks = 1;
+                Verdict::Suspected(client)
             }
             (_, None) => Verdict::Fine,
         }
     }
 }
 
-/// One check: the cheap question first, the producer asked only when the consumer is silent.
+/// One check: both clients asked.
 pub fn check(probe: &dyn Probe, timeout: Duration) -> Seen {
-    if probe.owns_partitions() || probe.consumer_answers(timeout) {
-        Seen::InGroup
-    } else if probe.producer_answers(timeout) {
-        Seen::ConsumerAlone
-    } else {
-        Seen::BrokersAway
+    match (
+        probe.consumer_answers(timeout),
+        probe.producer_answers(timeout),
+    ) {
+        (true, true) => Seen::Answered,
+        (false, false) => Seen::BrokersAway,
+        (false, true) => Seen::Silent(Client::Consumer),
+        (true, false) => Seen::Silent(Client::Producer),
     }
 }
 
-/// Checks every `settings.every` until the member is cut off.
+/// Checks every `settings.every` until a client is cut off.
 pub async fn watch<P: Probe + 'static>(probe: Arc<P>, settings: Settings) -> CutOff {
     let mut judge = Judge::default();
     let mut ticks = tokio::time::interval(settings.every);
@@ -170,16 +200,18 @@ pub async fn watch<P: Probe + 'static>(probe: Arc<P>, settings: Settings) -> Cut
         let timeout = settings.probe_timeout;
         let seen = tokio::task::spawn_blocking(move || check(&*strong, timeout))
             .await
-            .unwrap_or(Seen::InGroup);
+            .unwrap_or(Seen::Answered);
         match judge.observe(Instant::now(), seen, settings.bound) {
             Verdict::Fine | Verdict::Suspect => {}
-            Verdict::Suspected => tracing::warn!(
+            Verdict::Suspected(client) => tracing::warn!(
+                %client,
                 bound = ?settings.bound,
-                "this member owns no partition and its consumer gets no answer from the brokers, \
-                 while its producer does: cut off from its group? stopping if it lasts"
+                "the {client} gets no answer from the brokers while the {} does: cut off \
+                 (librdkafka#5301)? stopping if it lasts",
+                client.other()
             ),
-            Verdict::Recovered { lasted } => {
-                tracing::info!(?lasted, "the consumer answers again (or owns partitions)")
+            Verdict::Ended { lasted } => {
+                tracing::info!(?lasted, "both clients answered again, or neither")
             }
             Verdict::CutOff(cut) => return cut,
         }
@@ -192,6 +224,8 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
     const BOUND: Duration = Duration::from_secs(8);
+    const CONSUMER: Seen = Seen::Silent(Client::Consumer);
+    const PRODUCER: Seen = Seen::Silent(Client::Producer);
 
     fn at(start: Instant, secs: u64) -> Instant {
         start + Duration::from_secs(secs)
@@ -199,128 +233,123 @@ mod tests {
 
     #[test]
     fn cut_off_after_the_bound_and_enough_checks() {
-        let start = Instant::now();
-        let mut judge = Judge::default();
-        let alone = Seen::ConsumerAlone;
-        assert_eq!(
-            judge.observe(at(start, 0), alone, BOUND),
-            Verdict::Suspected
-        );
-        assert_eq!(judge.observe(at(start, 4), alone, BOUND), Verdict::Suspect);
-        assert_eq!(
-            judge.observe(at(start, 8), alone, BOUND),
-            Verdict::CutOff(CutOff {
-                lasted: BOUND,
-                checks: 3
-            })
-        );
+        for (seen, client) in [(CONSUMER, Client::Consumer), (PRODUCER, Client::Producer)] {
+            let start = Instant::now();
+            let mut judge = Judge::default();
+            assert_eq!(
+                judge.observe(at(start, 0), seen, BOUND),
+                Verdict::Suspected(client)
+            );
+            assert_eq!(judge.observe(at(start, 4), seen, BOUND), Verdict::Suspect);
+            assert_eq!(
+                judge.observe(at(start, 8), seen, BOUND),
+                Verdict::CutOff(CutOff {
+                    client,
+                    lasted: BOUND,
+                    checks: 3
+                })
+            );
+        }
     }
 
     #[test]
     fn a_long_bound_is_not_enough_without_three_checks() {
         let start = Instant::now();
         let mut judge = Judge::default();
-        let alone = Seen::ConsumerAlone;
-        judge.observe(at(start, 0), alone, BOUND);
+        judge.observe(at(start, 0), CONSUMER, BOUND);
         // One late check past the bound (a slow probe, a paused process) is not a streak.
-        assert_eq!(judge.observe(at(start, 60), alone, BOUND), Verdict::Suspect);
+        assert_eq!(
+            judge.observe(at(start, 60), CONSUMER, BOUND),
+            Verdict::Suspect
+        );
         assert!(matches!(
-            judge.observe(at(start, 61), alone, BOUND),
+            judge.observe(at(start, 61), CONSUMER, BOUND),
             Verdict::CutOff(_)
         ));
     }
 
     #[test]
-    fn an_outage_or_an_answer_starts_the_streak_again() {
-        for interruption in [Seen::BrokersAway, Seen::InGroup] {
+    fn an_outage_an_answer_or_the_other_client_starts_the_streak_again() {
+        for interruption in [Seen::BrokersAway, Seen::Answered, PRODUCER] {
             let start = Instant::now();
             let mut judge = Judge::default();
-            let alone = Seen::ConsumerAlone;
-            judge.observe(at(start, 0), alone, BOUND);
-            judge.observe(at(start, 4), alone, BOUND);
+            judge.observe(at(start, 0), CONSUMER, BOUND);
+            judge.observe(at(start, 4), CONSUMER, BOUND);
             assert_eq!(
                 judge.observe(at(start, 6), interruption, BOUND),
-                Verdict::Recovered {
+                Verdict::Ended {
                     lasted: Duration::from_secs(6)
                 }
             );
             assert_eq!(
-                judge.observe(at(start, 8), alone, BOUND),
-                Verdict::Suspected
+                judge.observe(at(start, 8), CONSUMER, BOUND),
+                Verdict::Suspected(Client::Consumer)
             );
-            assert_eq!(judge.observe(at(start, 12), alone, BOUND), Verdict::Suspect);
+            assert_eq!(
+                judge.observe(at(start, 12), CONSUMER, BOUND),
+                Verdict::Suspect
+            );
             assert!(matches!(
-                judge.observe(at(start, 16), alone, BOUND),
+                judge.observe(at(start, 16), CONSUMER, BOUND),
                 Verdict::CutOff(_)
             ));
         }
     }
 
     #[test]
-    fn brokers_away_and_in_group_are_fine() {
+    fn brokers_away_and_both_answered_are_fine() {
         let start = Instant::now();
         let mut judge = Judge::default();
         for s in 0..100 {
             let seen = if s % 2 == 0 {
                 Seen::BrokersAway
             } else {
-                Seen::InGroup
+                Seen::Answered
             };
             assert_eq!(judge.observe(at(start, s), seen, BOUND), Verdict::Fine);
         }
     }
 
     struct Fake {
-        owns: AtomicBool,
         consumer: AtomicBool,
         producer: AtomicBool,
-        producer_asked: AtomicBool,
     }
 
     impl Probe for Fake {
-        fn owns_partitions(&self) -> bool {
-            self.owns.load(Relaxed)
-        }
         fn consumer_answers(&self, _: Duration) -> bool {
             self.consumer.load(Relaxed)
         }
         fn producer_answers(&self, _: Duration) -> bool {
-            self.producer_asked.store(true, Relaxed);
             self.producer.load(Relaxed)
         }
     }
 
-    fn fake(owns: bool, consumer: bool, producer: bool) -> Fake {
+    fn fake(consumer: bool, producer: bool) -> Fake {
         Fake {
-            owns: AtomicBool::new(owns),
             consumer: AtomicBool::new(consumer),
             producer: AtomicBool::new(producer),
-            producer_asked: AtomicBool::new(false),
         }
     }
 
     #[test]
-    fn check_asks_the_producer_only_when_the_consumer_is_silent() {
+    fn check_names_the_client_that_alone_gets_no_answer() {
         let t = Duration::from_secs(1);
-        let owner = fake(true, false, true);
-        assert_eq!(check(&owner, t), Seen::InGroup);
-        assert!(!owner.producer_asked.load(Relaxed));
-        let idle = fake(false, true, true);
-        assert_eq!(check(&idle, t), Seen::InGroup);
-        assert!(!idle.producer_asked.load(Relaxed));
-        assert_eq!(check(&fake(false, false, true), t), Seen::ConsumerAlone);
-        assert_eq!(check(&fake(false, false, false), t), Seen::BrokersAway);
+        assert_eq!(check(&fake(true, true), t), Seen::Answered);
+        assert_eq!(check(&fake(false, true), t), CONSUMER);
+        assert_eq!(check(&fake(true, false), t), PRODUCER);
+        assert_eq!(check(&fake(false, false), t), Seen::BrokersAway);
     }
 
     #[tokio::test]
-    async fn watch_resolves_for_a_member_cut_off() {
-        let probe = Arc::new(fake(false, false, true));
+    async fn watch_resolves_for_a_client_cut_off() {
+        let probe = Arc::new(fake(true, false));
         let settings = Settings {
             every: Duration::from_millis(10),
             bound: Duration::from_millis(30),
             probe_timeout: Duration::from_millis(10),
         };
         let cut = watch(probe, settings).await;
+        assert_eq!(cut.client, Client::Producer);
         assert!(cut.lasted >= settings.bound);
         assert!(cut.checks >= MIN_CHECKS);
     }

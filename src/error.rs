@@ -94,11 +94,12 @@ pub enum Error {
         what: String,
     },
 
-    /// The member owned no partition and its consumer got no answer from the brokers while its
-    /// producer did ([`crate::cutoff`]).
-    #[error("cut off from group {group}: for {lasted:?} ({checks} checks) this member owned no partition and its consumer got no answer from the brokers while its producer did; stopping so that a restart gets a new client")]
+    /// One of the instance's clients got no answer from the brokers while the other did
+    /// ([`crate::cutoff`]).
+    #[error("the {client} of group {group}'s member got no answer from the brokers for {lasted:?} ({checks} checks) while the {} did: cut off (librdkafka#5301 leaves a client without brokers for good); stopping so that a restart gets new clients", client.other())]
     CutOff {
         group: String,
+        client: crate::cutoff::Client,
         lasted: Duration,
         checks: u32,
     },

@@ -77,7 +77,7 @@ struct Pipeline {
     committer: Option<JoinHandle<()>>,
     /// The stall watchdog, unless `--stall-timeout off`.
     watchdog: Option<JoinHandle<()>>,
-    /// Whether the member is cut off from its group, unless `--stall-timeout off`.
+    /// Whether a client is cut off from the brokers, unless `--stall-timeout off`.
     cutoff: Option<JoinHandle<cutoff::CutOff>>,
     /// The thread serving the consumer's main queue, and its stop signal.
     main_queue: std::thread::JoinHandle<()>,
@@ -244,6 +244,7 @@ impl Pipeline {
                     self.stats.error("", "cut_off");
                     return Err(Error::CutOff {
                         group: config.group.clone(),
+                        client: cut.client,
                         lasted: cut.lasted,
                         checks: cut.checks,
                     });

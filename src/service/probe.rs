@@ -1,6 +1,5 @@
-//! The running instance as the cut-off watch sees it ([`crate::cutoff::Probe`]): its consumer,
-//! asked whether it owns partitions and whether it gets an answer from the brokers, and its
-//! producer, asked whether the brokers answer another client.
+//! The running instance as the cut-off watch sees it ([`crate::cutoff::Probe`]): its consumer
+//! and its producer, each asked for its topic's metadata.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -36,13 +35,6 @@ impl Clients {
 }
 
 impl Probe for Clients {
-    fn owns_partitions(&self) -> bool {
-        // A consumer gone means a stop under way: nothing to judge.
-        self.consumer
-            .upgrade()
-            .map_or(true, |c| !c.context().all_at_end().1.is_empty())
-    }
-
     fn consumer_answers(&self, timeout: Duration) -> bool {
         self.consumer.upgrade().map_or(true, |c| {
             c.client()

@@ -1,15 +1,17 @@
-//! Fault: a member cut off from its group while the brokers are there (`ktransform::cutoff`).
-//! A soak once left an instance whose consumer never reconnected after a long broker outage
-//! while its producer and the other member were fine; it owned nothing and did nothing for
-//! good. Here a proxy in front of the broker stops answering one instance's consumer (by its
-//! `client.id`) and nothing else: the instance must stop by itself (exit 1, `Error::CutOff`)
-//! while the other member takes its partitions and nothing is lost. And no false alarm: an
-//! idle member (more members than partitions) and a broker outage longer than the session and
-//! the bound leave every instance running. A broker of each test's own; `--stall-timeout 5s`
+//! Fault: one of an instance's clients cut off from the brokers while the other is answered
+//! (`ktransform::cutoff`). Soaks with long broker outages left an instance whose consumer, and
+//! another whose producer, never reconnected (librdkafka#5301: a Metadata response without
+//! brokers from a broker starting up, and every broker decommissioned for good). Here a proxy
+//! in front of the broker stops answering one instance's consumer or producer (by its
+//! `client.id`) and nothing else: the instance must stop by itself (exit 1, `Error::CutOff`
+//! naming the client) while the other member takes its partitions and nothing is lost. And no
+//! false alarm: an idle member (more members than partitions) and a broker outage longer than
+//! the session and the bound leave every instance running. A broker of each test's own; `--stall-timeout 5s`
 //! (cut off after 20 s) and a 6 s session keep each test within 1-2 minutes.
 
 use std::time::Duration;
 
+use ktransform::cutoff::Client;
 use ktransform::Error;
 use rdkafka::consumer::Consumer;
 
@@ -44,8 +46,20 @@ async fn assigned(bootstrap: &str, group: &str) -> Vec<usize> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_cut_off_from_its_group_stops_and_nothing_is_lost() {
-    let scenario = "cut-off/consumer-alone";
+async fn an_instance_whose_consumer_is_cut_off_stops_and_nothing_is_lost() {
+    cut_off(Client::Consumer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_producer_is_cut_off_stops_and_nothing_is_lost() {
+    cut_off(Client::Producer).await;
+}
+
+/// Two instances share two partitions; the proxy stops answering instance a's `client`, which
+/// reaches the broker only through it. Instance a must stop with `Error::CutOff` naming that
+/// client, b takes over, and nothing is lost.
+async fn cut_off(client: Client) {
+    let scenario = format!("cut-off/{client}");
     let (proxy_port, proxied_port) = (free_port(), free_port());
     let env = [
         ("KAFKA_PROXIED_PORT", proxied_port.to_string()),
@@ -58,19 +72,16 @@ async fn a_member_cut_off_from_its_group_stops_and_nothing_is_lost() {
     .await
     .unwrap();
     let bootstrap = broker.bootstrap.clone();
-    let proxy = Proxy::start(proxy_port, proxied_port, "cut-off-consumer");
+    let cut_id = format!("cut-off-{client}");
+    let proxy = Proxy::start(proxy_port, proxied_port, &cut_id);
     let names = Names::new("cut-off");
     names.create_on(&bootstrap, 2, 1).await;
     let records = data::generate(3_000, KEYS, Mix::Clean, data::seed());
     produce_on(&bootstrap, &names.source, &records[..1_500], None).await;
 
-    // Instance a reaches the broker only through the proxy, its consumer as cut-off-consumer.
     let via_proxy = format!("127.0.0.1:{proxy_port}");
-    let a_flags: Vec<&str> = FLAGS
-        .iter()
-        .copied()
-        .chain(["-X", "consumer.client.id=cut-off-consumer"])
-        .collect();
+    let id_flag = format!("{client}.client.id={cut_id}");
+    let a_flags: Vec<&str> = FLAGS.iter().copied().chain(["-X", &id_flag]).collect();
     let (a, a_stop) = run_in_process_on(&via_proxy, &names.args(&a_flags));
     let (mut b, b_stop) = run_in_process_on(&bootstrap, &names.args(&FLAGS));
     poll_until("both members owning a partition", CAP, || async {
@@ -84,21 +95,25 @@ async fn a_member_cut_off_from_its_group_stops_and_nothing_is_lost() {
     let outcome = finish(a).await;
     drop(a_stop);
     match &outcome {
-        Err(e @ Error::CutOff { .. }) => assert_eq!(e.exit_code(), 1, "{scenario}: {e}"),
-        other => panic!("{scenario}: instance a should stop as cut off, got {other:?}"),
+        Err(e @ Error::CutOff { client: cut, .. }) if *cut == client => {
+            assert_eq!(e.exit_code(), 1, "{scenario}: {e}")
+        }
+        other => {
+            panic!("{scenario}: instance a should stop with its {client} cut off, got {other:?}")
+        }
     }
     assert!(
         !b.is_finished(),
-        "{scenario}: the member that was not cut off stopped: {:?}",
+        "{scenario}: the instance that was not cut off stopped: {:?}",
         (&mut b).await
     );
-    faults::wait_caught_up(scenario, &bootstrap, &names, &mut b).await;
+    faults::wait_caught_up(&scenario, &bootstrap, &names, &mut b).await;
     stop((b, b_stop))
         .await
         .unwrap_or_else(|e| panic!("{scenario}: instance b did not stop cleanly: {e}"));
     let report = audit_on(&bootstrap, &names, "at-least-once").await;
-    Figures::from_report(scenario, &report, 1).print();
-    assert_passed(scenario, &report);
+    Figures::from_report(&scenario, &report, 1).print();
+    assert_passed(&scenario, &report);
     assert_eq!(report.counts.lost, 0, "{scenario}: records lost");
 }
 
