@@ -59,11 +59,11 @@
 //!   `stall/tests.rs`), and the heals in steps (re-arm the wake-up, re-split, `/livez` and
 //!   `/healthz` failing); the consumer is its [`stall::Watched`]. Its `testing` hook makes a worker stop
 //!   reading, for tests only.
-//! - [`cutoff`]: a member cut off from its group while its brokers answer (it owns no
-//!   partition, its consumer gets no answer to a metadata request and its producer gets one,
-//!   for four `--stall-timeout`s): the run stops so that a restart brings a new client; the
-//!   decisions without I/O, unit-tested. The service's two clients are its probe
-//!   (`service/probe.rs`).
+//! - [`cutoff`]: one of the instance's clients cut off from the brokers while the other is
+//!   answered (librdkafka#5301 leaves a client without brokers for good): each asked for
+//!   metadata every `--stall-timeout`, and after four the run stops so that a restart brings
+//!   new clients; the decisions without I/O, unit-tested. The service's two clients are its
+//!   probe (`service/probe.rs`).
 //! - [`transform`]: the pure function, bytes in, bytes or a typed [`transform::Rejection`] out;
 //!   its validating JSON scanner is the submodule `transform/scan.rs`.
 //! - [`sink`]: the idempotent producer, sending what it is handed: outputs straight through

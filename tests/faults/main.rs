@@ -16,7 +16,7 @@
 //! - [`auth`]: refused credentials and denied operations stop the run at once, exit 1.
 //! - [`lag`]: `ktransform lag` on a group with transactional offsets pending.
 //! - [`probes`]: no broker at start, or away past `/healthz`'s window: `/livez` stays 200.
-//! - [`cutoff`]: a member whose consumer alone gets no answer stops by itself; no false alarm.
+//! - [`cutoff`]: an instance whose consumer or producer alone gets no answer stops; no false alarm.
 //!
 //! The transform alone is fuzzed in `tests/transform_props.rs`.
 //!
