@@ -72,11 +72,12 @@ pub async fn run(
     let (stop, stopped) = mpsc::channel();
     let sampling = live.clone();
     let interval = config.interval;
+    let renew = config.clone();
     // Not joined: a sample in progress while the brokers are away takes up to its request
     // timeouts, and the view has nothing to finish.
     std::thread::Builder::new()
         .name("lag-sampler".into())
-        .spawn(move || sample(&reader, &sampling, interval, &stopped))?;
+        .spawn(move || sample(reader, &renew, &sampling, interval, &stopped))?;
     let expired = async {
         match config.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -92,11 +93,33 @@ pub async fn run(
     Ok(())
 }
 
+/// How long the brokers may go unanswered before the reader's client is replaced: librdkafka
+/// can lose every broker for good after a broker restart (librdkafka#5301, see
+/// [`crate::cutoff`]), and a view left open for days must come back by itself.
+const RENEW_AFTER: Duration = Duration::from_secs(60);
+
 /// Samples every `interval` until told to stop (or the sender is gone).
-fn sample(reader: &LagReader, live: &Mutex<Live>, interval: Duration, stop: &mpsc::Receiver<()>) {
+fn sample(
+    mut reader: LagReader,
+    config: &LagConfig,
+    live: &Mutex<Live>,
+    interval: Duration,
+    stop: &mpsc::Receiver<()>,
+) {
+    let mut answered = Instant::now();
     loop {
         let started = Instant::now();
+        if started.duration_since(answered) >= RENEW_AFTER {
+            if let Ok(fresh) = LagReader::new(config) {
+                tracing::info!("no answer for {RENEW_AFTER:?}: reading through a new client");
+                reader = fresh;
+            }
+            answered = started;
+        }
         let observed = reader.observe();
+        if observed.is_ok() {
+            answered = Instant::now();
+        }
         {
             let mut live = lock(live);
             match observed {
