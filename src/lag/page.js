@@ -169,9 +169,20 @@ function replicas(v) {
     : "KEDA's count: start with --lag-threshold N (deploy/kubernetes uses 300000) to compare.";
 }
 
+// A member as the partitions table names it: its instance id, else its client id and the
+// first 8 characters of what the broker added ("ktransform-0ee5246b"), so that members sharing a
+// client id stay apart. Classic member ids are "<client id>-<uuid>"; KIP-848's are random.
+function memberName(m) {
+  if (m.instance_id) return m.instance_id;
+  const id = m.member_id || "";
+  const classic = id.match(/^(.*)-([0-9a-f]{8})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+  if (classic) return `${classic[1]}-${classic[2]}`;
+  return id ? `${m.client_id}-${id.slice(0, 8)}` : m.client_id;
+}
+
 function partitions(v) {
   const owner = new Map();
-  for (const m of v.members) for (const p of m.partitions) owner.set(p, m.client_id || m.member_id);
+  for (const m of v.members) for (const p of m.partitions) owner.set(p, memberName(m));
   const rows = v.partitions.map((p) => {
     const tr = el("tr", { "data-partition": p.partition });
     tr.append(el("td", { class: "num" }, String(p.partition)),
