@@ -184,9 +184,10 @@ pub fn compare(trigger: &Trigger, sample: &Sample, report: &Report) -> Compariso
         ),
         Some(k) if k > keda.replicas => {
             let mut why = format!(
-                "the lag ({}) is still under {k} × lagThreshold, so KEDA waits while the rates \
-                 say {k} are needed",
-                keda.metric
+                "KEDA asks for {} only: the lag ({}) is under {k} × lagThreshold, while the \
+                 rates say {k} are needed; with fewer the lag grows until KEDA adds them back \
+                 (minReplicaCount {k} avoids the swing at this rate)",
+                keda.replicas, keda.metric
             );
             if k > partitions {
                 why.push_str(&format!(
