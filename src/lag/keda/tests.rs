@@ -162,7 +162,7 @@ fn trust_ktransform_when_falling_behind_below_the_threshold() {
     );
     assert_eq!((c.keda.replicas, c.ktransform), (1, Some(3)));
     assert_eq!(c.trust, Trust::Ktransform);
-    assert!(c.why.contains("KEDA waits"), "{}", c.why);
+    assert!(c.why.contains("KEDA asks for 1 only"), "{}", c.why);
     // More than the partitions: say so.
     let c = compare(&trigger(1000), &s, &report(falling, 1500.0, Some(6)));
     assert!(c.why.contains("add partitions"), "{}", c.why);
