@@ -50,9 +50,8 @@
 //! - [`partition`]: the per-partition worker: batches from the split queue, transform, produce,
 //!   hand acknowledged offsets to the guarantee (never backwards: records handed out again are
 //!   dropped); `--until-end`'s end from the high watermark; stops on a batch that cannot be
-//!   decoded. Its submodules: `prepared` (a batch read and transformed, waiting to be sent:
-//!   under exactly-once workers go on transforming while a commit holds the gate), `rewind`
-//!   (exactly-once: back to the committed offset after an aborted transaction), `tracker` (sent batches settled oldest first, contiguous offsets,
+//!   decoded. Its submodules: `rewind` (exactly-once: back to the committed offset after an
+//!   aborted transaction), `tracker` (sent batches settled oldest first, contiguous offsets,
 //!   the end) and `state` (the partition's life shared with its owner: Consuming → Draining →
 //!   Done | Abandoned, and the worker's progress), these two unit-tested without a broker.
 //! - [`stall`]: the stall watchdog: which partitions are behind their end offset and read

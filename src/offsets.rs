@@ -83,14 +83,6 @@ impl Offsets {
         }
     }
 
-    /// [`Offsets::enter`] without waiting: None while a commit holds (or waits for) the gate.
-    pub fn try_enter(&self) -> Option<Option<RwLockReadGuard<'_, ()>>> {
-        match self {
-            Offsets::Stored { .. } => Some(None),
-            Offsets::Transactional(t) => t.try_enter().map(Some),
-        }
-    }
-
     /// Exactly-once: the count of aborted transactions, which changes after each abort. None
     /// under at-least-once, where nothing sent is ever taken back.
     pub fn aborts(&self) -> Option<watch::Receiver<u64>> {

@@ -137,11 +137,6 @@ impl Transactions {
         self.gate.read().await
     }
 
-    /// [`enter`](Self::enter) without waiting: None while a commit holds or waits for the gate.
-    pub fn try_enter(&self) -> Option<RwLockReadGuard<'_, ()>> {
-        self.gate.try_read().ok()
-    }
-
     /// Records that `partition` sent everything before `next_offset` in the open transaction.
     /// Call while holding the guard of [`enter`](Self::enter).
     pub fn sent(&self, partition: i32, next_offset: i64, records: usize) {
@@ -289,22 +284,16 @@ impl Transactions {
                 .expect("a valid offset");
         }
         let producer = self.sink.producer();
-        // The offsets travel to the coordinators while the outputs still in flight are being
-        // acknowledged: the two waits overlap instead of adding up, and the workers wait for
-        // the longer of them only (bench/results/2026-12-07-eos-levers.md). The flush is our
-        // own: rust-rdkafka's commit_transaction flushes in 100 ms polling steps (see
-        // `Sink::flush`), and then finds nothing left to wait for.
+        // How long each step holds the gate: the debug line below says (what a commit costs is in
+        // bench/results/2026-12-07-eos-levers.md).
         let started = Instant::now();
-        let (sent, flushed) = std::thread::scope(|scope| {
-            let flush = scope.spawn(|| self.sink.flush(TXN_CALL_TIMEOUT));
-            let sent = producer.send_offsets_to_transaction(&tpl, &metadata, TXN_CALL_TIMEOUT);
-            (sent, flush.join())
-        });
-        let offsets_and_flush = started.elapsed();
-        let flushed = flushed.unwrap_or(Err(KafkaError::Flush(RDKafkaErrorCode::Fail)));
-        let result = sent
-            .and(flushed)
-            .and_then(|()| producer.commit_transaction(TXN_CALL_TIMEOUT));
+        let result = producer.send_offsets_to_transaction(&tpl, &metadata, TXN_CALL_TIMEOUT);
+        let offsets = started.elapsed();
+        // Flush first with our own flush: rust-rdkafka's commit_transaction flushes in 100 ms
+        // polling steps (see `Sink::flush`), and then finds nothing left to wait for.
+        let result = result.and_then(|()| self.sink.flush(TXN_CALL_TIMEOUT));
+        let flush = started.elapsed() - offsets;
+        let result = result.and_then(|()| producer.commit_transaction(TXN_CALL_TIMEOUT));
         if let Err(error) = result {
             if is_fatal(&error) {
                 self.broken.store(true, Relaxed);
@@ -319,8 +308,9 @@ impl Transactions {
         tracing::debug!(
             ?positions,
             records,
-            ?offsets_and_flush,
-            end = ?(started.elapsed() - offsets_and_flush),
+            ?offsets,
+            ?flush,
+            end = ?(started.elapsed() - offsets - flush),
             "transaction committed"
         );
         self.stats.transaction_committed(records);

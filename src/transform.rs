@@ -50,15 +50,9 @@ pub fn md5_hex(bytes: &[u8]) -> [u8; 32] {
 ///
 /// `out` is a caller-owned buffer so the hot path allocates nothing once it has grown.
 pub fn transform_into(input: &[u8], out: &mut Vec<u8>) -> Result<(), Rejection> {
-    out.clear();
-    transform_append(input, out)
-}
-
-/// Like [`transform_into`], but appends the output to `out`, so that the outputs of a whole
-/// batch can sit back to back in one buffer. On a rejection `out` is left as it was.
-pub fn transform_append(input: &[u8], out: &mut Vec<u8>) -> Result<(), Rejection> {
     let layout = scan(input)?;
     let hash = md5_hex(input);
+    out.clear();
     out.reserve(input.len() + HASH_MEMBER_LEN);
     if layout.hash_members.is_empty() {
         // The common case: one splice after the last member.

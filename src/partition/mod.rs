@@ -34,20 +34,18 @@
 //!   [`crate::fetch`]); it is reached once everything read is acknowledged and either the
 //!   acknowledged offsets or the position (which moves past transaction markers) got there.
 
-mod prepared;
 mod rewind;
 mod state;
 mod tracker;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use prepared::{OutputRef, Prepared};
+use rayon::prelude::*;
 use rdkafka::error::KafkaError;
 use rdkafka::Message;
 use rewind::aborted;
-use tokio::sync::{mpsc, watch, RwLockReadGuard};
+use tokio::sync::{mpsc, watch};
 
 use crate::ack::Acks;
 use crate::dead_letter::{Router, Sent};
@@ -55,18 +53,14 @@ use crate::fetch::{PartitionQueue, Record, Undecodable};
 use crate::member::Member;
 use crate::metrics::{PartitionStats, Stats};
 use crate::offsets::Offsets;
-use crate::transform::Rejection;
+use crate::transform::{self, Rejection};
 
 pub use state::{PartitionState, Phase, Progress, Status, WorkerExit};
 use tracker::{Ack, Batch, Settled, Tracker};
 
 /// A safety net for the queue's wake-up ([`crate::fetch`]): never wait on it longer than this
-/// without reading it again. One timer for the worker's life, rather than a timeout around
-/// every read, which registered and removed a timer in the runtime's shared wheel per batch.
+/// without reading it again.
 const RECV_WAKE: Duration = Duration::from_millis(250);
-
-/// Output buffers kept for reuse: as many batches as wait for the gate at most, usually.
-const MAX_SPARE_BUFFERS: usize = 8;
 
 /// What every worker of one run shares.
 pub struct Shared {
@@ -149,33 +143,20 @@ impl PartitionWorker {
         if let Some(aborts) = &mut aborts {
             work.aborts_seen = *aborts.borrow_and_update();
         }
-        // Read and transformed, waiting for the gate (exactly-once, while a commit runs).
-        let mut ready: VecDeque<Prepared<'_>> = VecDeque::new();
-        let mut wake = tokio::time::interval(RECV_WAKE);
-        wake.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(count) = aborts.as_mut().map(|a| *a.borrow_and_update()) {
-                if count != work.aborts_seen {
-                    // Read under the aborted transaction: the rewind reads it again.
-                    ready.clear();
-                    if !self.rewind(work, count).await {
-                        break;
-                    }
+                if count != work.aborts_seen && !self.rewind(work, count).await {
+                    break;
                 }
             }
             self.settle(work, None)?;
-            if ready.is_empty() {
-                self.check_end(work);
-            }
+            self.check_end(work);
             if self.state.draining() || work.failed.is_some() {
                 break;
             }
-            let waiting: usize = ready.iter().map(Prepared::len).sum();
             let room = !work.abort_pending
-                && work.tracker.in_flight() + waiting + self.shared.batch_size
-                    <= self.shared.max_in_flight
+                && work.tracker.in_flight() + self.shared.batch_size <= self.shared.max_in_flight
                 && self.state.reads_queue();
-            let sendable = !work.abort_pending && !ready.is_empty();
             tokio::select! {
                 biased;
                 _ = self.state.drain_requested() => {}
@@ -183,26 +164,12 @@ impl PartitionWorker {
                 ack = work.tracker.front(), if !work.tracker.is_idle() => {
                     self.settle(work, Some(ack))?;
                 }
-                guard = self.shared.offsets.enter(), if sendable => {
-                    self.send_ready(&mut ready, guard, work, aborts.as_ref()).await?;
-                }
-                batch = self.queue.next_batch(self.shared.batch_size), if room => {
-                    ready.extend(self.prepare(batch, work));
-                    // Sent at once unless a commit holds the gate: then the worker reads and
-                    // transforms the next batches meanwhile.
-                    if let Some(guard) = self.shared.offsets.try_enter() {
-                        self.send_ready(&mut ready, guard, work, aborts.as_ref()).await?;
+                received = tokio::time::timeout(RECV_WAKE, self.queue.next_batch(self.shared.batch_size)), if room => {
+                    if let Ok(batch) = received {
+                        self.process_batch(batch, work, aborts.as_ref()).await?;
                     }
                 }
-                // The safety net: the loop goes round, and the read above polls the queue again.
-                _ = wake.tick(), if room => {}
             }
-        }
-        // Drain: what was read and transformed is sent, unless an abort discarded it.
-        if !ready.is_empty() && work.failed.is_none() && !work.abort_pending {
-            let guard = self.shared.offsets.enter().await;
-            self.send_ready(&mut ready, guard, work, aborts.as_ref())
-                .await?;
         }
         // Drain: nothing more is read; wait for what is in flight, oldest first.
         while !work.tracker.is_idle() {
@@ -212,87 +179,57 @@ impl PartitionWorker {
         work.failed.take().map_or(Ok(()), Err)
     }
 
-    /// Screens ([`PartitionWorker::screen`]) and transforms a batch read from the queue (up to
-    /// `batch_size` records that were already there); None if nothing of it is to be sent.
-    fn prepare<'q>(&self, mut batch: Vec<Record<'q>>, work: &mut Work) -> Option<Prepared<'q>> {
-        let started = Instant::now();
+    /// Transforms and sends a batch read from the queue (up to `batch_size` records that were
+    /// already there), after [`PartitionWorker::screen`] took out what must not be sent.
+    async fn process_batch(
+        &self,
+        mut batch: Vec<Record<'_>>,
+        work: &mut Work,
+        aborts: Option<&watch::Receiver<u64>>,
+    ) -> Result<(), WorkerError> {
+        let started = std::time::Instant::now();
         let bytes = self.screen(&mut batch, work);
         if batch.is_empty() {
-            return None;
+            return Ok(());
         }
         self.stats.records_consumed(batch.len());
         let last = batch.last().expect("a batch has a first record").offset();
         work.tracker.read(batch[0].offset(), last + 1);
         self.state.read(last + 1);
-        let buffer = work.buffers.pop().unwrap_or_default();
-        Some(
-            if bytes >= self.shared.parallel_min_bytes && batch.len() > 1 && can_block_in_place() {
-                // A large batch: hashed on the pool. block_in_place keeps the borrowed payloads
-                // valid without copying them, and lets tokio move other tasks off this thread.
-                let pool = &self.shared.pool;
-                tokio::task::block_in_place(|| Prepared::on_pool(batch, buffer, pool, started))
-            } else {
-                Prepared::inline(batch, buffer, started)
-            },
-        )
-    }
-
-    /// Sends the prepared batches, oldest first, holding the gate (`guard`) throughout.
-    async fn send_ready(
-        &self,
-        ready: &mut VecDeque<Prepared<'_>>,
-        guard: Option<RwLockReadGuard<'_, ()>>,
-        work: &mut Work,
-        aborts: Option<&watch::Receiver<u64>>,
-    ) -> Result<(), WorkerError> {
+        let guard = self.shared.offsets.enter().await;
         if aborts.is_some_and(|a| *a.borrow() != work.aborts_seen) {
             // Read under the aborted transaction: dropped; the rewind reads it again.
-            ready.clear();
             return Ok(());
         }
-        while let Some(mut prepared) = ready.pop_front() {
-            let result = self.send_prepared(&mut prepared).await;
-            let started = prepared.started;
-            if work.buffers.len() < MAX_SPARE_BUFFERS {
-                work.buffers.push(prepared.into_buffer());
-            }
-            let sent = match result {
-                Err(WorkerError::Delivery { source, .. }) if self.abort_casualty(&source) => {
-                    // The transaction is failing: nothing more is sent until it is aborted.
-                    work.abort_pending = true;
-                    work.tracker.abandon_in_flight();
-                    ready.clear();
-                    return Ok(());
-                }
-                result => result?,
+        let mut sent = Batch::open(batch[0].offset(), last + 1);
+        let result =
+            if bytes >= self.shared.parallel_min_bytes && batch.len() > 1 && can_block_in_place() {
+                self.send_hashed_on_pool(&mut batch, &mut sent).await
+            } else {
+                self.send_hashed_inline(&mut batch, &mut sent, &mut work.buf)
+                    .await
             };
-            let (next, records) = (sent.next, sent.len());
-            sent.acks.sealed();
-            work.tracker.sent(sent);
-            self.state.set_in_flight(work.tracker.in_flight());
-            self.shared.offsets.sent(self.partition, next, records);
-            self.stats.batch_done(started.elapsed());
+        match result {
+            Err(WorkerError::Delivery { source, .. }) if self.abort_casualty(&source) => {
+                // The transaction is failing: nothing more is sent until it is aborted.
+                work.abort_pending = true;
+                work.tracker.abandon_in_flight();
+                return Ok(());
+            }
+            result => result?,
         }
+        sent.acks.sealed();
+        work.tracker.sent(sent);
+        self.state.set_in_flight(work.tracker.in_flight());
+        self.shared
+            .offsets
+            .sent(self.partition, last + 1, batch.len());
         drop(guard);
+        self.stats.batch_done(started.elapsed());
         // A batch of sends that are all accepted at once never yields; let the signal handler
         // and the other partitions run between batches.
         tokio::task::yield_now().await;
         Ok(())
-    }
-
-    /// Sends one prepared batch: outputs to the destination, rejected inputs to the dead-letter
-    /// topic.
-    async fn send_prepared(&self, prepared: &mut Prepared<'_>) -> Result<Batch, WorkerError> {
-        let mut sent = Batch::open(prepared.first(), prepared.next());
-        for (message, output) in prepared.each() {
-            let outcome = match output {
-                OutputRef::Tombstone => self.send_output(message, None, &sent.acks).await?,
-                OutputRef::Value(out) => self.send_output(message, Some(out), &sent.acks).await?,
-                OutputRef::Rejected(r) => self.send_rejected(message, r, &sent.acks).await?,
-            };
-            sent.count(outcome, message.offset());
-        }
-        Ok(sent)
     }
 
     /// Takes out of a batch what must not be sent: consumer errors (a batch that cannot be
@@ -333,6 +270,57 @@ impl PartitionWorker {
             );
         }
         bytes
+    }
+
+    /// A large batch: hashed on the pool. block_in_place keeps the borrowed payloads valid
+    /// without copying them, and lets tokio move other tasks off this thread meanwhile.
+    async fn send_hashed_on_pool(
+        &self,
+        batch: &mut [Record<'_>],
+        sent: &mut Batch,
+    ) -> Result<(), WorkerError> {
+        let results: Vec<Option<Result<Vec<u8>, Rejection>>> = tokio::task::block_in_place(|| {
+            self.shared.pool.install(|| {
+                batch
+                    .par_iter()
+                    .map(|m| m.payload().map(transform::transform))
+                    .collect()
+            })
+        });
+        for (message, result) in batch.iter_mut().zip(results) {
+            let outcome = match result {
+                None => self.send_output(message, None, &sent.acks).await?,
+                Some(Ok(out)) => self.send_output(message, Some(&out), &sent.acks).await?,
+                Some(Err(r)) => self.send_rejected(message, &r, &sent.acks).await?,
+            };
+            sent.count(outcome, message.offset());
+        }
+        Ok(())
+    }
+
+    /// A small batch: hashed here, one record at a time, into a reused buffer.
+    async fn send_hashed_inline(
+        &self,
+        batch: &mut [Record<'_>],
+        sent: &mut Batch,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), WorkerError> {
+        for message in batch.iter_mut() {
+            let outcome = match message.payload() {
+                None => self.send_output(message, None, &sent.acks).await?,
+                Some(value) => match transform::transform_into(value, buf) {
+                    Ok(()) => {
+                        let out = std::mem::take(buf);
+                        let outcome = self.send_output(message, Some(&out), &sent.acks).await;
+                        *buf = out;
+                        outcome?
+                    }
+                    Err(r) => self.send_rejected(message, &r, &sent.acks).await?,
+                },
+            };
+            sent.count(outcome, message.offset());
+        }
+        Ok(())
     }
 
     /// Sends an output, or dead-letters its input when it is too large ([`Router`]).
@@ -467,8 +455,8 @@ struct Work {
     /// aborted.
     abort_pending: bool,
     at_end: bool,
-    /// Output buffers of batches already sent, for the next ones.
-    buffers: Vec<Vec<u8>>,
+    /// Reused output buffer for the inline path.
+    buf: Vec<u8>,
 }
 
 fn can_block_in_place() -> bool {
