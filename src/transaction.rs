@@ -284,12 +284,16 @@ impl Transactions {
                 .expect("a valid offset");
         }
         let producer = self.sink.producer();
+        // How long each step holds the gate: the debug line below says (what a commit costs is in
+        // bench/results/2026-12-07-eos-levers.md).
+        let started = Instant::now();
         let result = producer.send_offsets_to_transaction(&tpl, &metadata, TXN_CALL_TIMEOUT);
+        let offsets = started.elapsed();
         // Flush first with our own flush: rust-rdkafka's commit_transaction flushes in 100 ms
         // polling steps (see `Sink::flush`), and then finds nothing left to wait for.
-        let result = result
-            .and_then(|()| self.sink.flush(TXN_CALL_TIMEOUT))
-            .and_then(|()| producer.commit_transaction(TXN_CALL_TIMEOUT));
+        let result = result.and_then(|()| self.sink.flush(TXN_CALL_TIMEOUT));
+        let flush = started.elapsed() - offsets;
+        let result = result.and_then(|()| producer.commit_transaction(TXN_CALL_TIMEOUT));
         if let Err(error) = result {
             if is_fatal(&error) {
                 self.broken.store(true, Relaxed);
@@ -301,7 +305,14 @@ impl Transactions {
             tracing::warn!(%error, records, "transaction commit refused; aborting it, its partitions are rewound to their committed offsets");
             return self.abort_and_reopen();
         }
-        tracing::debug!(?positions, records, "transaction committed");
+        tracing::debug!(
+            ?positions,
+            records,
+            ?offsets,
+            ?flush,
+            end = ?(started.elapsed() - offsets - flush),
+            "transaction committed"
+        );
         self.stats.transaction_committed(records);
         producer.begin_transaction().map_err(TxnError::Fatal)
     }
