@@ -1,11 +1,14 @@
 //! The in-flight half of `--memory-budget` (see `config/budget.rs`), divided among the
 //! partitions assigned and divided again on every rebalance: how many records each partition's
-//! worker may have produced and not yet acknowledged, and so how many it reads per batch.
+//! worker may have produced and not yet acknowledged.
 //!
 //! The count is the partition's share over an estimate of what a record in flight costs
-//! (`IN_FLIGHT_RECORD_BYTES`), never above `--max-in-flight` nor below one record: an instance
-//! that owns 512 partitions keeps a few dozen records of each in flight, one that owns 12 a few
-//! thousand, and the records in flight add up to the same bytes.
+//! (`IN_FLIGHT_RECORD_BYTES`), at most `--max-in-flight` and at least one batch
+//! (`--batch-size`): with less, the producer's batches shrink with the share, and at 512
+//! partitions (64 records each) the drain rate halved and the broker's CPU per record more than
+//! doubled (bench/results/2026-12-07-memory-budget-sweep-v1.md). Past that floor the records in
+//! flight are bounded instance-wide by the producer's own queue (librdkafka's
+//! `queue.buffering.max.messages`, 100,000 records), whatever the partition count.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -45,7 +48,8 @@ impl InFlight {
     /// share in bytes (the whole budget when none is assigned).
     pub fn divide(&self, partitions: usize) -> usize {
         let share = self.budget / partitions.max(1);
-        let records = (share / self.record_bytes).clamp(1, self.max_in_flight.max(1));
+        let floor = self.batch_size.min(self.max_in_flight).max(1);
+        let records = (share / self.record_bytes).clamp(floor, self.max_in_flight.max(floor));
         self.per_partition.store(records, Relaxed);
         share
     }
@@ -67,10 +71,12 @@ mod tests {
         assert_eq!(in_flight.limits(), (1_000, 5_000));
         assert_eq!(in_flight.divide(12), (16 << 20) / 12);
         assert_eq!(in_flight.limits(), (1_000, 2_730));
+        // Never less than one batch in flight.
         in_flight.divide(512);
-        assert_eq!(in_flight.limits(), (64, 64));
-        in_flight.divide(100_000);
-        assert_eq!(in_flight.limits(), (1, 1));
+        assert_eq!(in_flight.limits(), (1_000, 1_000));
+        let small = InFlight::new(16 << 20, 512, 5_000, 50);
+        small.divide(512);
+        assert_eq!(small.limits(), (50, 64));
         // A revocation leaves fewer partitions: each gets more again.
         in_flight.divide(2);
         assert_eq!(in_flight.limits(), (1_000, 5_000));

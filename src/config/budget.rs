@@ -14,7 +14,8 @@
 //!   pausing a partition, throws the partition's queue away (a pause bumps the fetch version),
 //!   so they cannot follow the assignment;
 //! - the **in-flight** half (records produced and not yet acknowledged) is divided among the
-//!   partitions assigned, again on every rebalance ([`crate::memory::InFlight`]).
+//!   partitions assigned, again on every rebalance ([`crate::memory::InFlight`]), never below
+//!   one batch per partition.
 //!
 //! Flags and `-X` properties given explicitly win over what the budget derives.
 

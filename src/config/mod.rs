@@ -127,10 +127,11 @@ pub struct RunConfig {
     #[arg(long, env = "KTRANSFORM_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
 
-    /// Memory for records, instance-wide, whatever the partition count (e.g. 32MiB, 64MB):
-    /// half for librdkafka's prefetch queues, divided by the source's partition count at start;
-    /// half for records produced and not yet acknowledged, divided among the partitions
-    /// assigned on every rebalance. The process takes about 30 MB more (code, threads).
+    /// Memory for records, instance-wide (e.g. 32MiB, 64MB): half for librdkafka's prefetch
+    /// queues, divided by the source's partition count at start; half for records produced and
+    /// not yet acknowledged, divided among the partitions assigned on every rebalance (at least
+    /// one batch each). Beyond it: about 40 MB of code, threads and allocator, and at least one
+    /// of the source's record batches per partition (docs/configuration.md#memory-budget).
     #[arg(long, env = "KTRANSFORM_MEMORY_BUDGET", default_value = budget::DEFAULT_MEMORY_BUDGET, value_parser = budget::parse_memory_budget)]
     pub memory_budget: MemoryBudget,
 
