@@ -61,10 +61,12 @@ pub async fn sink(config: &RunConfig, fatal: &Arc<FatalErrors>) -> Result<Arc<Si
 pub async fn source_partitions(config: &RunConfig, sink: &Arc<Sink>) -> Option<usize> {
     let (sink, topic) = (sink.clone(), config.pipeline.source.clone());
     let count = tokio::task::spawn_blocking(move || {
+        // Every topic's: a producer's request for one topic would create it on brokers with
+        // auto.create.topics.enable, and the source must not be created by its reader.
         let metadata = sink
             .producer()
             .client()
-            .fetch_metadata(Some(&topic), PRODUCER_PREPARE_TIMEOUT)
+            .fetch_metadata(None, PRODUCER_PREPARE_TIMEOUT)
             .ok()?;
         let t = metadata.topics().iter().find(|t| t.name() == topic)?;
         (t.error().is_none() && !t.partitions().is_empty()).then_some(t.partitions().len())
