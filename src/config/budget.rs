@@ -21,9 +21,10 @@
 
 use crate::config::{invalid, ConfigError};
 
-/// The default budget. Measured draining the 2M-record backlog of 12 partitions: the process's
-/// peak RSS is about 30 MB of code, threads and allocator besides the budget, so 32 MiB keeps it
-/// under 64 MB at the drain rate of librdkafka's larger defaults (docs/performance.md).
+/// The default budget. Draining the 2M-record backlog of 12 partitions the process peaked at
+/// 59 to 67 MB with it (median runs under 64 MB, against 96 to 102 MB before): about 40 MB of
+/// it is code, threads and allocator (47 MB under a 4 MiB budget), so a smaller default saves
+/// little and costs fetches (docs/performance.md#memory).
 pub const DEFAULT_MEMORY_BUDGET: &str = "32MiB";
 /// Below this, a partition's share of a topic with a few hundred partitions holds no batch.
 pub const MIN_MEMORY_BUDGET: u64 = 4 << 20;
