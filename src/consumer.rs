@@ -244,7 +244,17 @@ impl Context {
         self.shared
             .stats
             .partitions_released(&self.topic, &partitions);
+        self.divide_budget();
         let _ = self.group_events.send(GroupEvent::Revoked(partitions));
+    }
+
+    /// Divides the in-flight half of `--memory-budget` among the partitions that have a worker
+    /// now, after an assignment or a revocation; workers read with the new share from their
+    /// next batch on.
+    fn divide_budget(&self) {
+        let partitions = self.workers.lock().unwrap().len();
+        let share = self.shared.in_flight.divide(partitions);
+        self.shared.stats.budget_divided(partitions, share);
     }
 
     fn partitions_of(&self, tpl: &TopicPartitionList) -> Vec<i32> {
@@ -312,6 +322,7 @@ impl ConsumerContext for Context {
                     self.start_worker(&consumer, p);
                 }
                 self.shared.stats.partitions_assigned(partitions.len());
+                self.divide_budget();
                 tracing::info!(topic = %self.topic, ?partitions, "partitions assigned");
                 let _ = self.group_events.send(GroupEvent::Assigned(partitions));
             }

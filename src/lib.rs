@@ -13,7 +13,7 @@
 //! module of `run` other than [`config`] sets a librdkafka property), bottom to top:
 //!
 //! 1. Ground, importing no other module: [`config`], [`transform`], [`fetch`], [`member`],
-//!    [`cutoff`], [`metrics`], [`logging`], [`committer`], [`security`].
+//!    [`cutoff`], [`metrics`], [`logging`], [`committer`], [`security`], [`memory`].
 //! 2. The pipeline: [`ack`] → [`sink`] → [`dead_letter`] → [`transaction`] →
 //!    [`offsets`] → [`partition`] → [`stall`] → [`consumer`].
 //! 3. The commands: [`service`] (`run`), [`lag`], [`verify`], with [`error`] (what stops a
@@ -23,7 +23,8 @@
 //! - [`config`]: flags and env vars (clap), start-up checks; its submodules are the `--config`
 //!   TOML file (`file`), the librdkafka pass-through and owned keys (`properties`), secret
 //!   masking (`redact`), `run --print-config` (`print`), the consumer's and producer's
-//!   librdkafka settings, each with its reason (`clients`), the consumer group protocol with
+//!   librdkafka settings, each with its reason (`clients`), `--memory-budget` and the
+//!   per-partition prefetch limits it sets (`budget`), the consumer group protocol with
 //!   the properties it leaves to the brokers (`protocol`), and running as one of N replicas:
 //!   the instance id for static membership and the transactional id, and the log format
 //!   (`orchestrator`).
@@ -39,6 +40,10 @@
 //!   its own queue and start a worker, and on revocation drain and commit before release; it
 //!   re-splits a partition for the stall watchdog (`consumer/resplit.rs`). Serves the main
 //!   queue on its own thread.
+//! - [`memory`]: the in-flight half of `--memory-budget` divided among the partitions
+//!   assigned, divided again on every rebalance (records in flight and per batch of each
+//!   worker); the prefetch half, librdkafka's per-partition queue limits divided by the
+//!   source's partition count, is the config's (`config/budget.rs`).
 //! - [`member`]: what workers, the transaction and the stall watchdog ask of the consumer
 //!   (store an offset, read partitions' offsets and positions, the group's metadata), as a
 //!   trait, so they sit below [`consumer`].
@@ -131,6 +136,7 @@ pub mod http;
 pub mod lag;
 pub mod logging;
 pub mod member;
+pub mod memory;
 pub mod metrics;
 pub mod offsets;
 pub mod partition;

@@ -18,6 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+mod memory;
 mod stall;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +61,7 @@ pub struct Stats {
     lag: Family<PartitionLabels, Gauge>,
     in_flight: Gauge,
     assigned: Gauge,
+    budget_share: Gauge,
     rebalances: Counter,
     commits: Family<ResultLabels, Counter>,
     transactions: Family<ResultLabels, Counter>,
@@ -147,6 +149,7 @@ impl Stats {
             lag: Family::default(),
             in_flight: Gauge::default(),
             assigned: Gauge::default(),
+            budget_share: Gauge::default(),
             rebalances: Counter::default(),
             commits: Family::default(),
             transactions: Family::default(),
@@ -233,6 +236,7 @@ impl Stats {
             self.batch_seconds.clone(),
         );
         self.register_stall(r);
+        self.register_memory(r);
     }
 
     /// The registry, for `/metrics`.

@@ -16,42 +16,47 @@ const LIBRDKAFKA_BATCH_SIZE: usize = 1_000_000;
 pub const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
 
 impl RunConfig {
+    /// The consumer's configuration before the source's partition count is known (validation,
+    /// `--print-config`): the prefetch limits are then their ceilings.
     pub fn consumer_config(&self) -> Result<ClientConfig, ConfigError> {
-        let mut config = self.kafka.client_config(
-            Side::Consumer,
-            &[
-                ("client.id", "ktransform"),
-                // The offset of a record is stored by us once its output is acknowledged; the
-                // background auto-commit then only ever commits acknowledged work.
-                ("enable.auto.commit", "true"),
-                // librdkafka's default is 5 s; 1 s keeps the group's visible lag (and the replay
-                // after a crash) small for the price of one commit request a second.
-                ("auto.commit.interval.ms", "1000"),
-                ("auto.offset.reset", "earliest"),
-                // Memory: with split queues librdkafka prefetches per partition, and every
-                // record of a fetch response keeps the whole response alive; small responses
-                // and queues bound the peak RSS (560 MB with librdkafka's defaults on 12
-                // partitions, under 100 MB with these) at the same drain rate. Measured with
-                // bench/ab.py; the figures are in the commit messages and bench/results.
-                ("fetch.max.bytes", "4194304"),
-                ("max.partition.fetch.bytes", "262144"),
-                ("queued.min.messages", "2500"),
-                ("queued.max.messages.kbytes", "4096"),
-                // With small queues the fetcher hits them often; librdkafka's default 1 s pause
-                // after a full queue would starve a fast worker.
-                ("fetch.queue.backoff.ms", "10"),
-                // One fetch per broker is in flight at a time, and a fetch for idle partitions
-                // waits at the broker up to this long while the others wait with it: at
-                // librdkafka's 500 ms default that wait was the p99 end-to-end latency. The
-                // price: an idle consumer asks each broker up to 200 times a second.
-                ("fetch.wait.max.ms", "5"),
-                // Partitions added to a live source topic are seen (and, under the classic
-                // protocol, assigned) at the next metadata refresh: librdkafka's 5 min default
-                // left them unread that long (measured: assigned 290 s after the change).
-                // The price: one metadata request per 30 s.
-                ("topic.metadata.refresh.interval.ms", "30000"),
-            ],
-        )?;
+        self.consumer_config_for(None)
+    }
+
+    /// The consumer's configuration with the prefetch half of `--memory-budget` divided by the
+    /// source's `partitions` (see [`crate::config::budget`]).
+    pub fn consumer_config_for(
+        &self,
+        partitions: Option<usize>,
+    ) -> Result<ClientConfig, ConfigError> {
+        let limits = self.memory_budget.prefetch_limits(partitions).properties();
+        let mut defaults = vec![
+            ("client.id", "ktransform"),
+            // The offset of a record is stored by us once its output is acknowledged; the
+            // background auto-commit then only ever commits acknowledged work.
+            ("enable.auto.commit", "true"),
+            // librdkafka's default is 5 s; 1 s keeps the group's visible lag (and the replay
+            // after a crash) small for the price of one commit request a second.
+            ("auto.commit.interval.ms", "1000"),
+            ("auto.offset.reset", "earliest"),
+            // With small queues the fetcher hits them often; librdkafka's default 1 s pause
+            // after a full queue would starve a fast worker.
+            ("fetch.queue.backoff.ms", "10"),
+            // One fetch per broker is in flight at a time, and a fetch for idle partitions
+            // waits at the broker up to this long while the others wait with it: at
+            // librdkafka's 500 ms default that wait was the p99 end-to-end latency. The
+            // price: an idle consumer asks each broker up to 200 times a second.
+            ("fetch.wait.max.ms", "5"),
+            // Partitions added to a live source topic are seen (and, under the classic
+            // protocol, assigned) at the next metadata refresh: librdkafka's 5 min default
+            // left them unread that long (measured: assigned 290 s after the change).
+            // The price: one metadata request per 30 s.
+            ("topic.metadata.refresh.interval.ms", "30000"),
+        ];
+        // Memory: with split queues librdkafka prefetches per partition, and every record of a
+        // fetch response keeps the whole response alive: the queues and responses are sized
+        // from --memory-budget (560 MB peak RSS with librdkafka's defaults on 12 partitions).
+        defaults.extend(limits.iter().map(|(k, v)| (*k, v.as_str())));
+        let mut config = self.kafka.client_config(Side::Consumer, &defaults)?;
         match self.group_protocol {
             // Incremental rebalances: partitions that stay are not stopped when others move.
             GroupProtocol::Classic if config.get("partition.assignment.strategy").is_none() => {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
+pub mod budget;
 pub mod clients;
 pub mod file;
 pub mod orchestrator;
@@ -18,6 +19,7 @@ pub mod properties;
 pub mod protocol;
 pub mod redact;
 
+pub use budget::MemoryBudget;
 use file::CliError;
 pub use orchestrator::{LogFormat, OrchestratorArgs};
 pub use properties::{KafkaArgs, Origin, Override, Property, Side, OWNED_PROPERTIES};
@@ -124,6 +126,14 @@ pub struct RunConfig {
     /// Records per partition produced but not yet acknowledged, at most.
     #[arg(long, env = "KTRANSFORM_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+
+    /// Memory for records, instance-wide (e.g. 32MiB, 64MB): half for librdkafka's prefetch
+    /// queues, divided by the source's partition count at start; half for records produced and
+    /// not yet acknowledged, divided among the partitions assigned on every rebalance (at least
+    /// one batch each). Beyond it: about 40 MB of code, threads and allocator, and at least one
+    /// of the source's record batches per partition (docs/configuration.md#memory-budget).
+    #[arg(long, env = "KTRANSFORM_MEMORY_BUDGET", default_value = budget::DEFAULT_MEMORY_BUDGET, value_parser = budget::parse_memory_budget)]
+    pub memory_budget: MemoryBudget,
 
     /// Threads of the hashing pool (rayon) [default: number of CPUs].
     #[arg(long, env = "KTRANSFORM_HASH_THREADS")]
@@ -296,6 +306,7 @@ impl RunConfig {
         if self.max_in_flight < self.batch_size {
             return Err(invalid("--max-in-flight", "must be at least --batch-size"));
         }
+        self.memory_budget.check()?;
         if self.hash_threads == Some(0) {
             return Err(invalid("--hash-threads", "must be at least 1"));
         }
@@ -468,6 +479,12 @@ mod tests {
         assert!(error(&["--dlq", "name_stream"]).starts_with("invalid --dlq"));
         assert!(error(&["--source", "a b"]).starts_with("invalid --source"));
         assert!(error(&["--batch-size", "0"]).starts_with("invalid --batch-size"));
+        assert!(error(&["--memory-budget", "1MiB"]).starts_with("invalid --memory-budget"));
+        let unparsed = RunConfig::from_args(["--memory-budget", "lots"]).unwrap_err();
+        assert!(
+            unparsed.to_string().contains("--memory-budget"),
+            "{unparsed}"
+        );
         assert!(error(&["-X", "linger.ms"]).starts_with("invalid -X"));
         assert!(error(&["-X", "no.such.property=1"]).contains("no.such.property"));
         assert!(error(&["-X", "consumer.enable.auto.offset.store=true"])

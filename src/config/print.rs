@@ -7,7 +7,7 @@
 use toml::{Table, Value};
 
 use crate::config::file::RDKAFKA;
-use crate::config::redact;
+use crate::config::{budget, redact};
 use crate::config::{ConfigError, MetricsAddr, RunConfig, StallTimeout};
 
 /// `ktransform run --print-config`: the settings (keys as in the file) and every property of both
@@ -53,6 +53,10 @@ pub fn render(config: &RunConfig) -> Result<String, ConfigError> {
     t.insert("until_end".into(), Value::Boolean(c.until_end));
     t.insert("batch_size".into(), int(c.batch_size));
     t.insert("max_in_flight".into(), int(c.max_in_flight));
+    t.insert(
+        "memory_budget".into(),
+        string(&budget::show(c.memory_budget.bytes())),
+    );
     t.insert("hash_threads".into(), int(c.hash_threads()));
     t.insert("parallel_min_bytes".into(), int(c.parallel_min_bytes));
     // Not given: left out, so that the printed file, used as one, keeps the fallback to a free

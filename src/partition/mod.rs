@@ -8,7 +8,9 @@
 //!   is always `last + 1` where every record up to `last` has been acknowledged by the
 //!   destination or the dead-letter topic: acknowledgements are counted per batch ([`Acks`])
 //!   and batches are settled oldest first (`tracker`).
-//! - At most `max_in_flight` records are unacknowledged; past that the worker stops reading.
+//! - At most the partition's share of the in-flight budget ([`InFlight`]: `--memory-budget`
+//!   and `--max-in-flight`, divided again on every rebalance) is unacknowledged; past that the
+//!   worker stops reading.
 //! - On drain (revocation or shutdown, asked through its [`PartitionState`]) the worker reads
 //!   nothing more, waits for what it has in flight, and reports its last offset in
 //!   [`WorkerExit`].
@@ -51,6 +53,7 @@ use crate::ack::Acks;
 use crate::dead_letter::{Router, Sent};
 use crate::fetch::{PartitionQueue, Record, Undecodable};
 use crate::member::Member;
+use crate::memory::InFlight;
 use crate::metrics::{PartitionStats, Stats};
 use crate::offsets::Offsets;
 use crate::transform::{self, Rejection};
@@ -69,8 +72,8 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     pub pool: Arc<rayon::ThreadPool>,
     pub events: mpsc::UnboundedSender<WorkerEvent>,
-    pub batch_size: usize,
-    pub max_in_flight: usize,
+    /// Records per batch and in flight, per partition: the in-flight budget's division.
+    pub in_flight: Arc<InFlight>,
     pub parallel_min_bytes: usize,
     /// Report [`WorkerEvent::ReachedEnd`] (for `--until-end`).
     pub until_end: bool,
@@ -154,8 +157,9 @@ impl PartitionWorker {
             if self.state.draining() || work.failed.is_some() {
                 break;
             }
+            let (batch, max_in_flight) = self.shared.in_flight.limits();
             let room = !work.abort_pending
-                && work.tracker.in_flight() + self.shared.batch_size <= self.shared.max_in_flight
+                && work.tracker.in_flight() + batch <= max_in_flight
                 && self.state.reads_queue();
             tokio::select! {
                 biased;
@@ -164,7 +168,7 @@ impl PartitionWorker {
                 ack = work.tracker.front(), if !work.tracker.is_idle() => {
                     self.settle(work, Some(ack))?;
                 }
-                received = tokio::time::timeout(RECV_WAKE, self.queue.next_batch(self.shared.batch_size)), if room => {
+                received = tokio::time::timeout(RECV_WAKE, self.queue.next_batch(batch)), if room => {
                     if let Ok(batch) = received {
                         self.process_batch(batch, work, aborts.as_ref()).await?;
                     }

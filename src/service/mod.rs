@@ -18,6 +18,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::config::budget::IN_FLIGHT_RECORD_BYTES;
 use crate::config::{ConfigError, MetricsAddr, RunConfig, StallTimeout};
 use crate::consumer::{self, Context, GroupEvent};
 use crate::cutoff;
@@ -26,6 +27,7 @@ use crate::error::{Error, InstanceIdLoss};
 use crate::http::{self, Health};
 use crate::logging::FatalErrors;
 use crate::member::Member;
+use crate::memory::InFlight;
 use crate::metrics::{self, Snapshot, Stats};
 use crate::offsets::Offsets;
 use crate::partition::{Shared, WorkerEvent};
@@ -120,6 +122,14 @@ impl Pipeline {
             .num_threads(config.hash_threads())
             .thread_name(|i| format!("ktransform-hash-{i}"))
             .build()?;
+        let partitions = startup::source_partitions(config, &sink).await;
+        let budget = config.memory_budget;
+        let in_flight = Arc::new(InFlight::new(
+            budget.in_flight() as usize,
+            IN_FLIGHT_RECORD_BYTES as usize,
+            config.max_in_flight,
+            config.batch_size,
+        ));
         let (worker_tx, worker_events) = mpsc::unbounded_channel();
         let (group_tx, group_events) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -127,8 +137,7 @@ impl Pipeline {
             stats: stats.clone(),
             pool: Arc::new(pool),
             events: worker_tx,
-            batch_size: config.batch_size,
-            max_in_flight: config.max_in_flight,
+            in_flight,
             parallel_min_bytes: config.parallel_min_bytes,
             until_end: config.until_end,
             offsets: offsets.clone(),
@@ -140,8 +149,11 @@ impl Pipeline {
             config.drain_timeout,
             fatal.clone(),
         );
-        let consumer: Arc<StreamConsumer<Context>> =
-            Arc::new(config.consumer_config()?.create_with_context(context)?);
+        let consumer: Arc<StreamConsumer<Context>> = Arc::new(
+            config
+                .consumer_config_for(partitions)?
+                .create_with_context(context)?,
+        );
         consumer.context().attach(&consumer);
         offsets.attach(Arc::downgrade(&consumer) as Weak<dyn Member>);
         consumer.subscribe(&[&config.pipeline.source])?;

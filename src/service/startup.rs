@@ -54,6 +54,35 @@ pub async fn sink(config: &RunConfig, fatal: &Arc<FatalErrors>) -> Result<Arc<Si
     Ok(sink)
 }
 
+/// The source topic's partition count, from the producer's metadata (the brokers answered in
+/// [`sink`]): `--memory-budget`'s prefetch half is divided by it. None when the topic does not
+/// exist yet or the brokers do not say within the time: the prefetch limits are then their
+/// ceilings, as before the budget, and a warning says so.
+pub async fn source_partitions(config: &RunConfig, sink: &Arc<Sink>) -> Option<usize> {
+    let (sink, topic) = (sink.clone(), config.pipeline.source.clone());
+    let count = tokio::task::spawn_blocking(move || {
+        // Every topic's: a producer's request for one topic would create it on brokers with
+        // auto.create.topics.enable, and the source must not be created by its reader.
+        let metadata = sink
+            .producer()
+            .client()
+            .fetch_metadata(None, PRODUCER_PREPARE_TIMEOUT)
+            .ok()?;
+        let t = metadata.topics().iter().find(|t| t.name() == topic)?;
+        (t.error().is_none() && !t.partitions().is_empty()).then_some(t.partitions().len())
+    })
+    .await
+    .ok()
+    .flatten();
+    if count.is_none() {
+        tracing::warn!(
+            topic = %config.pipeline.source,
+            "the source's partition count is unknown: the prefetch queues are not divided from --memory-budget"
+        );
+    }
+    count
+}
+
 /// The guarantee: offsets stored by the consumer, or transactions (initialised here).
 pub async fn offsets(
     config: &RunConfig,
