@@ -15,17 +15,16 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use common::browser::{self, element, text};
 use common::data::{self, Mix};
 use common::http::{free_addr, get};
+use common::kafka::commit_at_on;
 use common::nodes::Brokers;
 use common::{
-    brokers, config_on, create_topic_on, poll_until, produce_on, run_in_process, stop, Binary,
-    IdleMember, Names, CAP, KEYS, THROTTLE,
+    brokers, create_topic_on, poll_until, produce_on, run_in_process, stop, Binary, IdleMember,
+    Names, CAP, KEYS, THROTTLE,
 };
 
 /// How long the page's scripts run before its DOM is read: the page reads `/lag.json` at once.
@@ -144,25 +143,6 @@ fn producing(
         }
     });
     (stop, task)
-}
-
-/// Commits `offset` on every partition of `topic` for `group`, as any consumer would: the group
-/// becomes known through its offsets, with no member.
-async fn commit(bootstrap: &str, group: &str, topic: &str, partitions: i32, offset: i64) {
-    let (bootstrap, group, topic) = (bootstrap.to_string(), group.to_string(), topic.to_string());
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = config_on(&bootstrap, &[("group.id", &group)])
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(&topic, p, Offset::Offset(offset))
-                .unwrap();
-        }
-        consumer.commit(&tpl, CommitMode::Sync).expect("commit");
-    })
-    .await
-    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,7 +313,7 @@ async fn brokers_that_go_away_are_said_until_they_are_back() {
     create_topic_on(&bootstrap, &names.source, 2, 1, &[]).await;
     let records = data::generate(300, KEYS, Mix::Clean, data::seed());
     produce_on(&bootstrap, &names.source, &records, None).await;
-    commit(&bootstrap, &names.group, &names.source, 2, 10).await;
+    commit_at_on(&bootstrap, &names.group, &names.source, 2, 10).await;
     let view = View::start(&bootstrap, &names.group, &names.source, &[]);
     view.until("the view reading the group", |v| status(v) == "ok")
         .await;

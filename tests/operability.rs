@@ -12,14 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use common::data::{self, Mix};
+use common::http::{args_with_http, free_addr, get};
+use common::kafka::commit_at_on;
 use common::{
     brokers, create_topic, describe_group, poll_until, prepare, produce, run_binary,
     run_in_process, stop, Binary, Names, CAP, KEYS, THROTTLE,
 };
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-
-use common::http::{args_with_http, free_addr, get};
 
 async fn status(addr: SocketAddr, path: &str) -> Option<u16> {
     get(addr, path).await.map(|(s, _)| s)
@@ -165,23 +163,7 @@ async fn lag_json(names: &Names, interval: &str) -> serde_json::Value {
 
 /// Commits `offset` on every partition of `topic` for `group`, as a member that then left would.
 async fn commit_at(group: &str, topic: &str, partitions: i32, offset: i64) {
-    let (group, topic) = (group.to_string(), topic.to_string());
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(&topic, p, Offset::Offset(offset))
-                .unwrap();
-        }
-        consumer.commit(&tpl, CommitMode::Sync).expect("commit");
-    })
-    .await
-    .unwrap();
+    commit_at_on(&brokers(), group, topic, partitions, offset).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -543,6 +543,24 @@ pub async fn describe_group(group: &str) -> GroupState {
             state: described.state,
             protocol: described.protocol.map_or("", |p| p.as_str()),
         }
+    })
+    .await
+}
+
+/// Commits `offset` on every partition of `topic` for `group` on `bootstrap`, as a member that
+/// then left would.
+pub async fn commit_at_on(bootstrap: &str, group: &str, topic: &str, partitions: i32, offset: i64) {
+    let (bootstrap, group, topic) = (bootstrap.to_string(), group.to_string(), topic.to_string());
+    blocking(move || {
+        let consumer: BaseConsumer = config_on(&bootstrap, &[("group.id", &group)])
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(&topic, p, Offset::Offset(offset))
+                .unwrap();
+        }
+        consumer.commit(&tpl, CommitMode::Sync).expect("commit");
     })
     .await
 }
