@@ -659,6 +659,36 @@ def _check(result, check, value):
             result.first_bad = value[:200].decode(errors="replace")
 
 
+def read_all(brokers, topic, each, group):
+    """Calls each(message) for every record of ``topic``, from the start to its end."""
+    from confluent_kafka import Consumer, KafkaError, OFFSET_BEGINNING, TopicPartition
+
+    c = Consumer({"bootstrap.servers": brokers, "group.id": group,
+                  "enable.auto.commit": False, "enable.partition.eof": True,
+                  "fetch.max.bytes": 52428800, "queued.min.messages": 200000})
+    try:
+        parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        pending, idle = set(parts), time.monotonic()
+        while pending:
+            batch = c.consume(num_messages=20000, timeout=1.0)
+            if not batch:
+                if time.monotonic() - idle > 60:
+                    raise RuntimeError(f"reading {topic}: no progress for 60 s")
+                continue
+            idle = time.monotonic()
+            for m in batch:
+                err = m.error()
+                if err is None:
+                    each(m)
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(m.partition())
+                else:
+                    raise RuntimeError(f"reading {topic}: {err}")
+    finally:
+        c.close()
+
+
 def percentile(sorted_values, q):
     if not sorted_values:
         return None

@@ -6,7 +6,6 @@ destination read back whole and tied by the generator's `gen.seq` header, the fi
 import array
 import datetime
 import re
-import time
 from pathlib import Path
 
 import harness
@@ -18,36 +17,6 @@ KEYS = 1000
 
 
 # --- Reading the topics back ------------------------------------------------------------------
-
-
-def _read(brokers, topic, each):
-    """Calls each(message) for every record of ``topic``, from the start to its end."""
-    from confluent_kafka import Consumer, KafkaError, OFFSET_BEGINNING, TopicPartition
-
-    c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-rebalance-read",
-                  "enable.auto.commit": False, "enable.partition.eof": True,
-                  "fetch.max.bytes": 52428800, "queued.min.messages": 200000})
-    try:
-        parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        pending, idle = set(parts), time.monotonic()
-        while pending:
-            batch = c.consume(num_messages=20000, timeout=1.0)
-            if not batch:
-                if time.monotonic() - idle > 60:
-                    raise RuntimeError(f"reading {topic}: no progress for 60 s")
-                continue
-            idle = time.monotonic()
-            for m in batch:
-                err = m.error()
-                if err is None:
-                    each(m)
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(m.partition())
-                else:
-                    raise RuntimeError(f"reading {topic}: {err}")
-    finally:
-        c.close()
 
 
 def _seq(m):
@@ -70,7 +39,7 @@ def read_source(brokers, topic, count):
         part[s], offset[s], ts[s] = m.partition(), m.offset(), m.timestamp()[1]
         n += 1
 
-    _read(brokers, topic, each)
+    harness.read_all(brokers, topic, each, "bench-rebalance-read")
     return {"records": n, "part": part, "offset": offset, "ts": ts}
 
 
@@ -82,7 +51,7 @@ def read_outputs(brokers, topic):
         seq.append(_seq(m))
         ts.append(m.timestamp()[1])
 
-    _read(brokers, topic, each)
+    harness.read_all(brokers, topic, each, "bench-rebalance-read")
     return {"seq": seq, "ts": ts}
 
 

@@ -4,7 +4,6 @@ report and the chart."""
 
 import bisect
 import statistics
-import time
 
 import harness
 
@@ -20,8 +19,6 @@ def count_replays(brokers, dest, count, offsets):
     output) and the replays per BIN_S-second bin of their append time. The append time of the
     output at (partition, offset) is taken as the first sample of the destination's end offsets
     that lies past it (so up to one sample interval late); past the last sample, that sample."""
-    from confluent_kafka import Consumer, KafkaError, OFFSET_BEGINNING, TopicPartition
-
     times = [o["t"] for o in offsets]
     ends = {}
     for o in offsets:
@@ -34,42 +31,22 @@ def count_replays(brokers, dest, count, offsets):
         k = bisect.bisect_right(ends.get(p, []), offset)
         return times[min(k, len(times) - 1)] if times else 0
 
-    c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-soak-read",
-                  "enable.auto.commit": False, "enable.partition.eof": True,
-                  "fetch.max.bytes": 52428800, "queued.min.messages": 200000})
-    try:
-        parts = sorted(c.list_topics(dest, timeout=10).topics[dest].partitions)
-        c.assign([TopicPartition(dest, p, OFFSET_BEGINNING) for p in parts])
-        pending, idle = set(parts), time.monotonic()
-        while pending:
-            batch = c.consume(num_messages=20000, timeout=1.0)
-            if not batch:
-                if time.monotonic() - idle > 60:
-                    raise RuntimeError(f"reading {dest}: no progress for 60 s")
-                continue
-            idle = time.monotonic()
-            for m in batch:
-                err = m.error()
-                if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        raise RuntimeError(f"reading {dest}: {err}")
-                    pending.discard(m.partition())
-                    continue
-                out["outputs"] += 1
-                seq = next((int(v) for k, v in m.headers() or () if k == "gen.seq"), -1)
-                if not 0 <= seq < count:
-                    out["beyond_count"] += 1
-                    continue
-                byte, bit = divmod(seq, 8)
-                if seen[byte] >> bit & 1:
-                    out["replays"] += 1
-                    t = appended(m.partition(), m.offset())
-                    b = int(t // BIN_S * BIN_S)
-                    out["bins"][b] = out["bins"].get(b, 0) + 1
-                else:
-                    seen[byte] |= 1 << bit
-    finally:
-        c.close()
+    def each(m):
+        out["outputs"] += 1
+        seq = next((int(v) for k, v in m.headers() or () if k == "gen.seq"), -1)
+        if not 0 <= seq < count:
+            out["beyond_count"] += 1
+            return
+        byte, bit = divmod(seq, 8)
+        if seen[byte] >> bit & 1:
+            out["replays"] += 1
+            t = appended(m.partition(), m.offset())
+            b = int(t // BIN_S * BIN_S)
+            out["bins"][b] = out["bins"].get(b, 0) + 1
+        else:
+            seen[byte] |= 1 << bit
+
+    harness.read_all(brokers, dest, each, "bench-soak-read")
     return out
 
 

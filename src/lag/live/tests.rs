@@ -55,6 +55,15 @@ fn observation(start: (Instant, SystemTime), at: u64, committed: i64, end: i64) 
     }
 }
 
+/// What the coordinator says of a group it does not know.
+fn unknown_group() -> Description {
+    Description {
+        protocol: None,
+        state: "Dead".into(),
+        members: Vec::new(),
+    }
+}
+
 fn json(live: &Live, now: SystemTime) -> serde_json::Value {
     serde_json::to_value(live.view(now)).unwrap()
 }
@@ -158,11 +167,7 @@ fn a_topic_that_does_not_exist_is_said_so() {
     let mut live = new_live(&[]);
     let mut o = observation(start, 0, 0, 0);
     o.sample.partitions.clear();
-    o.group = Ok(Description {
-        protocol: None,
-        state: "Dead".into(),
-        members: Vec::new(),
-    });
+    o.group = Ok(unknown_group());
     live.observed(o);
     let v = json(&live, start.1);
     assert_eq!(v["status"], "unknown_topic");
@@ -182,11 +187,7 @@ fn a_group_nobody_knows_is_said_so() {
         for p in &mut o.sample.partitions {
             p.committed = None;
         }
-        o.group = Ok(Description {
-            protocol: None,
-            state: "Dead".into(),
-            members: Vec::new(),
-        });
+        o.group = Ok(unknown_group());
         live.observed(o);
     }
     let v = json(&live, start.1);
