@@ -94,6 +94,7 @@ struct Totals {
     assigned: AtomicI64,
     txn_commits: AtomicU64,
     txn_aborts: AtomicU64,
+    txn_abort_retries: AtomicU64,
     txn_rewinds: AtomicU64,
     stalls: AtomicU64,
     stall_heals: AtomicU64,
@@ -119,6 +120,8 @@ pub struct Snapshot {
     pub assigned_partitions: i64,
     pub transactions_committed: u64,
     pub transactions_aborted: u64,
+    /// Calls of librdkafka's abort made again because the one before had not finished it.
+    pub transaction_abort_retries: u64,
     /// Partitions rewound to their committed offset after an aborted transaction.
     pub transaction_rewinds: u64,
     /// Partitions found stalled by the watchdog (each stall once, however long it lasted).
@@ -314,6 +317,12 @@ impl Stats {
         self.transactions.get_or_create(&result(false)).inc();
     }
 
+    /// An abort that librdkafka had not finished within one call, made again (exactly-once).
+    pub fn transaction_abort_retried(&self) {
+        self.totals.txn_abort_retries.fetch_add(1, Relaxed);
+        self.error("", "abort_retried");
+    }
+
     pub fn consumer_error(&self) {
         self.totals.consumer_errors.fetch_add(1, Relaxed);
         self.error("", "consumer");
@@ -385,6 +394,7 @@ impl Stats {
             assigned_partitions: t.assigned.load(Relaxed),
             transactions_committed: t.txn_commits.load(Relaxed),
             transactions_aborted: t.txn_aborts.load(Relaxed),
+            transaction_abort_retries: t.txn_abort_retries.load(Relaxed),
             transaction_rewinds: t.txn_rewinds.load(Relaxed),
             stalls: t.stalls.load(Relaxed),
             stall_heals: t.stall_heals.load(Relaxed),

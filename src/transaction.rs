@@ -23,7 +23,9 @@
 //!   `STALE_MEMBER_EPOCH`; librdkafka makes them all abortable), and the group metadata of the
 //!   next commit is read afresh. Only a fatal error stops the process ([`TxnError::Fatal`]): a
 //!   producer fenced by another live one with the same transactional id, or an abort that
-//!   fails itself.
+//!   fails itself. An abort librdkafka has not finished within one call (its flush waits for a
+//!   record queued again after its purge) is called again, which purges that record
+//!   (`Transactions::abort_transaction`).
 //! - Every commit and abort runs on its own thread under a watchdog ([`TXN_WATCHDOG`]).
 //!   librdkafka's `send_offsets_to_transaction` can block past its timeout when the group
 //!   coordinator's broker disappears (librdkafka issues #5456 and #5511, open in 2.12): rather
@@ -49,10 +51,14 @@ use crate::sink::Sink;
 /// Timeout of one transactional call (librdkafka retries inside it).
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long one call of librdkafka's abort may wait before it is made again (see
+/// `Transactions::abort_transaction`).
+const ABORT_ATTEMPT: Duration = Duration::from_secs(5);
+
 /// How long a commit or abort may take before it counts as stuck in librdkafka: a commit makes
-/// at most three calls of [`TXN_CALL_TIMEOUT`] (send the offsets, flush, commit; an abort
-/// fewer), plus the wait for the gate.
-pub const TXN_WATCHDOG: Duration = Duration::from_secs(3 * 30 + 15);
+/// at most three calls of [`TXN_CALL_TIMEOUT`] (send the offsets, flush, commit) and, when
+/// refused, an abort of at most one more, plus the wait for the gate.
+pub const TXN_WATCHDOG: Duration = Duration::from_secs(4 * 30 + 15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TxnError {
@@ -239,8 +245,8 @@ impl Transactions {
     fn abort_and_reopen(&self) -> Result<(), TxnError> {
         self.stats.transaction_aborted();
         let producer = self.sink.producer();
-        let reopened = producer
-            .abort_transaction(TXN_CALL_TIMEOUT)
+        let reopened = self
+            .abort_transaction()
             .and_then(|()| producer.begin_transaction());
         if let Err(error) = reopened {
             self.broken.store(true, Relaxed);
@@ -249,6 +255,35 @@ impl Transactions {
         // Under the exclusive gate: no worker sends before it sees the new count.
         self.aborts.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// librdkafka's abort, called again while it says the call can be retried, for at most
+    /// [`TXN_CALL_TIMEOUT`] in all.
+    ///
+    /// An abort purges the queued records, waits for those in flight, then ends the transaction.
+    /// A record in flight whose request fails after the purge (a request refused for a skipped
+    /// sequence number when one before it failed: librdkafka retries it after the epoch bump
+    /// that the abort brings) is queued again and never sent before the abort ends, so the
+    /// abort's own flush waits for it until the call times out. librdkafka then returns a
+    /// retriable error ("the abort operation is in progress in the background and the
+    /// application will need to call this API again to resume"), and the next call purges it.
+    /// Each call waits at most [`ABORT_ATTEMPT`], so such a record costs seconds rather than
+    /// the whole call timeout, and the process goes on instead of stopping.
+    fn abort_transaction(&self) -> Result<(), KafkaError> {
+        let producer = self.sink.producer();
+        let deadline = Instant::now() + TXN_CALL_TIMEOUT;
+        let mut attempt = 1;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match producer.abort_transaction(ABORT_ATTEMPT.min(left)) {
+                Err(error) if is_retriable(&error) && Instant::now() < deadline => {
+                    self.stats.transaction_abort_retried();
+                    tracing::warn!(%error, attempt, "transaction abort not finished yet; calling it again");
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
     }
 
     /// How many transactions were aborted so far; changes after each abort. A worker that sent
@@ -318,6 +353,11 @@ impl Transactions {
     }
 }
 
+/// Whether a transactional call can be made again to resume it (librdkafka's retriable errors).
+fn is_retriable(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::Transaction(e) if e.is_retriable())
+}
+
 /// Whether a transactional call's error leaves the producer unusable: fenced by another producer
 /// with the same transactional id, or librdkafka's other fatal errors. Every other error only
 /// requires an abort.
@@ -352,5 +392,92 @@ pub async fn commit_periodically(
         // The next transaction opened just now: its interval starts here, so that a full
         // transaction's commit is not followed at once by a nearly empty one.
         ticker.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against rdkafka's mock cluster: the abort's flush held up by a record in flight.
+
+    use clap::Parser;
+    use rdkafka::mocking::{MockCluster, MockCoordinator};
+    use rdkafka::types::RDKafkaRespErr;
+
+    use super::*;
+    use crate::ack::Acks;
+    use crate::cli::{Cli, Command};
+    use crate::logging::FatalErrors;
+    use crate::sink::TopicLimits;
+
+    /// A record whose produce request fails with a retriable error while an abort waits for it
+    /// is queued again, and librdkafka sends nothing during an abort: the abort's flush cannot
+    /// end. One call times out with a retriable error; the next purges the record and ends the
+    /// transaction. Before, that first timeout (after 30 s) stopped the process.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abort_held_up_by_a_record_queued_again_is_called_again_and_ends() {
+        let mock = MockCluster::new(2).expect("mock cluster");
+        mock.create_topic("out", 1, 1).expect("topic");
+        mock.coordinator(MockCoordinator::Transaction("abort-test".into()), 1)
+            .expect("coordinator");
+        mock.partition_leader("out", 0, Some(2)).expect("leader");
+        let argv = [
+            "ktransform",
+            "run",
+            "--brokers",
+            &mock.bootstrap_servers(),
+            "--source",
+            "in",
+            "--destination",
+            "out",
+            "--guarantee",
+            "exactly-once",
+            "--transactional-id",
+            "abort-test",
+        ];
+        let Command::Run(config) = Cli::try_parse_from(argv).expect("flags").command else {
+            panic!("not a run command")
+        };
+        let fatal = Arc::new(FatalErrors::default());
+        let sink = Sink::new(&config, TopicLimits::default(), Some(1), fatal).expect("sink");
+        let sink = Arc::new(sink);
+        let stats = Stats::new();
+        let t =
+            Arc::new(Transactions::new("in".into(), sink.clone(), stats.clone(), 1000).unwrap());
+        let init = t.clone();
+        tokio::task::spawn_blocking(move || init.init())
+            .await
+            .unwrap()
+            .expect("transactions initialised");
+
+        // A first record connects the producer to the partition's leader and registers the
+        // partition in the transaction.
+        let acks = Acks::open();
+        sink.send("out", Some(b"k"), Some(b"{}"), 0, None, &acks)
+            .await
+            .expect("queued");
+        sink.flush(Duration::from_secs(10)).expect("delivered");
+        // Then the leader answers the next produce request after 5 s, with a retriable error.
+        mock.broker_round_trip_time(2, Duration::from_secs(5))
+            .expect("rtt");
+        mock.request_errors(
+            rdkafka::types::RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS],
+        );
+        let acks = Acks::open();
+        sink.send("out", Some(b"k"), Some(b"{}"), 0, None, &acks)
+            .await
+            .expect("queued");
+        // Sent, not yet answered.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(sink.queued(), 1, "the record is in flight");
+
+        t.abort().await.expect("the abort ends");
+        assert!(
+            stats.snapshot().transaction_abort_retries >= 1,
+            "the first call could not end the abort: {:?}",
+            stats.snapshot()
+        );
+        assert_eq!(sink.queued(), 0, "the record was purged");
+        assert_eq!(stats.snapshot().transactions_aborted, 1);
     }
 }
