@@ -8,7 +8,7 @@
 
 KAFKA_SH := scripts/kafka.sh
 
-.PHONY: help up down logs broker-status demo build test lint chaos bench-transform bench latency-sweep scale-test rebalance-bench rolling-bench soak
+.PHONY: help up down logs broker-status demo build test lint chaos bench-transform bench bench-sizes latency-sweep scale-test rebalance-bench rolling-bench soak
 
 ##@ General
 
@@ -63,6 +63,9 @@ bench-transform: ## The transform alone (criterion, no broker): records/s for 50
 
 bench: ## Raw copy, ktransform, Python and Kafka Streams on the local broker -> bench/results/<date>.md (BENCH_ARGS="--quick")
 	python3 bench/run.py $(BENCH_ARGS)
+
+bench-sizes: ## Drain rates and CPU per core for 50 B, 1 KB and 10 KB records: raw copy, ktransform, Kafka Streams -> bench/results/<date>-sizes.md (SIZES_ARGS=...)
+	python3 bench/sizes.py $(SIZES_ARGS)
 
 latency-sweep: ## Latency over load, raw copy against ktransform -> bench/results/<date>-latency-sweep.* (SWEEP_ARGS=...)
 	python3 bench/latency.py $(SWEEP_ARGS)

@@ -163,6 +163,28 @@ def compression_section(r):
     return lines + [""]
 
 
+def per_core_section(r):
+    """Records and MB per second of one core of the contender's own CPU (its process tree, not
+    the broker's): what a user pays for, and what published figures can be set against."""
+    ok = [c for c in r["contenders"] if c.get("status") == "ok" and c.get("cpu_s_per_million")]
+    if not ok:
+        return []
+    size = r["source"]["value_bytes_mean"]
+    lines = ["## Per core", "",
+             f"Per CPU-second of the contender's own process tree (user + sys; the broker's CPU "
+             f"not included), for {size:.0f}-byte values: *records/s per core* = 1,000,000 / "
+             "CPU s/M, *MB/s per core* = that × the mean input value size. A contender that "
+             "waits on the broker uses less than a core, so these are what one core could do "
+             "at this work, not its wall rate.", "",
+             "| contender | CPU s/M | records/s per core | MB/s per core |",
+             "|---|--:|--:|--:|"]
+    for c in ok:
+        per_core = 1e6 / c["cpu_s_per_million"]
+        lines.append(f"| {c['label']} | {fmt(c['cpu_s_per_million'], 2)} | {fmt(per_core)} "
+                     f"| {fmt(per_core * size / 1e6, 1)} |")
+    return lines + [""]
+
+
 def write_bench(r):
     name = r["name"]
     s = r["settings"]
@@ -180,7 +202,10 @@ def write_bench(r):
         "## Setup",
         "",
         f"- Source: {r['source']['records']:,} seed-format records "
-        f"(`{{\"first_name\":…,\"last_name\":…}}`, {r['source']['value_bytes_mean']:.1f} bytes "
+        f"(`{{\"first_name\":…,\"last_name\":…}}`"
+        + (f" with a `\"padding\"` member of names, `--record-bytes {s['record_bytes']}`"
+           if s.get("record_bytes") else "")
+        + f", {r['source']['value_bytes_mean']:.1f} bytes "
         f"on average, a `gen.seq` header, no key) in {r['source']['partitions']} partitions, "
         "written by `examples/generate` before the first contender starts.",
         "- Each contender: a fresh consumer group and a fresh destination topic (same partition "
@@ -202,8 +227,12 @@ def write_bench(r):
         f"- Drain contenders ran {s['repeats']} time(s) each, interleaved in rounds; the table "
         "shows the run with the median records/s (*all runs* lists every run; a failed run "
         "fails the contender). *load* is the 1-minute load average just before the run.",
-        "- Kafka Streams: `-Xmx1g`, 2 stream threads, `linger.ms=5`; stops itself after it has "
-        "forwarded the whole backlog, then `close()` (flush + commit).",
+        "- Kafka Streams: `-Xmx1g`; stops itself after it has forwarded the whole backlog, then "
+        "`close()` (flush + commit). *its defaults*: nothing set (one stream thread, the "
+        "producer's 100 ms linger and 16 KB batches, no compression; commits every 30 s "
+        "at_least_once, 100 ms exactly_once_v2). *tuned*: "
+        + ", ".join(f"`{x}`" for x in (s.get("kstreams_tuned") or "").split(",") if x)
+        + (r.get("kstreams_tuned_note") or "") + ".",
         "- Every output is read back (read_committed) and checked: the record count must equal "
         "what the contender processed, the high watermarks must agree (except transactional "
         "topics, whose commit markers take offsets), and for byte-splicing contenders the md5 "
@@ -236,6 +265,7 @@ def write_bench(r):
             f"| {status} |"
         )
     lines += ["", f"![throughput]({name}-throughput.png)", ""]
+    lines += per_core_section(r)
     lines += compression_section(r)
     lines += ["## End-to-end latency", ""]
     if not r["latency"]:

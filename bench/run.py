@@ -61,10 +61,19 @@ def parse_args():
     p.add_argument("--ktransform-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for every `ktransform run` (repeatable), e.g. "
                         "--ktransform-arg=-X --ktransform-arg=consumer.fetch.queue.backoff.ms=10")
+    p.add_argument("--kstreams-tuned", metavar="K=V,...",
+                   help="settings of the tuned Kafka Streams variants instead of KSTREAMS_TUNED "
+                        "(StreamsConfig keys, producer./consumer. prefixes)")
+    p.add_argument("--record-bytes", type=int,
+                   help="pad each source object to this many bytes (1 KB, 10 KB records; default: "
+                        "the seed format, about 50 B); the default backlog is then 500 MB")
     p.add_argument("--no-build", action="store_true", help="use the binaries already built")
     p.add_argument("--keep-topics", action="store_true", help="do not delete the run's topics")
     args = p.parse_args()
+    if args.record_bytes and not args.records:
+        args.records = max(10_000, (50_000_000 if args.quick else 500_000_000) // args.record_bytes)
     args.records = args.records or (200_000 if args.quick else 2_000_000)
+    args.kstreams_tuned = args.kstreams_tuned or ",".join(KSTREAMS_TUNED)
     args.python_seconds = args.python_seconds or (20 if args.quick else 60)
     args.python_records = args.python_records or args.records
     args.repeats = args.repeats or (1 if args.quick else 5)
@@ -82,9 +91,20 @@ CONTENDERS = [
     ("python-serial", "Python serial", "python", "json"),
     ("python-pool", "Python multiprocessing.Pool", "python", "json"),
     ("python-pipeline", "Python 3-stage pipeline", "python", "json"),
-    ("kstreams-alo", "Kafka Streams at_least_once", "kstreams", "splice"),
-    ("kstreams-eos", "Kafka Streams exactly_once_v2", "kstreams", "splice"),
+    ("kstreams-alo", "Kafka Streams at_least_once, its defaults", "kstreams", "splice"),
+    ("kstreams-alo-tuned", "Kafka Streams at_least_once, tuned", "kstreams", "splice"),
+    ("kstreams-eos", "Kafka Streams exactly_once_v2, its defaults", "kstreams", "splice"),
+    ("kstreams-eos-tuned", "Kafka Streams exactly_once_v2, tuned", "kstreams", "splice"),
 ]
+
+# Kafka Streams at its best: the tuned variants' settings (`--set` of bench/kstreams), the best
+# of those tried in bench/results/2026-12-07-kstreams-tuning.md and -tuning-2.md (2 stream
+# threads, linger, batch size, lz4, max.poll.records, fetch sizes); the plain variants keep
+# every default (one stream thread, the producer's 100 ms linger and 16 KB batches, no
+# compression). `--kstreams-tuned` replaces them, for trying others.
+KSTREAMS_TUNED = ["num.stream.threads=2", "producer.linger.ms=20",
+                  "producer.batch.size=262144", "producer.compression.type=lz4",
+                  "consumer.max.poll.records=5000"]
 
 # The output's compression: ktransform-alo once per codec, so that the report can set the CPU
 # a codec costs per record against the bytes it saves on the wire and on the broker's disk.
@@ -125,11 +145,15 @@ def command(name, kind, bins, args, source, dest, group):
                 "--count", str(min(args.python_records, args.records)),
                 "--seconds", str(args.python_seconds)]
     if kind == "kstreams":
-        guarantee = "exactly_once_v2" if name.endswith("eos") else "at_least_once"
-        return ["java", "-Xmx1g", "-cp", bins.kstreams_classpath, "ktransform.bench.KStreamsBench",
-                "--brokers", args.brokers, *base, "--application-id", group,
-                "--count", str(args.records), "--guarantee", guarantee,
-                "--state-dir", f"/tmp/kstreams-bench-{group}"]
+        guarantee = "exactly_once_v2" if "-eos" in name else "at_least_once"
+        cmd = ["java", "-Xmx1g", "-cp", bins.kstreams_classpath, "ktransform.bench.KStreamsBench",
+               "--brokers", args.brokers, *base, "--application-id", group,
+               "--count", str(args.records), "--guarantee", guarantee,
+               "--state-dir", f"/tmp/kstreams-bench-{group}"]
+        if name.endswith("-tuned"):
+            for setting in filter(None, args.kstreams_tuned.split(",")):
+                cmd += ["--set", setting]
+        return cmd
     raise ValueError(kind)
 
 
@@ -180,7 +204,7 @@ def run_contender(name, label, kind, check, ctx, rep=0):
         problems.append("reported nothing")
     elif out.records != expected:
         problems.append(f"{out.records} records in the destination, expected {expected}")
-    transactional = name.endswith("eos")
+    transactional = "-eos" in name
     if not transactional and hw != out.records:
         problems.append(f"high watermarks sum to {hw}, but {out.records} records were read")
     if out.hash_bad:
@@ -411,8 +435,10 @@ def main():
     try:
         src = f"{run_id}-src"
         say(f"source {src}: {args.records} records into {args.partitions} partitions")
+        padding = ["--record-bytes", str(args.record_bytes)] if args.record_bytes else []
         gen = harness.measure([bins.generate, "--brokers", args.brokers, "--topic", src,
-                               "--partitions", str(args.partitions), "--count", str(args.records)],
+                               "--partitions", str(args.partitions), "--count", str(args.records),
+                               *padding],
                               scratch / "logs" / "generate.log", timeout=1200)
         if gen.rc != 0:
             sys.exit(f"the generator failed:\n{harness.tail(scratch / 'logs' / 'generate.log')}")

@@ -2,8 +2,13 @@
 //!
 //! ```text
 //! cargo run --release --example generate -- [--brokers 127.0.0.1:9092] [--topic name_stream]
-//!     [--count N] [--rate R] [--partitions P] [--keyed [--keys K]] [--seed S] [-X key=value ...]
+//!     [--count N] [--rate R] [--partitions P] [--keyed [--keys K]] [--seed S]
+//!     [--record-bytes B] [-X key=value ...]
 //! ```
+//!
+//! With `--record-bytes B`, each object gets a third member, `"padding"`: names separated by
+//! spaces (text that compresses about as well as prose), so that its value is B bytes long
+//! (objects already longer stay as they are). The benchmarks use it for 1 KB and 10 KB records.
 //!
 //! Every record carries a header `gen.seq` (global sequence number, decimal ASCII, from 0).
 //! With `--keyed`, records get one of K keys `key-{i}` and a header `seq` (per-key sequence
@@ -97,6 +102,9 @@ struct Args {
     /// RNG seed (default: random, printed at start so a run can be reproduced).
     #[arg(long)]
     seed: Option<u64>,
+    /// Pad each object with a "padding" member of names to B bytes.
+    #[arg(long, value_name = "B")]
+    record_bytes: Option<usize>,
     /// librdkafka property override, e.g. -X linger.ms=20 (repeatable).
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_kv)]
     config: Vec<(String, String)>,
@@ -167,6 +175,35 @@ impl ProducerContext for Ctx {
 
 /// Splits a name list and pre-encodes each name as a JSON string literal (quotes included),
 /// so building a record is just a few `push_str`s.
+/// The ASCII names of both lists, for padding (cut anywhere without splitting a character, and
+/// nothing to escape).
+fn padding_words() -> Vec<&'static str> {
+    FIRST_NAMES
+        .split(',')
+        .chain(LAST_NAMES.split(','))
+        .map(str::trim)
+        .filter(|n| n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ' || b == b'-'))
+        .collect()
+}
+
+/// Appends `,"padding":"…"` to an object still open (no closing brace yet), so that with its
+/// closing brace it is `target` bytes long; nothing when it is already that long.
+fn pad(payload: &mut String, target: usize, words: &[&str], rng: &mut StdRng) {
+    const OPEN: &str = r#","padding":""#;
+    let fixed = payload.len() + OPEN.len() + 2; // the closing quote and brace
+    if target <= fixed {
+        return;
+    }
+    payload.push_str(OPEN);
+    let end = payload.len() + (target - fixed);
+    while payload.len() < end {
+        payload.push_str(words[rng.gen_range(0..words.len())]);
+        payload.push(' ');
+    }
+    payload.truncate(end);
+    payload.push('"');
+}
+
 fn json_names(list: &str) -> Vec<String> {
     list.split(',')
         .map(|n| serde_json::to_string(n.trim()).expect("string serialization cannot fail"))
@@ -278,6 +315,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     // StdRng is still only a few ns per record.
     let mut rng = StdRng::seed_from_u64(seed);
     let (first, last) = (json_names(FIRST_NAMES), json_names(LAST_NAMES));
+    let words = padding_words();
     let keys: Vec<String> = (0..args.keys).map(|i| format!("key-{i}")).collect();
     let mut key_seq = vec![0u64; keys.len()];
     eprintln!(
@@ -322,6 +360,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
         payload.push_str(&first[rng.gen_range(0..first.len())]);
         payload.push_str(r#","last_name":"#);
         payload.push_str(&last[rng.gen_range(0..last.len())]);
+        if let Some(target) = args.record_bytes {
+            pad(&mut payload, target, &words, &mut rng);
+        }
         payload.push('}');
 
         gseq_buf.clear();

@@ -4,7 +4,9 @@ import java.nio.charset.StandardCharsets;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.HashMap;
+import java.util.List;
 import java.util.Map;
 import java.util.Properties;
 import java.util.concurrent.CountDownLatch;
@@ -12,7 +14,6 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 
 import org.apache.kafka.clients.consumer.ConsumerConfig;
-import org.apache.kafka.clients.producer.ProducerConfig;
 import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.streams.KafkaStreams;
 import org.apache.kafka.streams.StreamsBuilder;
@@ -33,7 +34,13 @@ import org.apache.kafka.streams.kstream.Produced;
  * java -cp 'target/*:target/lib/*' ktransform.bench.KStreamsBench --source S --destination D
  *     --application-id A --count N [--guarantee at_least_once|exactly_once_v2] [--threads 2]
  *     [--brokers 127.0.0.1:9092] [--state-dir /tmp/...] [--timeout-seconds 1800]
+ *     [--set key=value ...]
  * </pre>
+ *
+ * Kafka Streams runs at its own defaults (one stream thread unless --threads, the producer's
+ * 100 ms linger, no compression, ...) except for what {@code --set} gives: any StreamsConfig
+ * key, and client settings with its prefixes ({@code producer.linger.ms=5},
+ * {@code consumer.max.poll.records=2000}, {@code main.consumer.…}). Repeatable.
  *
  * Prints one line to stdout at the end: {@code processed=N elapsed_s=S}.
  */
@@ -96,14 +103,18 @@ public final class KStreamsBench {
     return b == ' ' || b == '\n' || b == '\r' || b == '\t';
   }
 
-  private static Map<String, String> parseArgs(String[] args) {
+  private static Map<String, String> parseArgs(String[] args, List<String> settings) {
     Map<String, String> out = new HashMap<>();
     for (int i = 0; i < args.length; i++) {
       String a = args[i];
       if (!a.startsWith("--") || i + 1 >= args.length) {
         throw new IllegalArgumentException("expected --flag value pairs, got " + a);
       }
-      out.put(a.substring(2), args[++i]);
+      if (a.equals("--set")) {
+        settings.add(args[++i]);
+      } else {
+        out.put(a.substring(2), args[++i]);
+      }
     }
     return out;
   }
@@ -118,7 +129,8 @@ public final class KStreamsBench {
 
   public static void main(String[] args) throws Exception {
     long started = System.nanoTime();
-    Map<String, String> flags = parseArgs(args);
+    List<String> settings = new ArrayList<>();
+    Map<String, String> flags = parseArgs(args, settings);
     String source = required(flags, "source");
     String destination = required(flags, "destination");
     String appId = required(flags, "application-id");
@@ -135,13 +147,18 @@ public final class KStreamsBench {
     props.put(
         StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, flags.getOrDefault("brokers", "127.0.0.1:9092"));
     props.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, guarantee);
-    props.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, flags.getOrDefault("threads", "2"));
+    props.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, flags.getOrDefault("threads", "1"));
     props.put(
         StreamsConfig.STATE_DIR_CONFIG,
         flags.getOrDefault("state-dir", "/tmp/kstreams-bench-" + appId));
     props.put(StreamsConfig.consumerPrefix(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG), "earliest");
-    // As ktransform's producer: 5 ms linger (Kafka Streams' own default is 100 ms).
-    props.put(StreamsConfig.producerPrefix(ProducerConfig.LINGER_MS_CONFIG), "5");
+    for (String setting : settings) {
+      int eq = setting.indexOf('=');
+      if (eq <= 0) {
+        throw new IllegalArgumentException("--set expects key=value, got " + setting);
+      }
+      props.put(setting.substring(0, eq), setting.substring(eq + 1));
+    }
 
     AtomicLong processed = new AtomicLong();
     CountDownLatch done = new CountDownLatch(1);
