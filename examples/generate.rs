@@ -182,7 +182,10 @@ fn padding_words() -> Vec<&'static str> {
         .split(',')
         .chain(LAST_NAMES.split(','))
         .map(str::trim)
-        .filter(|n| n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ' || b == b'-'))
+        .filter(|n| {
+            n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b' ' || b == b'-')
+        })
         .collect()
 }
 

@@ -74,10 +74,10 @@ impl KafkaArgs {
         let mut out = Vec::with_capacity(self.file_rdkafka.len() + self.rdkafka.len());
         for o in &self.file_rdkafka {
             o.check_not_owned()?;
-            out.push(o.clone());
+            out.push(o.clone().resolved()?);
         }
         for raw in &self.rdkafka {
-            out.push(Override::parse_flag(raw)?);
+            out.push(Override::parse_flag(raw)?.resolved()?);
         }
         Ok(out)
     }
@@ -245,6 +245,32 @@ impl Override {
         self.side.map_or(true, |s| s == side)
     }
 
+    /// The value read from the environment when it is a reference, `${env:NAME}` (the whole
+    /// value): a secret given that way stays out of the command line (`ps`, a pod's args) and
+    /// out of the config file. A reference to a variable that is not set, or not valid UTF-8,
+    /// fails at start naming the property.
+    pub fn resolved(mut self) -> Result<Override, ConfigError> {
+        let Some(name) = env_reference(&self.value) else {
+            return Ok(self);
+        };
+        match std::env::var(name) {
+            Ok(value) => {
+                self.value = value;
+                Ok(self)
+            }
+            Err(e) => Err(ConfigError {
+                flag: self.name(),
+                message: format!(
+                    "refers to the environment variable {name}, which is {}",
+                    match e {
+                        std::env::VarError::NotPresent => "not set",
+                        std::env::VarError::NotUnicode(_) => "not valid UTF-8",
+                    }
+                ),
+            }),
+        }
+    }
+
     /// Refuses the properties ktransform owns.
     pub fn check_not_owned(&self) -> Result<(), ConfigError> {
         match OWNED_PROPERTIES.iter().find(|(k, _)| *k == self.key) {
@@ -257,10 +283,43 @@ impl Override {
     }
 }
 
+/// The variable's name when `value` is a whole `${env:NAME}` reference.
+fn env_reference(value: &str) -> Option<&str> {
+    let name = value.trim().strip_prefix("${env:")?.strip_suffix('}')?;
+    (!name.is_empty() && !name.contains(['$', '{', '}'])).then_some(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::RunConfig;
+
+    #[test]
+    fn a_value_can_come_from_the_environment() {
+        assert_eq!(
+            env_reference("${env:KAFKA_PASSWORD}"),
+            Some("KAFKA_PASSWORD")
+        );
+        assert_eq!(env_reference(" ${env:A} "), Some("A"));
+        for not_a_reference in ["plain", "${env:}", "x${env:A}", "${env:A}x", "$(A)", "${A}"] {
+            assert_eq!(env_reference(not_a_reference), None, "{not_a_reference}");
+        }
+        // A variable only this test sets.
+        std::env::set_var("KTRANSFORM_TEST_SASL_SECRET", "s3cret");
+        let c = parse(&[
+            "-X",
+            "producer.sasl.password=${env:KTRANSFORM_TEST_SASL_SECRET}",
+        ]);
+        let o = c.kafka.overrides().unwrap();
+        assert_eq!(o[0].value, "s3cret");
+        assert_eq!(o[0].side, Some(Side::Producer));
+        let e = error(&["-X", "sasl.password=${env:KTRANSFORM_TEST_UNSET_VARIABLE}"]);
+        assert!(
+            e.contains("-X sasl.password")
+                && e.contains("KTRANSFORM_TEST_UNSET_VARIABLE, which is not set"),
+            "{e}"
+        );
+    }
 
     fn parse(args: &[&str]) -> RunConfig {
         RunConfig::from_args(args).unwrap()
