@@ -399,13 +399,11 @@ pub async fn commit_periodically(
 mod tests {
     //! Against rdkafka's mock cluster: the abort's flush held up by a record in flight.
 
-    use clap::Parser;
     use rdkafka::mocking::{MockCluster, MockCoordinator};
     use rdkafka::types::RDKafkaRespErr;
 
     use super::*;
     use crate::ack::Acks;
-    use crate::cli::{Cli, Command};
     use crate::logging::FatalErrors;
     use crate::sink::TopicLimits;
 
@@ -420,9 +418,7 @@ mod tests {
         mock.coordinator(MockCoordinator::Transaction("abort-test".into()), 1)
             .expect("coordinator");
         mock.partition_leader("out", 0, Some(2)).expect("leader");
-        let argv = [
-            "ktransform",
-            "run",
+        let config = crate::RunConfig::from_args([
             "--brokers",
             &mock.bootstrap_servers(),
             "--source",
@@ -433,10 +429,8 @@ mod tests {
             "exactly-once",
             "--transactional-id",
             "abort-test",
-        ];
-        let Command::Run(config) = Cli::try_parse_from(argv).expect("flags").command else {
-            panic!("not a run command")
-        };
+        ])
+        .expect("flags");
         let fatal = Arc::new(FatalErrors::default());
         let sink = Sink::new(&config, TopicLimits::default(), Some(1), fatal).expect("sink");
         let sink = Arc::new(sink);
