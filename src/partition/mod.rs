@@ -157,7 +157,7 @@ impl PartitionWorker {
             if self.state.draining() || work.failed.is_some() {
                 break;
             }
-            let (batch, max_in_flight) = self.shared.in_flight.limits();
+            let (batch, max_in_flight) = self.shared.in_flight.limits(work.value_bytes);
             let room = !work.abort_pending
                 && work.tracker.in_flight() + batch <= max_in_flight
                 && self.state.reads_queue();
@@ -196,6 +196,7 @@ impl PartitionWorker {
         if batch.is_empty() {
             return Ok(());
         }
+        work.value_bytes = bytes / batch.len();
         self.stats.records_consumed(batch.len());
         let last = batch.last().expect("a batch has a first record").offset();
         work.tracker.read(batch[0].offset(), last + 1);
@@ -461,6 +462,9 @@ struct Work {
     at_end: bool,
     /// Reused output buffer for the inline path.
     buf: Vec<u8>,
+    /// The mean value size of the last batch read: what a record in flight costs follows it
+    /// ([`crate::memory::InFlight::limits`]).
+    value_bytes: usize,
 }
 
 fn can_block_in_place() -> bool {
