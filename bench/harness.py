@@ -595,51 +595,26 @@ def scan(brokers, topic, check=None, keep_seq=False):
     and md5(input) must equal <md5>; "json": the value must end with a 32-hex-digit hash member
     (json.dumps output: the original bytes cannot be recovered, so only the form is checked).
     """
-    from confluent_kafka import Consumer, KafkaError, TopicPartition, OFFSET_BEGINNING
-
-    c = Consumer({
-        "bootstrap.servers": brokers, "group.id": "bench-scan", "enable.auto.commit": False,
-        "enable.partition.eof": True, "isolation.level": "read_committed",
-        "fetch.max.bytes": 52428800, "queued.min.messages": 200000,
-    })
     result = Scan(by_seq={} if keep_seq else None)
-    try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
-        parts = sorted(md.partitions)
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        pending = set(parts)
-        idle_since = time.monotonic()
-        while pending:
-            batch = c.consume(num_messages=20000, timeout=1.0)
-            if not batch:
-                if time.monotonic() - idle_since > 60:
-                    raise RuntimeError(f"scan of {topic}: no progress for 60 s, {pending} left")
-                continue
-            idle_since = time.monotonic()
-            for m in batch:
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(m.partition())
-                        continue
-                    raise RuntimeError(f"scan of {topic}: {err}")
-                value = m.value()
-                result.records += 1
-                result.value_bytes += len(value) if value else 0
-                ts_type, ts = m.timestamp()
-                result.timestamp_types.add(ts_type)
-                if result.min_ts is None or ts < result.min_ts:
-                    result.min_ts = ts
-                if result.max_ts is None or ts > result.max_ts:
-                    result.max_ts = ts
-                if check is not None:
-                    _check(result, check, value)
-                if keep_seq:
-                    for k, v in m.headers() or ():
-                        if k == "gen.seq":
-                            result.by_seq[int(v)] = ts
-    finally:
-        c.close()
+
+    def each(m):
+        value = m.value()
+        result.records += 1
+        result.value_bytes += len(value) if value else 0
+        ts_type, ts = m.timestamp()
+        result.timestamp_types.add(ts_type)
+        if result.min_ts is None or ts < result.min_ts:
+            result.min_ts = ts
+        if result.max_ts is None or ts > result.max_ts:
+            result.max_ts = ts
+        if check is not None:
+            _check(result, check, value)
+        if keep_seq:
+            for k, v in m.headers() or ():
+                if k == "gen.seq":
+                    result.by_seq[int(v)] = ts
+
+    read_all(brokers, topic, each, "bench-scan")
     return result
 
 
@@ -665,6 +640,7 @@ def read_all(brokers, topic, each, group):
 
     c = Consumer({"bootstrap.servers": brokers, "group.id": group,
                   "enable.auto.commit": False, "enable.partition.eof": True,
+                  "isolation.level": "read_committed",
                   "fetch.max.bytes": 52428800, "queued.min.messages": 200000})
     try:
         parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)

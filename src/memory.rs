@@ -88,14 +88,6 @@ pub fn record_cost(seed: usize, value_bytes: usize) -> usize {
 /// `IN_FLIGHT_RECORD_BYTES`.
 const IN_FLIGHT_OVERHEAD: usize = 400;
 
-impl InFlight {
-    /// The share in records for the seed-format estimate (for tests and the gauge).
-    #[cfg(test)]
-    fn seed_limits(&self) -> (usize, usize) {
-        self.limits(0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,18 +95,18 @@ mod tests {
     #[test]
     fn the_share_follows_the_assignment() {
         let in_flight = InFlight::new(16 << 20, 512, 5_000, 1_000);
-        assert_eq!(in_flight.seed_limits(), (1_000, 5_000));
+        assert_eq!(in_flight.limits(0), (1_000, 5_000));
         assert_eq!(in_flight.divide(12), (16 << 20) / 12);
-        assert_eq!(in_flight.seed_limits(), (1_000, 2_730));
+        assert_eq!(in_flight.limits(0), (1_000, 2_730));
         // Never less than one batch in flight.
         in_flight.divide(512);
-        assert_eq!(in_flight.seed_limits(), (1_000, 1_000));
+        assert_eq!(in_flight.limits(0), (1_000, 1_000));
         let small = InFlight::new(16 << 20, 512, 5_000, 50);
         small.divide(512);
-        assert_eq!(small.seed_limits(), (50, 64));
+        assert_eq!(small.limits(0), (50, 64));
         // A revocation leaves fewer partitions: each gets more again.
         in_flight.divide(2);
-        assert_eq!(in_flight.seed_limits(), (1_000, 5_000));
+        assert_eq!(in_flight.limits(0), (1_000, 5_000));
         assert_eq!(in_flight.divide(0), 16 << 20);
     }
 
