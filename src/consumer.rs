@@ -172,7 +172,8 @@ impl Context {
             shared: self.shared.clone(),
             state: state.clone(),
         };
-        let task = self.runtime.spawn(worker.run());
+        let turn = worker.take_place();
+        let task = self.runtime.spawn(worker.run(turn));
         let handle = WorkerHandle { state, task };
         if let Some(old) = self.workers.lock().unwrap().insert(partition, handle) {
             // Not expected: a partition is revoked before it is assigned again.
@@ -249,11 +250,12 @@ impl Context {
     }
 
     /// Divides the in-flight half of `--memory-budget` among the partitions that have a worker
-    /// now, after an assignment or a revocation; workers read with the new share from their
-    /// next batch on.
+    /// now, or the fetch turns when there are fewer (only a partition holding one reads), after
+    /// an assignment or a revocation; workers read with the new share from their next batch on.
     fn divide_budget(&self) {
         let partitions = self.workers.lock().unwrap().len();
-        let share = self.shared.in_flight.divide(partitions);
+        let reading = partitions.min(self.shared.turns.limit());
+        let share = self.shared.in_flight.divide(reading);
         self.shared.stats.budget_divided(partitions, share);
     }
 

@@ -168,6 +168,38 @@ impl PartitionQueue {
         }
     }
 
+    /// Whether the queue holds nothing now (records, errors or librdkafka's own ops).
+    pub fn is_empty(&self) -> bool {
+        unsafe { rdsys::rd_kafka_queue_length(self.queue.as_ptr()) == 0 }
+    }
+
+    /// Whether the partition's position has reached the high watermark of its last fetch
+    /// response (librdkafka's cached one, no request): nothing was left to fetch then.
+    pub fn caught_up(&self) -> bool {
+        let (mut low, mut high) = (-1i64, -1i64);
+        let err = unsafe {
+            rdsys::rd_kafka_get_watermark_offsets(
+                self.rk.as_ptr(),
+                self.topic.as_ptr(),
+                self.partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        let ok = rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
+        err == ok && high >= 0 && self.position().is_some_and(|p| p >= high)
+    }
+
+    /// A handle that pauses and resumes this partition's fetching ([`Pauser`]).
+    pub fn pauser(&self) -> Pauser {
+        Pauser {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            rk: self.rk,
+            _consumer: self._consumer.clone(),
+        }
+    }
+
     /// Appends to `records` up to `max` of what is in the queue now (records, or errors, see
     /// [`Record::error`]), without waiting; `records` must be empty with room for `max`.
     /// Returns how many.
@@ -206,6 +238,57 @@ impl PartitionQueue {
             Poll::Ready(std::mem::take(&mut records))
         })
         .await
+    }
+}
+
+/// Pauses and resumes one partition's fetching (`rd_kafka_pause_partitions`).
+///
+/// librdkafka starts fetching a resumed partition at the offset after the last record it handed
+/// to the application before the pause (or where a seek since put it), and drops whatever was
+/// fetched for it, queued or in flight, at the pause. A pause outlives an unassignment: a
+/// partition paused when revoked would stay paused if assigned here again, so whoever pauses
+/// must resume before letting go.
+pub struct Pauser {
+    topic: CString,
+    partition: i32,
+    rk: NonNull<rdsys::rd_kafka_t>,
+    /// Keeps `rk` alive.
+    _consumer: Arc<dyn Any + Send + Sync>,
+}
+
+// librdkafka's pause and resume are thread safe.
+unsafe impl Send for Pauser {}
+unsafe impl Sync for Pauser {}
+
+impl Pauser {
+    pub fn pause(&self) -> Result<(), RDKafkaErrorCode> {
+        self.set(true)
+    }
+
+    pub fn resume(&self) -> Result<(), RDKafkaErrorCode> {
+        self.set(false)
+    }
+
+    fn set(&self, pause: bool) -> Result<(), RDKafkaErrorCode> {
+        let ok = rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
+        unsafe {
+            let list = rdsys::rd_kafka_topic_partition_list_new(1);
+            rdsys::rd_kafka_topic_partition_list_add(list, self.topic.as_ptr(), self.partition);
+            let mut err = if pause {
+                rdsys::rd_kafka_pause_partitions(self.rk.as_ptr(), list)
+            } else {
+                rdsys::rd_kafka_resume_partitions(self.rk.as_ptr(), list)
+            };
+            if err == ok {
+                err = (*(*list).elems).err;
+            }
+            rdsys::rd_kafka_topic_partition_list_destroy(list);
+            if err == ok {
+                Ok(())
+            } else {
+                Err(err.into())
+            }
+        }
     }
 }
 

@@ -40,10 +40,12 @@
 //!   its own queue and start a worker, and on revocation drain and commit before release; it
 //!   re-splits a partition for the stall watchdog (`consumer/resplit.rs`). Serves the main
 //!   queue on its own thread.
-//! - [`memory`]: the in-flight half of `--memory-budget` divided among the partitions
-//!   assigned, divided again on every rebalance (records in flight and per batch of each
-//!   worker); the prefetch half, librdkafka's per-partition queue limits divided by the
-//!   source's partition count, is the config's (`config/budget.rs`).
+//! - [`memory`]: `--memory-budget` at run time: the fetch turns of the prefetch half (how many
+//!   partitions fetch at once, whatever the partitions owned: `memory/turns.rs`, the
+//!   bookkeeping; the worker pauses and resumes its partition, `partition/turn.rs`), and the
+//!   in-flight half divided among the partitions reading, divided again on every rebalance
+//!   (records in flight and per batch of each worker); librdkafka's per-partition queue limits
+//!   are the config's (`config/budget.rs`).
 //! - [`member`]: what workers, the transaction and the stall watchdog ask of the consumer
 //!   (store an offset, read partitions' offsets and positions, the group's metadata), as a
 //!   trait, so they sit below [`consumer`].

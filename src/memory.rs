@@ -1,6 +1,9 @@
-//! The in-flight half of `--memory-budget` (see `config/budget.rs`), divided among the
-//! partitions assigned and divided again on every rebalance: how many records each partition's
-//! worker may have produced and not yet acknowledged.
+//! `--memory-budget` at run time (its flag and librdkafka settings are `config/budget.rs`'s):
+//! - the prefetch half's **fetch turns** ([`Turns`], `memory/turns.rs`): how many partitions
+//!   fetch at once, instance-wide;
+//! - the **in-flight** half (below), divided among the partitions assigned (or the turns, when
+//!   fewer) and divided again on every rebalance: how many records each partition's worker may
+//!   have produced and not yet acknowledged.
 //!
 //! The count is the partition's share over what a record in flight costs, at most
 //! `--max-in-flight` and at least one batch: with less, the producer's batches shrink with the
@@ -16,7 +19,11 @@
 //! The floor is one batch of seed-format records in bytes (`--batch-size` × 512), so larger
 //! records also read smaller batches.
 
+mod turns;
+
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+pub use turns::{Place, Turns};
 
 /// The in-flight budget and its current division.
 #[derive(Debug)]

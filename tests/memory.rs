@@ -1,7 +1,9 @@
 //! `--memory-budget` against a real broker: the in-flight half is divided among the partitions
 //! an instance owns and divided again on every rebalance, as `/metrics` shows
-//! (`ktransform_memory_budget_partition_bytes`), and a run under a small budget loses nothing.
-//! The flag's validation is unit-tested in `config` (`errors_name_the_flag`).
+//! (`ktransform_memory_budget_partition_bytes`), and a run under a small budget loses nothing;
+//! the prefetch half gives an instance with more partitions than fetch turns turns to take,
+//! through rebalances, losing and duplicating nothing. The flag's validation is unit-tested in
+//! `config` (`errors_name_the_flag`).
 
 mod common;
 
@@ -59,4 +61,85 @@ async fn the_budget_is_divided_again_on_every_rebalance_and_nothing_is_lost() {
     .await;
     stop(a).await.expect("instance a stops cleanly");
     test.outcome().await.assert_nothing_lost();
+}
+
+/// `--memory-budget 4MiB` gives 2 fetch turns (`ktransform_fetch_turns`) to an instance that owns
+/// 12 partitions: 10 wait, paused, and the turns go round (`ktransform_fetch_turns_handed_on`).
+/// A second member joins and leaves meanwhile, so partitions paused while they wait are revoked
+/// and assigned again (librdkafka keeps a pause across that: a partition left paused would never
+/// be read again). Every record arrives, in order per key, and under exactly-once only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitions_take_turns_to_fetch_through_rebalances_at_least_once() {
+    take_turns("at-least-once").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitions_take_turns_to_fetch_through_rebalances_exactly_once() {
+    take_turns("exactly-once").await;
+}
+
+async fn take_turns(guarantee: &str) {
+    let n = common::size("KTRANSFORM_TEST_TURNS_RECORDS", 120_000);
+    let test = prepare(&format!("turns-{guarantee}"), 12, n, Mix::Clean).await;
+    let names = &test.names;
+    // A small in-flight share keeps each turn's reading slow enough for the group to change
+    // while most partitions still have records to read.
+    let flags = [
+        "--memory-budget",
+        "4MiB",
+        "--guarantee",
+        guarantee,
+        "--batch-size",
+        "200",
+        "--max-in-flight",
+        "400",
+    ];
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let a = run_in_process(&args_with_http(names, a_addr, &flags));
+    poll_until(
+        "instance a: 2 fetch turns, partitions waiting for one",
+        CAP,
+        || async {
+            gauge(a_addr, "ktransform_fetch_turns").await == Some(2)
+                && gauge(a_addr, "ktransform_fetch_turns_waiting_partitions")
+                    .await
+                    .is_some_and(|w| w > 0)
+        },
+    )
+    .await;
+
+    let b = run_in_process(&args_with_http(names, b_addr, &flags));
+    wait_assigned(b_addr, "b", 6).await;
+    stop(b).await.expect("instance b stops cleanly");
+    wait_assigned(a_addr, "a", 12).await;
+
+    poll_until(
+        "every record committed: the group's lag at 0",
+        CAP,
+        || async { common::group_lag(&names.group, &names.source).await == 0 },
+    )
+    .await;
+    let handed_on = gauge(a_addr, "ktransform_fetch_turns_handed_on_total").await;
+    stop(a).await.expect("instance a stops cleanly");
+    let outcome = test.outcome().await;
+    println!("turns-{guarantee}: {outcome}, turns handed on by a: {handed_on:?}");
+    // With 2 turns for 12 partitions, every partition but 2 got its records through a turn
+    // handed to it.
+    assert!(
+        handed_on.is_some_and(|h| h >= 10),
+        "turns handed on: {handed_on:?}"
+    );
+    outcome.assert_nothing_lost();
+    if guarantee == "exactly-once" {
+        assert_eq!(outcome.tally.duplicates, 0, "duplicates under exactly-once");
+    }
+}
+
+async fn wait_assigned(addr: SocketAddr, which: &str, partitions: u64) {
+    poll_until(
+        &format!("instance {which}: {partitions} partitions assigned"),
+        CAP,
+        || async { gauge(addr, "ktransform_assigned_partitions").await == Some(partitions) },
+    )
+    .await;
 }

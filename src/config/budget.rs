@@ -8,11 +8,12 @@
 //! bytes, so for small records the count, not the bytes, is what costs.
 //!
 //! The budget is split in two halves:
-//! - the **prefetch** half is divided by the source topic's partition count read at start
-//!   (the most partitions an instance can be assigned) and set as the per-partition limits
-//!   below; librdkafka fixes them when the consumer is created, and its only run-time lever,
-//!   pausing a partition, throws the partition's queue away (a pause bumps the fetch version),
-//!   so they cannot follow the assignment;
+//! - the **prefetch** half is divided into fetch turns of [`FETCH_TURN_SHARE`] each (16 under
+//!   the default budget): at most that many of an instance's partitions fetch at once, the
+//!   others paused until a turn comes to them ([`crate::memory::Turns`]), so the records
+//!   prefetched do not grow with the partitions owned. The half is divided by the turns, or by
+//!   the source topic's partition count read at start when that is smaller, and set as the
+//!   per-partition limits below; librdkafka fixes them when the consumer is created;
 //! - the **in-flight** half (records produced and not yet acknowledged) is divided among the
 //!   partitions assigned, again on every rebalance ([`crate::memory::InFlight`]), never below
 //!   one batch per partition.
@@ -28,6 +29,9 @@ use crate::config::{invalid, ConfigError};
 pub const DEFAULT_MEMORY_BUDGET: &str = "32MiB";
 /// Below this, a partition's share of a topic with a few hundred partitions holds no batch.
 pub const MIN_MEMORY_BUDGET: u64 = 4 << 20;
+/// The prefetch each fetch turn is given: 16 turns under the default budget, more than the 12
+/// partitions that drain this machine's broker at full rate, 2 under the minimum.
+pub const FETCH_TURN_SHARE: u64 = 1 << 20;
 /// What one prefetched record costs besides its bytes: librdkafka's `rd_kafka_op_t` (1,024
 /// bytes in 2.12.1) and the parsed headers.
 pub const QUEUED_RECORD_OVERHEAD: u64 = 1_088;
@@ -82,19 +86,19 @@ impl MemoryBudget {
         self.0 - self.prefetch()
     }
 
-    /// The prefetch limits when the source has `partitions` partitions; unknown (the topic does
-    /// not exist at start), the ceilings.
+    /// How many partitions may fetch at once ([`crate::memory::Turns`]).
+    pub fn fetch_turns(self) -> usize {
+        (self.prefetch() / FETCH_TURN_SHARE).max(1) as usize
+    }
+
+    /// The prefetch limits when the source has `partitions` partitions (unknown: the topic
+    /// does not exist at start): the prefetch half divided by the partitions that fetch at once.
     pub fn prefetch_limits(self, partitions: Option<usize>) -> PrefetchLimits {
-        let Some(partitions) = partitions.filter(|p| *p > 0) else {
-            return PrefetchLimits {
-                share: self.prefetch(),
-                queued_min_messages: MAX_QUEUED_MIN_MESSAGES,
-                queued_max_messages_kbytes: MAX_QUEUED_MAX_KBYTES,
-                max_partition_fetch_bytes: MAX_PARTITION_FETCH_BYTES,
-                fetch_max_bytes: MAX_FETCH_BYTES,
-            };
-        };
-        let share = self.prefetch() / partitions as u64;
+        let turns = self.fetch_turns();
+        let fetching = partitions
+            .filter(|p| *p > 0)
+            .map_or(turns, |p| p.min(turns));
+        let share = self.prefetch() / fetching as u64;
         // Half the share for the records waiting in the queue, half for the response that
         // arrives when the queue falls below `queued.min.messages`.
         let half = share / 2;
@@ -219,11 +223,14 @@ mod tests {
     /// Each partition's queue and response stay within its share of the prefetch half, except
     /// at the floors (one record, one small response), whatever the partition count.
     #[test]
-    fn the_prefetch_half_is_divided_by_the_partition_count() {
+    fn the_prefetch_half_is_divided_by_the_partitions_that_fetch_at_once() {
         let budget = MemoryBudget(32 * MIB);
+        assert_eq!(budget.fetch_turns(), 16);
+        assert_eq!(MemoryBudget(MIN_MEMORY_BUDGET).fetch_turns(), 2);
         for partitions in [1, 12, 128, 512, 4096] {
             let l = budget.prefetch_limits(Some(partitions));
-            assert_eq!(l.share, budget.prefetch() / partitions as u64);
+            let fetching = partitions.min(budget.fetch_turns());
+            assert_eq!(l.share, budget.prefetch() / fetching as u64);
             let queued = l.queued_min_messages * QUEUED_RECORD_OVERHEAD;
             let fetched = l.max_partition_fetch_bytes * FETCH_EXPANSION;
             assert!(queued <= l.share / 2 || l.queued_min_messages == 1, "{l:?}");
@@ -233,14 +240,13 @@ mod tests {
             );
             assert!(l.fetch_max_bytes >= MIN_FETCH_BYTES);
         }
+        // 12 partitions all fetch at once, as before the turns; past the turns the share stays.
         let twelve = budget.prefetch_limits(Some(12));
         let many = budget.prefetch_limits(Some(512));
+        assert_eq!(twelve.share, budget.prefetch() / 12);
         assert!(many.queued_min_messages < twelve.queued_min_messages);
-        assert!(many.queued_max_messages_kbytes < twelve.queued_max_messages_kbytes);
-        assert_eq!(
-            budget.prefetch_limits(None).queued_min_messages,
-            MAX_QUEUED_MIN_MESSAGES
-        );
+        assert_eq!(many, budget.prefetch_limits(Some(16)));
+        assert_eq!(budget.prefetch_limits(None), many);
         assert_eq!(budget.prefetch() + budget.in_flight(), budget.bytes());
     }
 }

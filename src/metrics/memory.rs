@@ -1,5 +1,5 @@
 //! `--memory-budget`'s division (`crate::memory`): each assigned partition's share of the
-//! in-flight half, set again on every rebalance.
+//! in-flight half, set again on every rebalance, and the fetch turns of the prefetch half.
 
 use super::Stats;
 use prometheus_client::registry::Registry;
@@ -11,6 +11,35 @@ impl Stats {
             "Each assigned partition's share of the in-flight half of --memory-budget, divided again on every rebalance",
             self.budget_share.clone(),
         );
+        r.register(
+            "fetch_turns",
+            "How many partitions may fetch at once (the prefetch half of --memory-budget); the others are paused until a turn comes to them",
+            self.fetch_turns.clone(),
+        );
+        r.register(
+            "fetch_turns_waiting_partitions",
+            "Assigned partitions paused, waiting for a fetch turn",
+            self.turns_waiting.clone(),
+        );
+        r.register(
+            "fetch_turns_handed_on",
+            "Fetch turns handed from a partition to a waiting one",
+            self.turns_handed_on.clone(),
+        );
+    }
+
+    /// `turns` partitions may fetch at once.
+    pub fn fetch_turns(&self, turns: usize) {
+        self.fetch_turns.set(turns as i64);
+    }
+
+    /// Partitions waiting for a fetch turn now, after a turn was taken, handed on or let go
+    /// (`handed_on`: one more turn went from a partition to a waiting one).
+    pub fn turns_changed(&self, waiting: usize, handed_on: bool) {
+        self.turns_waiting.set(waiting as i64);
+        if handed_on {
+            self.turns_handed_on.inc();
+        }
     }
 
     /// The in-flight budget was divided among `partitions`: `share` bytes each.

@@ -11,6 +11,10 @@
 //! - At most the partition's share of the in-flight budget ([`InFlight`]: `--memory-budget`
 //!   and `--max-in-flight`, divided again on every rebalance) is unacknowledged; past that the
 //!   worker stops reading.
+//! - The partition fetches only while its worker holds a fetch turn ([`Turns`], the prefetch
+//!   half of the budget): without one it is paused, and the worker resumes it when a turn is
+//!   handed to it (`turn.rs`). Pausing and resuming only ever happen between the worker's own
+//!   reads, and a worker that ends hands its turn on and leaves its partition resumed.
 //! - On drain (revocation or shutdown, asked through its [`PartitionState`]) the worker reads
 //!   nothing more, waits for what it has in flight, and reports its last offset in
 //!   [`WorkerExit`].
@@ -39,6 +43,7 @@
 mod rewind;
 mod state;
 mod tracker;
+mod turn;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,13 +58,15 @@ use crate::ack::Acks;
 use crate::dead_letter::{Router, Sent};
 use crate::fetch::{PartitionQueue, Record, Undecodable};
 use crate::member::Member;
-use crate::memory::InFlight;
+use crate::memory::{InFlight, Turns};
 use crate::metrics::{PartitionStats, Stats};
 use crate::offsets::Offsets;
 use crate::transform::{self, Rejection};
 
 pub use state::{PartitionState, Phase, Progress, Status, WorkerExit};
 use tracker::{Ack, Batch, Settled, Tracker};
+pub use turn::Turn;
+use turn::TURN_LOOK;
 
 /// A safety net for the queue's wake-up ([`crate::fetch`]): never wait on it longer than this
 /// without reading it again.
@@ -74,6 +81,8 @@ pub struct Shared {
     pub events: mpsc::UnboundedSender<WorkerEvent>,
     /// Records per batch and in flight, per partition: the in-flight budget's division.
     pub in_flight: Arc<InFlight>,
+    /// Which partitions fetch now: the prefetch half of the budget, instance-wide.
+    pub turns: Arc<Turns>,
     pub parallel_min_bytes: usize,
     /// Report [`WorkerEvent::ReachedEnd`] (for `--until-end`).
     pub until_end: bool,
@@ -113,13 +122,29 @@ pub struct PartitionWorker {
 }
 
 impl PartitionWorker {
+    /// The partition's place in the fetch turns ([`Turns`]), taken before the partition fetches
+    /// anything (when it is split, before librdkafka starts its fetch): without a turn it is
+    /// paused at once, and a pause made before the fetch starts never races it.
+    pub fn take_place(&self) -> Turn {
+        Turn::enter(
+            self.shared.turns.clone(),
+            self.shared.stats.clone(),
+            self.queue.pauser(),
+            &self.topic,
+            self.partition,
+        )
+    }
+
     /// Runs until drained or stopped by an error; the exit goes to the [`PartitionState`].
-    pub async fn run(self) {
+    pub async fn run(self, mut turn: Turn) {
         let mut work = Work::default();
+        if !turn.fetching() {
+            self.state.set_waiting_turn(true);
+        }
         if self.shared.until_end {
             work.end_target = self.end_target().await;
         }
-        let failed = match self.consume(&mut work).await {
+        let failed = match self.consume(&mut work, &mut turn).await {
             Ok(()) => false,
             Err(error) => {
                 tracing::error!(topic = %self.topic, partition = self.partition, %error, "partition worker stopped");
@@ -141,7 +166,7 @@ impl PartitionWorker {
         });
     }
 
-    async fn consume(&self, work: &mut Work) -> Result<(), WorkerError> {
+    async fn consume(&self, work: &mut Work, turn: &mut Turn) -> Result<(), WorkerError> {
         let mut aborts = self.shared.offsets.aborts();
         if let Some(aborts) = &mut aborts {
             work.aborts_seen = *aborts.borrow_and_update();
@@ -161,16 +186,34 @@ impl PartitionWorker {
             let room = !work.abort_pending
                 && work.tracker.in_flight() + batch <= max_in_flight
                 && self.state.reads_queue();
+            // Another partition waits for this one's fetch turn: look again soon.
+            let wake = if turn.contested() {
+                TURN_LOOK
+            } else {
+                RECV_WAKE
+            };
             tokio::select! {
                 biased;
                 _ = self.state.drain_requested() => {}
                 _ = aborted(&mut aborts) => {}
+                _ = turn.called(), if !turn.fetching() => {
+                    turn.take();
+                    self.state.set_waiting_turn(false);
+                }
                 ack = work.tracker.front(), if !work.tracker.is_idle() => {
                     self.settle(work, Some(ack))?;
                 }
-                received = tokio::time::timeout(RECV_WAKE, self.queue.next_batch(batch)), if room => {
+                received = tokio::time::timeout(wake, self.queue.next_batch(batch)), if room => {
+                    let read = received.is_ok();
                     if let Ok(batch) = received {
                         self.process_batch(batch, work, aborts.as_ref()).await?;
+                    } else {
+                        turn.idle();
+                    }
+                    if turn.contested()
+                        && turn.offer(!read || self.queue.is_empty(), || self.queue.caught_up())
+                    {
+                        self.state.set_waiting_turn(true);
                     }
                 }
             }

@@ -63,6 +63,9 @@ pub struct Progress {
     /// Between reading a batch and having sent it all: waiting on the producer or the
     /// transaction, not on the queue.
     pub sending: bool,
+    /// Paused, waiting for a fetch turn ([`crate::memory::Turns`]): waiting on the memory
+    /// budget, not on the queue.
+    pub waiting_turn: bool,
 }
 
 impl Progress {
@@ -96,6 +99,7 @@ impl Default for PartitionState {
                     at: None,
                     read_to: None,
                     sending: false,
+                    waiting_turn: false,
                 },
             }),
             ended: Condvar::new(),
@@ -192,6 +196,16 @@ impl PartitionState {
         status.in_flight = in_flight;
         status.progress.at = Some(Instant::now());
         status.progress.sending = false;
+    }
+
+    /// The worker waits for a fetch turn (true), or got one: a turn taken counts as progress, so
+    /// the time spent waiting is not taken for a stall.
+    pub fn set_waiting_turn(&self, waiting: bool) {
+        let mut status = self.status.lock().unwrap();
+        status.progress.waiting_turn = waiting;
+        if !waiting {
+            status.progress.at = Some(Instant::now());
+        }
     }
 
     /// Whether the worker reads its queue; false only under the test hook.

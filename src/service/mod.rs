@@ -27,7 +27,7 @@ use crate::error::{Error, InstanceIdLoss};
 use crate::http::{self, Health};
 use crate::logging::FatalErrors;
 use crate::member::Member;
-use crate::memory::InFlight;
+use crate::memory::{InFlight, Turns};
 use crate::metrics::{self, Snapshot, Stats};
 use crate::offsets::Offsets;
 use crate::partition::{Shared, WorkerEvent};
@@ -130,6 +130,8 @@ impl Pipeline {
             config.max_in_flight,
             config.batch_size,
         ));
+        let turns = Arc::new(Turns::new(budget.fetch_turns()));
+        stats.fetch_turns(turns.limit());
         let (worker_tx, worker_events) = mpsc::unbounded_channel();
         let (group_tx, group_events) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -138,6 +140,7 @@ impl Pipeline {
             pool: Arc::new(pool),
             events: worker_tx,
             in_flight,
+            turns,
             parallel_min_bytes: config.parallel_min_bytes,
             until_end: config.until_end,
             offsets: offsets.clone(),

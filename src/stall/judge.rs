@@ -118,8 +118,9 @@ impl Judge {
                 }
                 continue;
             }
-            if s.alive && (progress.sending || s.status.in_flight > 0) {
-                // Waiting on the destination or the transaction, not on the queue alone.
+            if s.alive && (progress.sending || progress.waiting_turn || s.status.in_flight > 0) {
+                // Waiting on the destination, the transaction or a fetch turn, not on the queue
+                // alone.
                 continue;
             }
             let quiet_since = quiet_since(&progress, track);

@@ -26,6 +26,7 @@ fn seen(partition: i32, started: Instant, progress: Option<Instant>) -> Seen {
                 at: progress,
                 read_to: progress.map(|_| 100),
                 sending: false,
+                waiting_turn: false,
             },
         },
         alive: true,

@@ -11,6 +11,11 @@
 //! (`ktransform verify --guarantee exactly-once`). The aborts are counted from the instances'
 //! logs and reported.
 //!
+//! The graceful hand-offs run with `--memory-budget 4MiB`: 2 fetch turns for the 2 or 3
+//! partitions a member owns, so a member that owns 3 pauses one while it waits for a turn, and
+//! partitions are revoked while paused and assigned again (librdkafka keeps a pause across
+//! that).
+//!
 //! Short (default): 20 s of hand-offs at 2,000 records/s: about 1 min each in a debug build.
 //! `KTRANSFORM_CHAOS=1`: 90 s. Env `KTRANSFORM_FAULT_HANDOFF_SECONDS`; data:
 //! `KTRANSFORM_TEST_SEED`.
@@ -121,8 +126,12 @@ async fn handoffs(how: Stop, protocol: &'static str) {
             "--transaction-interval",
             "20ms",
         ];
+        let turns: &[&str] = match how {
+            Stop::Term => &["--memory-budget", "4MiB"],
+            Stop::Kill => &[],
+        };
         Member {
-            binary: Binary::run(&names.args(&[&flags[..], &group].concat())),
+            binary: Binary::run(&names.args(&[&flags[..], turns, &group].concat())),
             slot,
         }
     };
