@@ -168,9 +168,13 @@ impl PartitionQueue {
         }
     }
 
-    /// Whether the queue holds nothing now (records, errors or librdkafka's own ops).
+    /// What the queue holds now: records, errors or librdkafka's own ops.
+    pub fn len(&self) -> usize {
+        unsafe { rdsys::rd_kafka_queue_length(self.queue.as_ptr()) }
+    }
+
     pub fn is_empty(&self) -> bool {
-        unsafe { rdsys::rd_kafka_queue_length(self.queue.as_ptr()) == 0 }
+        self.len() == 0
     }
 
     /// Whether the partition's position has reached the high watermark of its last fetch

@@ -65,6 +65,8 @@ pub struct Stats {
     fetch_turns: Gauge,
     turns_waiting: Gauge,
     turns_handed_on: Counter,
+    /// The running total `turns_handed_on` was last brought up to.
+    turns_seen: AtomicU64,
     rebalances: Counter,
     commits: Family<ResultLabels, Counter>,
     transactions: Family<ResultLabels, Counter>,
@@ -159,6 +161,7 @@ impl Stats {
             fetch_turns: Gauge::default(),
             turns_waiting: Gauge::default(),
             turns_handed_on: Counter::default(),
+            turns_seen: AtomicU64::new(0),
             rebalances: Counter::default(),
             commits: Family::default(),
             transactions: Family::default(),

@@ -3,6 +3,7 @@
 
 use super::Stats;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::Ordering::Relaxed;
 
 impl Stats {
     pub(super) fn register_memory(&self, r: &mut Registry) {
@@ -33,12 +34,13 @@ impl Stats {
         self.fetch_turns.set(turns as i64);
     }
 
-    /// Partitions waiting for a fetch turn now, after a turn was taken, handed on or let go
-    /// (`handed_on`: one more turn went from a partition to a waiting one).
-    pub fn turns_changed(&self, waiting: usize, handed_on: bool) {
+    /// Partitions waiting for a fetch turn now, and turns given to waiting partitions so far
+    /// (`handed_on`, a running total), after a turn was taken, handed on or let go.
+    pub fn turns_changed(&self, waiting: usize, handed_on: u64) {
         self.turns_waiting.set(waiting as i64);
-        if handed_on {
-            self.turns_handed_on.inc();
+        let before = self.turns_seen.fetch_max(handed_on, Relaxed);
+        if handed_on > before {
+            self.turns_handed_on.inc_by(handed_on - before);
         }
     }
 

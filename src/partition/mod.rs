@@ -197,21 +197,26 @@ impl PartitionWorker {
                 _ = self.state.drain_requested() => {}
                 _ = aborted(&mut aborts) => {}
                 _ = turn.called(), if !turn.fetching() => {
-                    turn.take();
-                    self.state.set_waiting_turn(false);
+                    if turn.take() {
+                        self.state.set_waiting_turn(false);
+                    }
                 }
                 ack = work.tracker.front(), if !work.tracker.is_idle() => {
                     self.settle(work, Some(ack))?;
                 }
                 received = tokio::time::timeout(wake, self.queue.next_batch(batch)), if room => {
-                    let read = received.is_ok();
+                    let mut left = 0;
+                    let mut gave_up = false;
                     if let Ok(batch) = received {
+                        let read = batch.len();
                         self.process_batch(batch, work, aborts.as_ref()).await?;
+                        left = self.queue.len();
+                        gave_up = turn.report(read, left, work.value_bytes);
                     } else {
                         turn.idle();
                     }
-                    if turn.contested()
-                        && turn.offer(!read || self.queue.is_empty(), || self.queue.caught_up())
+                    if gave_up
+                        || (turn.contested() && turn.offer(left == 0, || self.queue.caught_up()))
                     {
                         self.state.set_waiting_turn(true);
                     }

@@ -1,5 +1,7 @@
 //! A worker's fetch turn ([`crate::memory::Turns`]): its partition fetches while it holds one
-//! and is paused while it waits.
+//! and is paused while it waits. After each read the worker reports what its queue held (its
+//! cost, from which [`crate::memory::Turns`] lets waiting partitions in beyond the minimum), and
+//! an empty wait reports that it holds nothing.
 //!
 //! The worker pauses and resumes its own partition, between its reads: librdkafka resumes a
 //! partition at the offset after the last record it handed to the application before the pause,
@@ -29,6 +31,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::budget::QUEUED_RECORD_OVERHEAD;
 use crate::fetch::Pauser;
 use crate::memory::{Place, Turns};
 use crate::metrics::Stats;
@@ -67,7 +70,7 @@ impl Turn {
         partition: i32,
     ) -> Self {
         let place = turns.enter();
-        stats.turns_changed(turns.waiting(), false);
+        stats.turns_changed(turns.waiting(), turns.handed_on());
         let mut turn = Turn {
             turns,
             stats,
@@ -100,11 +103,16 @@ impl Turn {
         self.place.bell.notified().await
     }
 
-    /// The turn handed to this place: the partition fetches again.
-    pub fn take(&mut self) {
+    /// The bell rang: if the turn is this place's (a bell may be stale), the partition fetches
+    /// again (true).
+    pub fn take(&mut self) -> bool {
+        if !self.turns.holds(self.place.ticket) {
+            return false;
+        }
         self.place.fetching = true;
         self.held_since = Instant::now();
-        self.stats.turns_changed(self.turns.waiting(), false);
+        self.stats
+            .turns_changed(self.turns.waiting(), self.turns.handed_on());
         if self.paused {
             match self.pauser.resume() {
                 Ok(()) => self.paused = false,
@@ -113,15 +121,43 @@ impl Turn {
                 }
             }
         }
+        true
     }
 
     /// The worker waited on its queue and read nothing: if it holds a turn, its partition is
     /// resumed again, in case a pause of its own outran the last resume (see the module's text).
     pub fn idle(&mut self) {
-        if self.place.fetching && self.ever_paused {
+        if !self.place.fetching {
+            return;
+        }
+        // Its queue is empty: it costs nothing now (a newcomer counted a turn's share).
+        self.turns.report(self.place.ticket, 0);
+        if self.ever_paused {
             let _ = self.pauser.resume();
             self.paused = false;
         }
+    }
+
+    /// A read took `read` records, and `left` stayed queued, of values `value_bytes` long on
+    /// average: what the queue held is this holder's cost ([`Turns::report`]). When the
+    /// holders hold more than the budget and more than the turns' limit hold one, the turn is
+    /// given up here once the queue is empty; true when it was.
+    pub fn report(&mut self, read: usize, left: usize, value_bytes: usize) -> bool {
+        if !self.place.fetching {
+            return false;
+        }
+        let per_record = QUEUED_RECORD_OVERHEAD + value_bytes as u64;
+        let over = self
+            .turns
+            .report(self.place.ticket, (read + left) as u64 * per_record);
+        if !over || left > 0 || !self.turns.release(self.place.ticket) {
+            return false;
+        }
+        self.place.fetching = false;
+        self.stats
+            .turns_changed(self.turns.waiting(), self.turns.handed_on());
+        self.pause();
+        true
     }
 
     /// Hands the turn on if a partition waits for it and this one had its share (see the
@@ -140,7 +176,8 @@ impl Turn {
             return false;
         }
         self.place.fetching = false;
-        self.stats.turns_changed(self.turns.waiting(), true);
+        self.stats
+            .turns_changed(self.turns.waiting(), self.turns.handed_on());
         self.pause();
         true
     }
@@ -164,7 +201,8 @@ impl Drop for Turn {
     /// resumed, or it would stay paused if assigned here again.
     fn drop(&mut self) {
         self.turns.leave(self.place.ticket);
-        self.stats.turns_changed(self.turns.waiting(), false);
+        self.stats
+            .turns_changed(self.turns.waiting(), self.turns.handed_on());
         if self.ever_paused {
             let _ = self.pauser.resume();
         }

@@ -130,7 +130,7 @@ impl Pipeline {
             config.max_in_flight,
             config.batch_size,
         ));
-        let turns = Arc::new(Turns::new(budget.fetch_turns()));
+        let turns = Arc::new(Turns::new(budget.fetch_turns(), budget.prefetch()));
         stats.fetch_turns(turns.limit());
         let (worker_tx, worker_events) = mpsc::unbounded_channel();
         let (group_tx, group_events) = mpsc::unbounded_channel();
