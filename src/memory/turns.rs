@@ -147,13 +147,19 @@ impl Turns {
     /// held one.
     pub fn release(&self, ticket: u64) -> bool {
         let mut state = self.state.lock().unwrap();
+        self.to_the_back(&mut state, ticket)
+    }
+
+    /// Moves a holder to the back of the queue and lets in whoever fits; false if it held no
+    /// turn.
+    fn to_the_back(&self, state: &mut State, ticket: u64) -> bool {
         let Some(cost) = state.holders.remove(&ticket) else {
             return false;
         };
         state.held -= cost;
         state.queue.push_back(ticket);
         state.costs.insert(ticket, cost);
-        self.admit(&mut state);
+        self.admit(state);
         true
     }
 
@@ -169,11 +175,7 @@ impl Turns {
         if state.queue.is_empty() {
             return false;
         }
-        let cost = state.holders.remove(&ticket).unwrap_or(0);
-        state.held -= cost;
-        state.queue.push_back(ticket);
-        state.costs.insert(ticket, cost);
-        self.admit(&mut state);
+        self.to_the_back(&mut state, ticket);
         // Let in again at once (everything ahead of it fitted): it keeps fetching, and the
         // bell its admission rang is ignored ([`Turns::holds`]).
         !state.holders.contains_key(&ticket)

@@ -153,10 +153,7 @@ impl Turn {
         if !over || left > 0 || !self.turns.release(self.place.ticket) {
             return false;
         }
-        self.place.fetching = false;
-        self.stats
-            .turns_changed(self.turns.waiting(), self.turns.handed_on());
-        self.pause();
+        self.wait();
         true
     }
 
@@ -175,11 +172,16 @@ impl Turn {
         if !self.turns.offer(self.place.ticket) {
             return false;
         }
+        self.wait();
+        true
+    }
+
+    /// The turn went on: the partition stops fetching and waits.
+    fn wait(&mut self) {
         self.place.fetching = false;
         self.stats
             .turns_changed(self.turns.waiting(), self.turns.handed_on());
         self.pause();
-        true
     }
 
     fn pause(&mut self) {
