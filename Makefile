@@ -8,7 +8,7 @@
 
 KAFKA_SH := scripts/kafka.sh
 
-.PHONY: help up down logs broker-status demo build test lint chaos bench-transform bench bench-sizes latency-sweep scale-test rebalance-bench rolling-bench soak
+.PHONY: help up down logs broker-status demo build test lint chaos bench-transform bench bench-sizes memory-sweep latency-sweep scale-test rebalance-bench rolling-bench soak
 
 ##@ General
 
@@ -66,6 +66,10 @@ bench: ## Raw copy, ktransform, Python and Kafka Streams on the local broker -> 
 
 bench-sizes: ## Drain rates and CPU per core for 50 B, 1 KB and 10 KB records: raw copy, ktransform, Kafka Streams -> bench/results/<date>-sizes.md (SIZES_ARGS=...)
 	python3 bench/sizes.py $(SIZES_ARGS)
+
+memory-sweep: build ## Peak RSS and drain rate per partition count (12, 128, 512; 3M records each, 2 rounds) of this build -> bench/results/<date>-memory-sweep.md (MEMORY_ARGS=... e.g. a second --contender)
+	python3 bench/ab.py --partitions 12,128,512 --records 3000000 --rounds 2 --name $$(date +%F)-memory-sweep \
+	  --contender 'ktransform=target/release/ktransform run --brokers {brokers} --source {source} --destination {dest} --group {group} --until-end --metrics-addr none' $(MEMORY_ARGS)
 
 latency-sweep: ## Latency over load, raw copy against ktransform -> bench/results/<date>-latency-sweep.* (SWEEP_ARGS=...)
 	python3 bench/latency.py $(SWEEP_ARGS)
