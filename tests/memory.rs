@@ -9,7 +9,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::data::Mix;
+use common::data::{self, Mix};
 use common::http::{args_with_http, free_addr, get};
 use common::{poll_until, prepare, run_in_process, stop, CAP};
 
@@ -64,10 +64,17 @@ async fn the_budget_is_divided_again_on_every_rebalance_and_nothing_is_lost() {
 }
 
 /// `--memory-budget 4MiB` gives 2 fetch turns (`ktransform_fetch_turns`) to an instance that owns
-/// 12 partitions: 10 wait, paused, and the turns go round (`ktransform_fetch_turns_handed_on`).
-/// A second member joins and leaves meanwhile, so partitions paused while they wait are revoked
-/// and assigned again (librdkafka keeps a pause across that: a partition left paused would never
-/// be read again). Every record arrives, in order per key, and under exactly-once only once.
+/// 12 partitions of a backlog: 10 wait, paused, and the turns go round
+/// (`ktransform_fetch_turns_handed_on`). A second member joins while most of them wait, so
+/// partitions paused in the first member are revoked from it; once both have drained, the
+/// second leaves and they come back to the first, and more records are produced to every
+/// partition. Every record arrives, in order per key, and under exactly-once only once.
+///
+/// Not shown here: a partition that comes back while librdkafka still has it paused from
+/// before (a pause outlives an unassignment). With the resume at a worker's end removed, this
+/// test still passed (2026-12-07): the partitions that came back were resumed on another path.
+/// That resume is kept on librdkafka's source (`RD_KAFKA_TOPPAR_F_APP_PAUSE` is never cleared
+/// by an assignment).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitions_take_turns_to_fetch_through_rebalances_at_least_once() {
     take_turns("at-least-once").await;
@@ -80,10 +87,15 @@ async fn partitions_take_turns_to_fetch_through_rebalances_exactly_once() {
 
 async fn take_turns(guarantee: &str) {
     let n = common::size("KTRANSFORM_TEST_TURNS_RECORDS", 120_000);
-    let test = prepare(&format!("turns-{guarantee}"), 12, n, Mix::Clean).await;
-    let names = &test.names;
+    let names = common::Names::new(&format!("turns-{guarantee}"));
+    names.create(12).await;
+    let records = data::generate(n, common::KEYS, Mix::Clean, data::seed());
+    let (first, later) = records.split_at(n * 3 / 4);
+    common::produce(&names.source, first).await;
+    let lag_is_zero = || async { common::group_lag(&names.group, &names.source).await == 0 };
+
     // A small in-flight share keeps each turn's reading slow enough for the group to change
-    // while most partitions still have records to read.
+    // while most partitions still wait for a turn.
     let flags = [
         "--memory-budget",
         "4MiB",
@@ -95,7 +107,7 @@ async fn take_turns(guarantee: &str) {
         "400",
     ];
     let (a_addr, b_addr) = (free_addr(), free_addr());
-    let a = run_in_process(&args_with_http(names, a_addr, &flags));
+    let a = run_in_process(&args_with_http(&names, a_addr, &flags));
     poll_until(
         "instance a: 2 fetch turns, partitions waiting for one",
         CAP,
@@ -108,23 +120,25 @@ async fn take_turns(guarantee: &str) {
     )
     .await;
 
-    let b = run_in_process(&args_with_http(names, b_addr, &flags));
+    let b = run_in_process(&args_with_http(&names, b_addr, &flags));
     wait_assigned(b_addr, "b", 6).await;
+    poll_until("the first records committed", CAP, lag_is_zero).await;
     stop(b).await.expect("instance b stops cleanly");
     wait_assigned(a_addr, "a", 12).await;
 
-    poll_until(
-        "every record committed: the group's lag at 0",
-        CAP,
-        || async { common::group_lag(&names.group, &names.source).await == 0 },
-    )
-    .await;
+    common::produce(&names.source, later).await;
+    poll_until("the later records committed", CAP, lag_is_zero).await;
     let handed_on = gauge(a_addr, "ktransform_fetch_turns_handed_on_total").await;
     stop(a).await.expect("instance a stops cleanly");
-    let outcome = test.outcome().await;
+    let output = common::consume_all(&names.destination, n, common::IDLE).await;
+    let outcome = common::Outcome {
+        tally: data::tally(records.iter().map(|r| r.id), &output),
+        lag: common::group_lag(&names.group, &names.source).await,
+        order_violations: data::key_order_violations(&output),
+    };
     println!("turns-{guarantee}: {outcome}, turns handed on by a: {handed_on:?}");
-    // With 2 turns for 12 partitions, every partition but 2 got its records through a turn
-    // handed to it.
+    // With 2 turns for 12 partitions of a backlog, most partitions got their first records
+    // through a turn handed to them.
     assert!(
         handed_on.is_some_and(|h| h >= 10),
         "turns handed on: {handed_on:?}"
