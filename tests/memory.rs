@@ -73,8 +73,8 @@ async fn the_budget_is_divided_again_on_every_rebalance_and_nothing_is_lost() {
 /// Not shown here: a partition that comes back while librdkafka still has it paused from
 /// before (a pause outlives an unassignment). With the resume at a worker's end removed, this
 /// test still passed (2026-12-07): the partitions that came back were resumed on another path.
-/// That resume is kept on librdkafka's source (`RD_KAFKA_TOPPAR_F_APP_PAUSE` is never cleared
-/// by an assignment).
+/// That resume, and the one a holder that reads nothing makes each time it looks, are kept on
+/// librdkafka's source (`RD_KAFKA_TOPPAR_F_APP_PAUSE` is never cleared by an assignment).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitions_take_turns_to_fetch_through_rebalances_at_least_once() {
     take_turns("at-least-once").await;

@@ -14,9 +14,11 @@
 //!
 //! librdkafka's pause and resume are asynchronous, and a resume made while the pause before it
 //! is not yet served does nothing (`rd_kafka_toppar_op_pause_resume` finds the partition not
-//! paused yet); the pause then leaves the partition paused for good (librdkafka#5591). So a
-//! worker holding a turn that reads nothing resumes its partition again each time it looks
-//! ([`Turn::idle`]): a resume of a partition that is not paused is a no-op in librdkafka.
+//! paused yet); the pause then leaves the partition paused for good (librdkafka#5591). And a
+//! pause outlives an unassignment, so a partition assigned here again may come back paused
+//! from an earlier worker. So a worker holding a turn that reads nothing resumes its partition
+//! again each time it looks ([`Turn::idle`]), and a worker that ends resumes its partition: a
+//! resume of a partition that is not paused is a no-op in librdkafka.
 //!
 //! When to hand the turn on, if a partition waits for one: once the queue is empty after a read
 //! (nothing fetched for this partition is thrown away by the pause) and the partition either
@@ -125,15 +127,17 @@ impl Turn {
     }
 
     /// The worker waited on its queue and read nothing: if it holds a turn, its partition is
-    /// resumed again, in case a pause of its own outran the last resume (see the module's text).
+    /// resumed again, in case a pause outran the last resume or outlived an earlier worker of
+    /// this partition (see the module's text).
     pub fn idle(&mut self) {
         if !self.place.fetching {
             return;
         }
         // Its queue is empty: it costs nothing now (a newcomer counted a turn's share).
         self.turns.report(self.place.ticket, 0);
-        if self.ever_paused {
-            let _ = self.pauser.resume();
+        // Whoever paused it last (this worker, or one before it on this client whose pause was
+        // served late): a partition left paused under a turn would never be read again.
+        if self.pauser.resume().is_ok() {
             self.paused = false;
         }
     }
