@@ -24,6 +24,8 @@
 //!   event's offset + 1, one past the end (librdkafka #4844, fixed after 2.12.1), and the next
 //!   rebalance's pause and resume would fetch from there, out of range.
 
+mod pause;
+
 use std::any::Any;
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
@@ -38,6 +40,8 @@ use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{BorrowedHeaders, Message, Timestamp};
+
+pub use pause::Pauser;
 
 /// Which [`PartitionQueue`] owns each partition's wake-up callback: the waker the callback was
 /// last set with, and that handle's queue. One per consumer.
@@ -242,57 +246,6 @@ impl PartitionQueue {
             Poll::Ready(std::mem::take(&mut records))
         })
         .await
-    }
-}
-
-/// Pauses and resumes one partition's fetching (`rd_kafka_pause_partitions`).
-///
-/// librdkafka starts fetching a resumed partition at the offset after the last record it handed
-/// to the application before the pause (or where a seek since put it), and drops whatever was
-/// fetched for it, queued or in flight, at the pause. A pause outlives an unassignment: a
-/// partition paused when revoked would stay paused if assigned here again, so whoever pauses
-/// must resume before letting go.
-pub struct Pauser {
-    topic: CString,
-    partition: i32,
-    rk: NonNull<rdsys::rd_kafka_t>,
-    /// Keeps `rk` alive.
-    _consumer: Arc<dyn Any + Send + Sync>,
-}
-
-// librdkafka's pause and resume are thread safe.
-unsafe impl Send for Pauser {}
-unsafe impl Sync for Pauser {}
-
-impl Pauser {
-    pub fn pause(&self) -> Result<(), RDKafkaErrorCode> {
-        self.set(true)
-    }
-
-    pub fn resume(&self) -> Result<(), RDKafkaErrorCode> {
-        self.set(false)
-    }
-
-    fn set(&self, pause: bool) -> Result<(), RDKafkaErrorCode> {
-        let ok = rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
-        unsafe {
-            let list = rdsys::rd_kafka_topic_partition_list_new(1);
-            rdsys::rd_kafka_topic_partition_list_add(list, self.topic.as_ptr(), self.partition);
-            let mut err = if pause {
-                rdsys::rd_kafka_pause_partitions(self.rk.as_ptr(), list)
-            } else {
-                rdsys::rd_kafka_resume_partitions(self.rk.as_ptr(), list)
-            };
-            if err == ok {
-                err = (*(*list).elems).err;
-            }
-            rdsys::rd_kafka_topic_partition_list_destroy(list);
-            if err == ok {
-                Ok(())
-            } else {
-                Err(err.into())
-            }
-        }
     }
 }
 

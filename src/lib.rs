@@ -52,7 +52,8 @@
 //! - [`fetch`]: a partition's own fetch queue, read a batch per call
 //!   (`rd_kafka_consume_batch_queue`), its position, and its records, whose parsed headers can
 //!   be moved out; which queue handle owns a partition's wake-up, and setting it again
-//!   ([`fetch::Wakeups`]); a record batch that cannot be decoded ([`fetch::Undecodable`]).
+//!   ([`fetch::Wakeups`]); a record batch that cannot be decoded ([`fetch::Undecodable`]);
+//!   pausing and resuming the partition's fetch (`fetch/pause.rs`, [`fetch::Pauser`]).
 //!   Generic over the consumer context.
 //! - [`partition`]: the per-partition worker: batches from the split queue, transform, produce,
 //!   hand acknowledged offsets to the guarantee (never backwards: records handed out again are
