@@ -113,13 +113,7 @@ impl Brokers {
         {
             DEFAULT_PORTS.to_vec()
         } else {
-            let ports: Vec<u16> = (0..3).map(|_| free_port_pair()).collect();
-            let dir = std::env::temp_dir().join(super::unique("ktransform-cluster"));
-            env.push((
-                "KAFKA_CLUSTER_PORTS",
-                format!("{} {} {}", ports[0], ports[1], ports[2]),
-            ));
-            env.push(("KAFKA_STATE_DIR", dir.display().to_string()));
+            let (ports, dir) = scratch_cluster(&mut env);
             scratch = Some(dir);
             ports
         };
@@ -136,7 +130,30 @@ impl Brokers {
         };
         if let Err(e) = kafka_sh(&brokers.env, &["up"]) {
             drop(brokers);
-            panic!("{e}");
+            if std::env::var("KAFKA_CLUSTER_PORTS").is_ok() {
+                panic!("{e}");
+            }
+            // A port free when checked can be taken before the broker binds it: an outgoing
+            // connection's ephemeral port (39092 is in Linux's range; CI hit it once). Once
+            // more, on other free ports in a scratch directory.
+            eprintln!("{e}\nretrying the cluster once on other free ports");
+            let mut env = vec![("KAFKA_NODES", "3".to_string())];
+            let (ports, dir) = scratch_cluster(&mut env);
+            let brokers = Brokers {
+                bootstrap: ports
+                    .iter()
+                    .map(|p| format!("127.0.0.1:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                env,
+                owned: true,
+                scratch: Some(dir),
+            };
+            if let Err(e) = kafka_sh(&brokers.env, &["up"]) {
+                drop(brokers);
+                panic!("{e}");
+            }
+            return brokers;
         }
         brokers
     }
@@ -193,6 +210,18 @@ pub fn free_port() -> u16 {
 
 fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Free ports for a three-node cluster and a scratch state directory, set in `env`.
+fn scratch_cluster(env: &mut Vec<(&'static str, String)>) -> (Vec<u16>, PathBuf) {
+    let ports: Vec<u16> = (0..3).map(|_| free_port_pair()).collect();
+    let dir = std::env::temp_dir().join(super::unique("ktransform-cluster"));
+    env.push((
+        "KAFKA_CLUSTER_PORTS",
+        format!("{} {} {}", ports[0], ports[1], ports[2]),
+    ));
+    env.push(("KAFKA_STATE_DIR", dir.display().to_string()));
+    (ports, dir)
 }
 
 /// A free port whose successor is free too (a node's client and controller ports).
