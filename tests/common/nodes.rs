@@ -118,6 +118,29 @@ impl Brokers {
             ports
         };
         let running = kafka_sh(&env, &["status"]).is_ok();
+        match Self::up(&ports, env, !running, scratch) {
+            Ok(brokers) => brokers,
+            // A port free when checked can be taken before the broker binds it: an outgoing
+            // connection's ephemeral port (39092 is in Linux's range; CI hit it once). Once
+            // more, on other free ports in a scratch directory.
+            Err(e) if std::env::var("KAFKA_CLUSTER_PORTS").is_err() => {
+                eprintln!("{e}\nretrying the cluster once on other free ports");
+                let mut env = vec![("KAFKA_NODES", "3".to_string())];
+                let (ports, dir) = scratch_cluster(&mut env);
+                Self::up(&ports, env, true, Some(dir)).unwrap_or_else(|e| panic!("{e}"))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Starts (or finds running) the nodes of `env` on `ports`; on failure, stops what it
+    /// started and removes `scratch`.
+    fn up(
+        ports: &[u16],
+        env: Vec<(&'static str, String)>,
+        owned: bool,
+        scratch: Option<PathBuf>,
+    ) -> Result<Self, String> {
         let brokers = Brokers {
             bootstrap: ports
                 .iter()
@@ -125,37 +148,11 @@ impl Brokers {
                 .collect::<Vec<_>>()
                 .join(","),
             env,
-            owned: !running,
+            owned,
             scratch,
         };
-        if let Err(e) = kafka_sh(&brokers.env, &["up"]) {
-            drop(brokers);
-            if std::env::var("KAFKA_CLUSTER_PORTS").is_ok() {
-                panic!("{e}");
-            }
-            // A port free when checked can be taken before the broker binds it: an outgoing
-            // connection's ephemeral port (39092 is in Linux's range; CI hit it once). Once
-            // more, on other free ports in a scratch directory.
-            eprintln!("{e}\nretrying the cluster once on other free ports");
-            let mut env = vec![("KAFKA_NODES", "3".to_string())];
-            let (ports, dir) = scratch_cluster(&mut env);
-            let brokers = Brokers {
-                bootstrap: ports
-                    .iter()
-                    .map(|p| format!("127.0.0.1:{p}"))
-                    .collect::<Vec<_>>()
-                    .join(","),
-                env,
-                owned: true,
-                scratch: Some(dir),
-            };
-            if let Err(e) = kafka_sh(&brokers.env, &["up"]) {
-                drop(brokers);
-                panic!("{e}");
-            }
-            return brokers;
-        }
-        brokers
+        kafka_sh(&brokers.env, &["up"])?;
+        Ok(brokers)
     }
 
     /// The state directory of brokers started in a scratch directory (each node's files are in
