@@ -18,13 +18,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, RwLockReadGuard};
 use tokio::task::JoinHandle;
 
 use crate::committer::Committer;
 use crate::member::Member;
 use crate::metrics::Stats;
-pub use crate::transaction::Entered;
 use crate::transaction::{self, Transactions, TxnError};
 
 /// Pause between attempts of a refused synchronous commit.
@@ -76,9 +75,8 @@ impl Offsets {
         }
     }
 
-    /// Held while a batch is sent: under exactly-once no commit may cut a batch in two, and the
-    /// pass says which producer's transaction the batch goes into ([`Entered::slot`]).
-    pub async fn enter(&self) -> Option<Entered<'_>> {
+    /// Held while a batch is sent: under exactly-once no commit may cut a batch in two.
+    pub async fn enter(&self) -> Option<RwLockReadGuard<'_, ()>> {
         match self {
             Offsets::Stored { .. } => None,
             Offsets::Transactional(t) => Some(t.enter().await),
@@ -94,10 +92,10 @@ impl Offsets {
         }
     }
 
-    /// A batch of `records` up to before `next` was sent (with the pass of [`Offsets::enter`]).
-    pub fn sent(&self, entered: Option<&Entered<'_>>, partition: i32, next: i64, records: usize) {
-        if let (Offsets::Transactional(t), Some(entered)) = (self, entered) {
-            t.sent(entered, partition, next, records);
+    /// A batch of `records` up to before `next` was sent (with the guard of [`Offsets::enter`]).
+    pub fn sent(&self, partition: i32, next: i64, records: usize) {
+        if let Offsets::Transactional(t) = self {
+            t.sent(partition, next, records);
         }
     }
 

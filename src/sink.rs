@@ -1,17 +1,14 @@
 //! The producing side: one idempotent producer, sending the records it is handed: outputs to
 //! the destination, and records to a named topic (the dead letters of [`crate::dead_letter`],
-//! which decides what goes there). Under exactly-once, [`TRANSACTIONAL_PRODUCERS`] of them,
-//! taking turns: [`crate::transaction`] commits one's transaction while the records go into the
-//! other's, and says which one the records go to ([`Sink::switch_to`]).
+//! which decides what goes there).
 //!
 //! Sends never block and never drop: a full local queue is waited out here. Every record sent
 //! counts into its batch's [`Acks`], which the partition worker awaits batch by batch.
 
 use std::ffi::{c_void, CString};
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::bindings as rdsys;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -43,24 +40,10 @@ pub struct TopicLimits {
 /// How long to wait before retrying a send refused because librdkafka's queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
 
-/// Producers under exactly-once: two, so that one transaction commits while the next one fills.
-pub const TRANSACTIONAL_PRODUCERS: usize = 2;
-
-/// What the second and later transactional producers add to the transactional id: `<id>` and
-/// `<id>+1`, both stable when the id is.
-const TRANSACTIONAL_ID_SEPARATOR: char = '+';
-
-/// One producer and its handle on the destination.
-struct Client {
+pub struct Sink {
     /// Declared before the producer: a topic handle is released before its client.
     output_topic: TopicHandle,
     producer: ThreadedProducer<SinkContext>,
-}
-
-pub struct Sink {
-    clients: Vec<Client>,
-    /// Which client sends: always 0 but under exactly-once (see [`Sink::switch_to`]).
-    current: AtomicUsize,
     /// The limits its batches are capped for.
     limits: TopicLimits,
     /// The destination's partition count at start, when known: where keyless outputs go.
@@ -97,25 +80,22 @@ impl Sink {
         // own prefix before it, so this keeps every multi-record batch under the limit.
         let cap = lowest.map(|limit| limit.saturating_sub(BATCH_HEADER_BYTES).max(1));
         let client = config.producer_config_capped(cap)?;
-        let mut clients = Vec::new();
-        match client.get("transactional.id").map(str::to_string) {
-            None => clients.push(Client::new(&client, config, &fatal)?),
-            Some(id) => {
-                for n in 0..TRANSACTIONAL_PRODUCERS {
-                    let mut client = client.clone();
-                    if n > 0 {
-                        client.set(
-                            "transactional.id",
-                            format!("{id}{TRANSACTIONAL_ID_SEPARATOR}{n}"),
-                        );
-                    }
-                    clients.push(Client::new(&client, config, &fatal)?);
+        let producer = client
+            .create_with_context(SinkContext::raising(fatal))
+            .map_err(|e| ConfigError {
+                flag: "-X".into(),
+                message: format!("producer: {e}"),
+            })?;
+        let output_topic =
+            TopicHandle::new(&producer, &config.pipeline.destination).map_err(|message| {
+                ConfigError {
+                    flag: "--destination".into(),
+                    message,
                 }
-            }
-        }
+            })?;
         Ok(Sink {
-            clients,
-            current: AtomicUsize::new(0),
+            output_topic,
+            producer,
             limits,
             destination_partitions,
             keep_timestamps: config.pipeline.timestamp == Timestamps::Source,
@@ -134,17 +114,11 @@ impl Sink {
     /// exit instead of 2.1-2.3 s. (A send naming its topic by string used to force a metadata
     /// request at the first record; the topic handle does not.)
     pub fn prepare(&self, timeout: Duration) {
-        for client in &self.clients {
-            let topic = client.output_topic.name.as_str();
-            for _ in 0..2 {
-                if let Err(error) = client
-                    .producer
-                    .client()
-                    .fetch_metadata(Some(topic), timeout)
-                {
-                    tracing::debug!(%error, topic, "destination metadata not fetched at start");
-                    return;
-                }
+        let topic = self.output_topic.name.as_str();
+        for _ in 0..2 {
+            if let Err(error) = self.producer.client().fetch_metadata(Some(topic), timeout) {
+                tracing::debug!(%error, topic, "destination metadata not fetched at start");
+                return;
             }
         }
     }
@@ -168,30 +142,8 @@ impl Sink {
         self.limits
     }
 
-    /// The first producer: the one that sends unless exactly-once switched to another.
     pub fn producer(&self) -> &ThreadedProducer<SinkContext> {
-        &self.clients[0].producer
-    }
-
-    /// How many producers it has: 1, or [`TRANSACTIONAL_PRODUCERS`] under exactly-once.
-    pub fn producers(&self) -> usize {
-        self.clients.len()
-    }
-
-    /// Producer `n` (`n < producers()`).
-    pub fn producer_at(&self, n: usize) -> &ThreadedProducer<SinkContext> {
-        &self.clients[n].producer
-    }
-
-    /// Sends every later record through producer `n`. Exactly-once calls it between batches,
-    /// when no record is being sent, so a batch never spans two producers.
-    pub fn switch_to(&self, n: usize) {
-        assert!(n < self.clients.len(), "no producer {n}");
-        self.current.store(n, Ordering::Release);
-    }
-
-    fn client(&self) -> &Client {
-        &self.clients[self.current.load(Ordering::Acquire)]
+        &self.producer
     }
 
     /// Sends `value` (None for a tombstone) to the destination with the input's key and headers
@@ -254,13 +206,12 @@ impl Sink {
         let headers_ptr = headers
             .as_ref()
             .map_or(ptr::null_mut(), NativeHeaders::as_ptr);
-        let client = self.client();
         let opaque = acks.into_ptr();
         let err = unsafe {
             rdsys::rd_kafka_producev(
-                client.producer.client().native_ptr(),
+                self.producer.client().native_ptr(),
                 RD_KAFKA_VTYPE_RKT,
-                client.output_topic.ptr.as_ptr(),
+                self.output_topic.ptr.as_ptr(),
                 RD_KAFKA_VTYPE_PARTITION,
                 partition,
                 RD_KAFKA_VTYPE_MSGFLAGS,
@@ -312,9 +263,8 @@ impl Sink {
         record.payload = value;
         record.timestamp = (timestamp > 0).then_some(timestamp);
         record.headers = headers;
-        let producer = &self.client().producer;
         loop {
-            match producer.send(record) {
+            match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
@@ -334,20 +284,9 @@ impl Sink {
     /// producer's own thread) it waits on a condition variable and returns as soon as the last
     /// report is handled. rust-rdkafka's `flush` polls in 100 ms steps instead, so every flush
     /// with a record in flight took at least 100 ms, and so did every exactly-once commit.
-    /// Every producer's, within `timeout` in all.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let deadline = Instant::now() + timeout;
-        for n in 0..self.clients.len() {
-            self.flush_one(n, deadline.saturating_duration_since(Instant::now()))?;
-        }
-        Ok(())
-    }
-
-    /// Producer `n`'s [`flush`](Self::flush).
-    pub fn flush_one(&self, n: usize, timeout: Duration) -> Result<(), KafkaError> {
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        let native = self.clients[n].producer.client().native_ptr();
-        let err = unsafe { rdsys::rd_kafka_flush(native, ms) };
+        let err = unsafe { rdsys::rd_kafka_flush(self.producer.client().native_ptr(), ms) };
         if err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
             Ok(())
         } else {
@@ -355,38 +294,9 @@ impl Sink {
         }
     }
 
-    /// Records still queued or in flight in the producers.
+    /// Records still queued or in flight in the producer.
     pub fn queued(&self) -> i32 {
-        self.clients
-            .iter()
-            .map(|c| c.producer.in_flight_count())
-            .sum()
-    }
-}
-
-impl Client {
-    fn new(
-        client: &rdkafka::ClientConfig,
-        config: &RunConfig,
-        fatal: &Arc<FatalErrors>,
-    ) -> Result<Self, ConfigError> {
-        let producer = client
-            .create_with_context(SinkContext::raising(fatal.clone()))
-            .map_err(|e| ConfigError {
-                flag: "-X".into(),
-                message: format!("producer: {e}"),
-            })?;
-        let output_topic =
-            TopicHandle::new(&producer, &config.pipeline.destination).map_err(|message| {
-                ConfigError {
-                    flag: "--destination".into(),
-                    message,
-                }
-            })?;
-        Ok(Client {
-            output_topic,
-            producer,
-        })
+        self.producer.in_flight_count()
     }
 }
 

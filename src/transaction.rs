@@ -1,22 +1,12 @@
 //! Exactly-once: outputs, dead letters and consumed offsets committed in one Kafka transaction.
 //!
 //! # Contract (`--guarantee exactly-once`)
-//! - Two transactional producers per instance, taking turns ([`crate::sink::Sink::switch_to`]).
-//!   Partition workers send inside the open transaction of the current one and record, per
-//!   partition, the next offset after the last record they sent.
-//! - A commit takes the current producer's gate exclusively, so no batch is half-sent, begins a
-//!   transaction on the other producer, and switches the workers to it. Then, while the workers
-//!   send into the new transaction, it sends the old one's offsets with the consumer's group
-//!   metadata, flushes it and commits it. A `read_committed` reader of the destination therefore
-//!   sees each source record's output exactly once: either the output and its offset are
-//!   committed together, or neither is and the record is consumed again. The commits themselves
-//!   take turns: one at a time, in order, on one thread.
-//! - Per-partition order across the switch: a worker sends nothing into the new transaction
-//!   before every record it sent into the old one is acknowledged (the partition worker waits;
-//!   see [`Entered::slot`]), so the old producer's records of a partition are written before the
-//!   new one's.
-//! - A commit refused after the switch aborts both transactions: the new one holds records read
-//!   after the refused ones, and committing their offsets would skip the discarded outputs.
+//! - One transactional producer per instance. Partition workers send inside the open transaction
+//!   and record, per partition, the next offset after the last record they sent.
+//! - A commit takes the gate exclusively, so no batch is half-sent, then sends those offsets to
+//!   the transaction with the consumer's group metadata and commits. A `read_committed` reader of
+//!   the destination therefore sees each source record's output exactly once: either the output
+//!   and its offset are committed together, or neither is and the record is consumed again.
 //! - Zombies are fenced by the group generation (KIP-447): offsets sent with a stale generation
 //!   are refused, so the transactional id only has to be unique per live instance. Each instance
 //!   takes `ktransform-<group>-<random>` unless `--transactional-id` gives a stable one; a stable
@@ -44,9 +34,7 @@
 //!   when the restart reuses a stable `--transactional-id`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{
-    AtomicBool, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
-};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -88,58 +76,24 @@ pub enum TxnError {
     Stuck(&'static str),
 }
 
-/// One producer's transaction: who is sending into it and which offsets it will commit.
-#[derive(Default)]
-struct Slot {
-    /// Held shared by a worker while it sends a batch, exclusively by a commit while it takes
-    /// the positions and switches to the other producer.
-    gate: RwLock<()>,
-    /// Next offset per partition, of records sent in the open transaction.
-    positions: Mutex<HashMap<i32, i64>>,
-    records: AtomicUsize,
-}
-
-impl Slot {
-    /// Takes the positions and the record count, leaving them empty.
-    fn take(&self) -> (Vec<(i32, i64)>, usize) {
-        let positions = self.positions.lock().unwrap().drain().collect();
-        (positions, self.records.swap(0, Relaxed))
-    }
-}
-
-/// A worker's pass through the current producer's gate: hold it while sending a batch.
-pub struct Entered<'a> {
-    slot: usize,
-    _gate: RwLockReadGuard<'a, ()>,
-}
-
-impl Entered<'_> {
-    /// Which producer's transaction the batch goes into. A worker whose last batch went into
-    /// another must wait until that batch is acknowledged before it sends this one, so that the
-    /// partition's records keep their order across the two producers.
-    pub fn slot(&self) -> usize {
-        self.slot
-    }
-}
-
-/// The transactions of the producers taking turns, and which one is open for sends.
+/// The open transaction: who is sending into it and which offsets it will commit.
 pub struct Transactions {
     topic: String,
     sink: Arc<Sink>,
     stats: Arc<Stats>,
     consumer: OnceLock<Weak<dyn Member>>,
-    /// One per producer of the sink.
-    slots: Vec<Slot>,
-    /// The slot whose transaction the workers send into; changes only while that slot's gate is
-    /// held exclusively.
-    current: AtomicUsize,
+    /// Held shared by a worker while it sends a batch, exclusively by a commit.
+    gate: RwLock<()>,
+    /// Next offset per partition, of records sent in the open transaction.
+    positions: Mutex<HashMap<i32, i64>>,
+    records: AtomicUsize,
     max_records: usize,
     /// Set once a transactional call failed fatally: every later commit fails, so the process
     /// stops.
     broken: AtomicBool,
     /// How many transactions were aborted: partition workers watch it to rewind.
     aborts: watch::Sender<u64>,
-    /// Set once a commit or abort outlived [`TXN_WATCHDOG`].
+    /// Set once a commit or abort outlived [`TXN_WATCHDOG`]: its thread still holds the gate.
     stuck: AtomicBool,
     full: Notify,
     /// The thread every commit and abort runs on.
@@ -153,14 +107,14 @@ impl Transactions {
         stats: Arc<Stats>,
         max_records: usize,
     ) -> std::io::Result<Self> {
-        let slots = (0..sink.producers()).map(|_| Slot::default()).collect();
         Ok(Transactions {
             topic,
             sink,
             stats,
             consumer: OnceLock::new(),
-            slots,
-            current: AtomicUsize::new(0),
+            gate: RwLock::new(()),
+            positions: Mutex::new(HashMap::new()),
+            records: AtomicUsize::new(0),
             max_records,
             broken: AtomicBool::new(false),
             aborts: watch::Sender::new(0),
@@ -174,53 +128,29 @@ impl Transactions {
         let _ = self.consumer.set(consumer);
     }
 
-    /// Registers the producers' transactional ids with the coordinator (fencing older producers
-    /// with the same ids) and opens the first transaction. Blocking.
+    /// Registers the producer's transactional id with the coordinator (fencing older producers
+    /// with the same id) and opens the first transaction. Blocking.
     pub fn init(&self) -> Result<(), TxnError> {
-        std::thread::scope(|scope| {
-            let inits: Vec<_> = (0..self.sink.producers())
-                .map(|n| {
-                    let producer = self.sink.producer_at(n);
-                    scope.spawn(move || producer.init_transactions(TXN_CALL_TIMEOUT))
-                })
-                .collect();
-            inits.into_iter().try_for_each(|init| {
-                init.join()
-                    .map_err(|_| TxnError::Panicked)?
-                    .map_err(TxnError::Init)
-            })
-        })?;
-        let first = self.current.load(Relaxed);
-        self.sink.switch_to(first);
-        self.sink
-            .producer_at(first)
-            .begin_transaction()
-            .map_err(TxnError::Init)
+        let producer = self.sink.producer();
+        producer
+            .init_transactions(TXN_CALL_TIMEOUT)
+            .map_err(TxnError::Init)?;
+        producer.begin_transaction().map_err(TxnError::Init)
     }
 
-    /// Waits until the open transaction takes batches (not while a commit switches producers);
-    /// hold the pass while sending a batch.
-    pub async fn enter(&self) -> Entered<'_> {
-        loop {
-            let slot = self.current.load(Acquire);
-            let gate = self.slots[slot].gate.read().await;
-            // The switch happens under that gate held exclusively: if it is still current, it
-            // stays so until the pass is dropped.
-            if self.current.load(Acquire) == slot {
-                return Entered { slot, _gate: gate };
-            }
-        }
+    /// Waits until no commit is running; hold the guard while sending a batch.
+    pub async fn enter(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().await
     }
 
-    /// Records that `partition` sent everything before `next_offset` in the transaction it
-    /// entered.
-    pub fn sent(&self, entered: &Entered<'_>, partition: i32, next_offset: i64, records: usize) {
-        let slot = &self.slots[entered.slot];
-        slot.positions
+    /// Records that `partition` sent everything before `next_offset` in the open transaction.
+    /// Call while holding the guard of [`enter`](Self::enter).
+    pub fn sent(&self, partition: i32, next_offset: i64, records: usize) {
+        self.positions
             .lock()
             .unwrap()
             .insert(partition, next_offset);
-        if slot.records.fetch_add(records, Relaxed) + records >= self.max_records {
+        if self.records.fetch_add(records, Relaxed) + records >= self.max_records {
             self.full.notify_one();
         }
     }
@@ -232,8 +162,7 @@ impl Transactions {
     pub async fn filled(&self) {
         loop {
             let notified = self.full.notified();
-            let open = &self.slots[self.current.load(Acquire)];
-            if open.records.load(Relaxed) >= self.max_records {
+            if self.records.load(Relaxed) >= self.max_records {
                 return;
             }
             notified.await;
@@ -268,10 +197,10 @@ impl Transactions {
             .unwrap_or(Err(TxnError::Panicked))
     }
 
-    /// Runs `call` on the commit thread ([`Committer`]), one call at a time, so a cancelled
-    /// caller can never release a gate while librdkafka is still committing, and waits for it at
-    /// most [`TXN_WATCHDOG`]. Past that the call is left behind and every later call fails at
-    /// once: nothing more is committed, and the process stops.
+    /// Runs `call` with the gate held exclusively on the commit thread ([`Committer`]), so a
+    /// cancelled caller can never release the gate while librdkafka is still committing, and
+    /// waits for it at most [`TXN_WATCHDOG`]. Past that the call is left behind (it keeps the
+    /// gate, so nothing more is sent into the transaction) and every later call fails at once.
     fn watched(
         self: &Arc<Self>,
         what: &'static str,
@@ -282,46 +211,42 @@ impl Transactions {
         }
         let this = self.clone();
         let deadline = Instant::now() + TXN_WATCHDOG;
-        self.committer
-            .run(deadline, move || call(&this))
-            .unwrap_or_else(|_| {
-                self.stuck.store(true, Relaxed);
-                self.broken.store(true, Relaxed);
-                tracing::error!(
-                    call = what,
-                    watchdog = ?TXN_WATCHDOG,
-                    "transactional call stuck in librdkafka; stopping"
-                );
-                Err(TxnError::Stuck(what))
-            })
+        let exclusive = move || {
+            let _exclusive = this.gate.blocking_write();
+            call(&this)
+        };
+        self.committer.run(deadline, exclusive).unwrap_or_else(|_| {
+            self.stuck.store(true, Relaxed);
+            self.broken.store(true, Relaxed);
+            tracing::error!(
+                call = what,
+                watchdog = ?TXN_WATCHDOG,
+                "transactional call stuck in librdkafka; stopping"
+            );
+            Err(TxnError::Stuck(what))
+        })
     }
 
-    /// Aborts the open transaction. On the commit thread, so no other transaction is open: the
-    /// commits before it have ended.
     fn abort_locked(&self) -> Result<(), TxnError> {
         if self.broken.load(Relaxed) {
             return Err(TxnError::Broken);
         }
-        let open = self.current.load(Relaxed);
-        let _exclusive = self.slots[open].gate.blocking_write();
-        let (_, records) = self.slots[open].take();
+        self.positions.lock().unwrap().clear();
+        let records = self.records.swap(0, Relaxed);
         tracing::warn!(
             records,
             "aborting the open transaction; its partitions are rewound to their committed offsets"
         );
-        self.abort_and_reopen(None)
+        self.abort_and_reopen()
     }
 
-    /// Aborts the open transaction (and `committing`'s, whose commit was refused), opens the
-    /// next and tells the workers. The caller holds the open slot's gate exclusively. An abort
-    /// that fails is fatal: the producer's state is unknown.
-    fn abort_and_reopen(&self, committing: Option<usize>) -> Result<(), TxnError> {
+    /// Aborts the open transaction, opens the next and tells the workers (gate held by caller).
+    /// An abort that fails is fatal: the producer's state is unknown.
+    fn abort_and_reopen(&self) -> Result<(), TxnError> {
         self.stats.transaction_aborted();
-        let open = self.current.load(Relaxed);
-        let producer = self.sink.producer_at(open);
-        let reopened = committing
-            .map_or(Ok(()), |old| self.abort_transaction(old))
-            .and_then(|()| self.abort_transaction(open))
+        let producer = self.sink.producer();
+        let reopened = self
+            .abort_transaction()
             .and_then(|()| producer.begin_transaction());
         if let Err(error) = reopened {
             self.broken.store(true, Relaxed);
@@ -344,8 +269,8 @@ impl Transactions {
     /// application will need to call this API again to resume"), and the next call purges it.
     /// Each call waits at most [`ABORT_ATTEMPT`], so such a record costs seconds rather than
     /// the whole call timeout, and the process goes on instead of stopping.
-    fn abort_transaction(&self, slot: usize) -> Result<(), KafkaError> {
-        let producer = self.sink.producer_at(slot);
+    fn abort_transaction(&self) -> Result<(), KafkaError> {
+        let producer = self.sink.producer();
         let deadline = Instant::now() + TXN_CALL_TIMEOUT;
         let mut attempt = 1;
         loop {
@@ -367,11 +292,20 @@ impl Transactions {
         self.aborts.subscribe()
     }
 
-    /// Switches the workers to the other producer's transaction, then commits the one they
-    /// sent into with its offsets. On the commit thread.
+    /// Commits the open transaction with its offsets and opens the next. Gate held by caller.
     fn commit_locked(&self) -> Result<(), TxnError> {
         if self.broken.load(Relaxed) {
             return Err(TxnError::Broken);
+        }
+        let positions: Vec<(i32, i64)> = {
+            let mut positions = self.positions.lock().unwrap();
+            let out = positions.iter().map(|(p, o)| (*p, *o)).collect();
+            positions.clear();
+            out
+        };
+        let records = self.records.swap(0, Relaxed);
+        if positions.is_empty() {
+            return Ok(());
         }
         let consumer = self
             .consumer
@@ -379,41 +313,21 @@ impl Transactions {
             .and_then(Weak::upgrade)
             .ok_or(TxnError::NoConsumer)?;
         let metadata = consumer.group_metadata().ok_or(TxnError::NoConsumer)?;
-        let old = self.current.load(Relaxed);
-        let next = (old + 1) % self.slots.len();
-        let started = Instant::now();
-        let (positions, records) = {
-            // Waits for the batches being sent to end; the workers wait meanwhile.
-            let _exclusive = self.slots[old].gate.blocking_write();
-            let (positions, records) = self.slots[old].take();
-            if positions.is_empty() {
-                return Ok(());
-            }
-            if next != old {
-                if let Err(error) = self.sink.producer_at(next).begin_transaction() {
-                    self.broken.store(true, Relaxed);
-                    return Err(TxnError::Fatal(error));
-                }
-                self.sink.switch_to(next);
-                self.current.store(next, Release);
-            }
-            (positions, records)
-        };
-        let switch = started.elapsed();
         let mut tpl = TopicPartitionList::new();
         for (p, next) in &positions {
             tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*next))
                 .expect("a valid offset");
         }
-        let producer = self.sink.producer_at(old);
-        // How long each step takes: the debug line below says (what a commit costs is in
+        let producer = self.sink.producer();
+        // How long each step holds the gate: the debug line below says (what a commit costs is in
         // bench/results/2026-12-07-eos-levers.md).
+        let started = Instant::now();
         let result = producer.send_offsets_to_transaction(&tpl, &metadata, TXN_CALL_TIMEOUT);
-        let offsets = started.elapsed() - switch;
+        let offsets = started.elapsed();
         // Flush first with our own flush: rust-rdkafka's commit_transaction flushes in 100 ms
         // polling steps (see `Sink::flush`), and then finds nothing left to wait for.
-        let result = result.and_then(|()| self.sink.flush_one(old, TXN_CALL_TIMEOUT));
-        let flush = started.elapsed() - switch - offsets;
+        let result = result.and_then(|()| self.sink.flush(TXN_CALL_TIMEOUT));
+        let flush = started.elapsed() - offsets;
         let result = result.and_then(|()| producer.commit_transaction(TXN_CALL_TIMEOUT));
         if let Err(error) = result {
             if is_fatal(&error) {
@@ -422,28 +336,20 @@ impl Transactions {
                 tracing::error!(%error, records, "transaction commit failed fatally");
                 return Err(TxnError::Fatal(error));
             }
-            // Mostly a rebalance: the group moved on while the offsets were on their way. The
-            // open transaction goes too: its records were read after the refused ones.
-            tracing::warn!(%error, records, "transaction commit refused; aborting it and the open one, their partitions are rewound to their committed offsets");
-            let open = self.current.load(Relaxed);
-            let _exclusive = self.slots[open].gate.blocking_write();
-            self.slots[open].take();
-            return self.abort_and_reopen((old != open).then_some(old));
+            // Mostly a rebalance: the group moved on while the offsets were on their way.
+            tracing::warn!(%error, records, "transaction commit refused; aborting it, its partitions are rewound to their committed offsets");
+            return self.abort_and_reopen();
         }
         tracing::debug!(
             ?positions,
             records,
-            ?switch,
             ?offsets,
             ?flush,
-            end = ?(started.elapsed() - switch - offsets - flush),
+            end = ?(started.elapsed() - offsets - flush),
             "transaction committed"
         );
         self.stats.transaction_committed(records);
-        if next == old {
-            producer.begin_transaction().map_err(TxnError::Fatal)?;
-        }
-        Ok(())
+        producer.begin_transaction().map_err(TxnError::Fatal)
     }
 }
 

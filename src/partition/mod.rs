@@ -60,7 +60,7 @@ use crate::fetch::{PartitionQueue, Record, Undecodable};
 use crate::member::Member;
 use crate::memory::{InFlight, Turns};
 use crate::metrics::{PartitionStats, Stats};
-use crate::offsets::{Entered, Offsets};
+use crate::offsets::Offsets;
 use crate::transform::{self, Rejection};
 
 pub use state::{PartitionState, Phase, Progress, Status, WorkerExit};
@@ -249,8 +249,8 @@ impl PartitionWorker {
         let last = batch.last().expect("a batch has a first record").offset();
         work.tracker.read(batch[0].offset(), last + 1);
         self.state.read(last + 1);
-        let guard = self.enter(work).await?;
-        if work.abort_pending || aborts.is_some_and(|a| *a.borrow() != work.aborts_seen) {
+        let guard = self.shared.offsets.enter().await;
+        if aborts.is_some_and(|a| *a.borrow() != work.aborts_seen) {
             // Read under the aborted transaction: dropped; the rewind reads it again.
             return Ok(());
         }
@@ -276,34 +276,13 @@ impl PartitionWorker {
         self.state.set_in_flight(work.tracker.in_flight());
         self.shared
             .offsets
-            .sent(guard.as_ref(), self.partition, last + 1, batch.len());
+            .sent(self.partition, last + 1, batch.len());
         drop(guard);
         self.stats.batch_done(started.elapsed());
         // A batch of sends that are all accepted at once never yields; let the signal handler
         // and the other partitions run between batches.
         tokio::task::yield_now().await;
         Ok(())
-    }
-
-    /// Passes the guarantee's gate before a batch is sent ([`crate::offsets::Offsets::enter`]).
-    /// Under exactly-once, when the transaction moved to the other producer since this
-    /// partition's last batch, first waits until that batch and those before it are
-    /// acknowledged: the old producer's records of the partition are then written before any of
-    /// the new one's, and the order holds.
-    async fn enter(&self, work: &mut Work) -> Result<Option<Entered<'_>>, WorkerError> {
-        loop {
-            let entered = self.shared.offsets.enter().await;
-            let slot = entered.as_ref().map(Entered::slot);
-            if slot == work.txn_slot || work.tracker.is_idle() {
-                work.txn_slot = slot;
-                return Ok(entered);
-            }
-            drop(entered);
-            while !work.tracker.is_idle() {
-                let ack = work.tracker.front().await;
-                self.settle(work, Some(ack))?;
-            }
-        }
     }
 
     /// Takes out of a batch what must not be sent: consumer errors (a batch that cannot be
@@ -528,8 +507,6 @@ struct Work {
     /// Exactly-once: a delivery was purged by a failing transaction; read nothing until it is
     /// aborted.
     abort_pending: bool,
-    /// Exactly-once: the producer ([`Entered::slot`]) the last batch was sent through.
-    txn_slot: Option<usize>,
     at_end: bool,
     /// Reused output buffer for the inline path.
     buf: Vec<u8>,
