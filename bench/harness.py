@@ -148,12 +148,26 @@ def ensure_broker(brokers):
 
 
 def broker_pid():
+    """The broker's pid: from scripts/kafka.sh's pid file under KAFKA_STATE_DIR (or the default
+    state directory), else the one `kafka.Kafka` process running, if there is exactly one (a
+    private broker started with another state directory). None when neither says."""
     try:
         pid = int(BROKER_PID_FILE.read_text().strip())
         os.kill(pid, 0)
         return pid
     except (OSError, ValueError):
-        return None
+        pass
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"kafka.Kafka" in args:
+            found.append(int(entry.name))
+    return found[0] if len(found) == 1 else None
 
 
 def cpu_seconds_of(pid):
