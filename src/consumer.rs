@@ -3,7 +3,9 @@
 //!
 //! # Contract
 //! - Every assigned partition is split into its own queue in `pre_rebalance(Assign)`, before it
-//!   fetches anything, and gets one [`PartitionWorker`].
+//!   fetches anything, and gets one [`PartitionWorker`]. It is assigned at a concrete offset,
+//!   looked up first (`consumer/start.rs`): librdkafka's own lookup of a logical offset can
+//!   move a partition back or forward later when a fetch turn pauses or resumes it meanwhile.
 //! - On revocation the callback blocks until the revoked partitions' workers have drained (all
 //!   in-flight records acknowledged, offsets stored) and commits those offsets synchronously, so
 //!   the next owner starts exactly after the last acknowledged record. Past `drain_timeout` the
@@ -20,9 +22,12 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{ClientContext, Message, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{bindings as rdsys, ClientContext, Message, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::Error;
@@ -35,6 +40,9 @@ use crate::partition::{PartitionState, PartitionWorker, Shared, WorkerExit};
 use crate::stall;
 
 mod resplit;
+pub mod start;
+
+use start::StartAt;
 
 /// What the consumer side tells the coordinator, besides worker events.
 #[derive(Debug)]
@@ -88,6 +96,8 @@ pub struct Context {
     membership: Mutex<()>,
     closing: AtomicBool,
     drain_timeout: Duration,
+    /// The consumer's `auto.offset.reset`, for partitions assigned without a committed offset.
+    start_at: StartAt,
     log: ClientLog,
 }
 
@@ -97,6 +107,7 @@ impl Context {
         shared: Arc<Shared>,
         group_events: mpsc::UnboundedSender<GroupEvent>,
         drain_timeout: Duration,
+        start_at: StartAt,
         fatal: Arc<FatalErrors>,
     ) -> Self {
         Context {
@@ -110,6 +121,7 @@ impl Context {
             membership: Mutex::new(()),
             closing: AtomicBool::new(false),
             drain_timeout,
+            start_at,
             log: ClientLog::raising(fatal),
         }
     }
@@ -310,6 +322,55 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
+    /// rust-rdkafka's rebalance (pre-rebalance, assign or unassign, post-rebalance), with the
+    /// newly assigned partitions' start offsets looked up first ([`start::resolve`]). The
+    /// default cannot be called from an override, so its sequence is repeated here.
+    fn rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if !self.is_closing() {
+                    match start::resolve(base, tpl, self.start_at, start::LOOKUP_TIMEOUT) {
+                        Ok(n) => {
+                            tracing::debug!(topic = %self.topic, resolved = n, "start offsets looked up")
+                        }
+                        Err(error) => {
+                            tracing::warn!(topic = %self.topic, %error, "start offsets not looked up; librdkafka looks them up after the assignment")
+                        }
+                    }
+                }
+                Rebalance::Assign(tpl)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
+            _ => Rebalance::Error(KafkaError::Rebalance(err.into())),
+        };
+        self.pre_rebalance(base, &rebalance);
+        let native = base.client().native_ptr();
+        let cooperative = matches!(base.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        // Safety: the client and the list are live for the call, as in rust-rdkafka's default.
+        unsafe {
+            match (err, cooperative) {
+                (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, true) => {
+                    rdsys::rd_kafka_incremental_assign(native, tpl.ptr());
+                }
+                (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, false) => {
+                    rdsys::rd_kafka_assign(native, tpl.ptr());
+                }
+                (_, true) => {
+                    rdsys::rd_kafka_incremental_unassign(native, tpl.ptr());
+                }
+                (_, false) => {
+                    rdsys::rd_kafka_assign(native, std::ptr::null());
+                }
+            }
+        }
+        self.post_rebalance(base, &rebalance);
+    }
+
     fn pre_rebalance(&self, _base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {

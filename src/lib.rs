@@ -36,10 +36,10 @@
 //!   partition's offsets when a batch is sent and acknowledged, and when drained partitions are
 //!   committed (stored and committed by the consumer, or in the transaction).
 //! - [`committer`]: the one long-lived thread the blocking commit calls run on, with deadlines.
-//! - [`consumer`]: the group member; its rebalance callbacks split each assigned partition into
-//!   its own queue and start a worker, and on revocation drain and commit before release; it
-//!   re-splits a partition for the stall watchdog (`consumer/resplit.rs`). Serves the main
-//!   queue on its own thread.
+//! - [`consumer`]: the group member; its rebalance callbacks look the assigned partitions' start
+//!   offsets up (`consumer/start.rs`), split each into its own queue and start a worker, and on
+//!   revocation drain and commit before release; it re-splits a partition for the stall
+//!   watchdog (`consumer/resplit.rs`). Serves the main queue on its own thread.
 //! - [`memory`]: `--memory-budget` at run time: the fetch turns of the prefetch half (how many
 //!   partitions fetch at once, whatever the partitions owned: `memory/turns.rs`, the
 //!   bookkeeping; the worker pauses and resumes its partition, `partition/turn.rs`), and the

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::budget::IN_FLIGHT_RECORD_BYTES;
 use crate::config::{ConfigError, MetricsAddr, RunConfig, StallTimeout};
+use crate::consumer::start::StartAt;
 use crate::consumer::{self, Context, GroupEvent};
 use crate::cutoff;
 use crate::dead_letter::Router;
@@ -150,6 +151,7 @@ impl Pipeline {
             shared,
             group_tx.clone(),
             config.drain_timeout,
+            StartAt::from_property(config.consumer_config()?.get("auto.offset.reset")),
             fatal.clone(),
         );
         let consumer: Arc<StreamConsumer<Context>> = Arc::new(
