@@ -118,22 +118,13 @@ pub enum Resplit {
 }
 
 /// What the consumer does with a partition that has no committed offset (its
-/// `auto.offset.reset`): where a worker that has read nothing started.
+/// `auto.offset.reset`, read once at start as `crate::consumer::start::StartAt`): where a worker
+/// that has read nothing started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reset {
     Earliest,
     /// From the end, or an error: a partition that read nothing cannot be judged.
     Other,
-}
-
-impl Reset {
-    /// From the consumer's `auto.offset.reset` (librdkafka's default when unset: latest).
-    pub fn from_property(value: Option<&str>) -> Self {
-        match value {
-            Some("earliest" | "smallest" | "beginning") => Reset::Earliest,
-            _ => Reset::Other,
-        }
-    }
 }
 
 /// The watchdog's settings.

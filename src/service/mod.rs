@@ -146,12 +146,15 @@ impl Pipeline {
             until_end: config.until_end,
             offsets: offsets.clone(),
         });
+        // The consumer's `auto.offset.reset`: where unassigned partitions start, and what the
+        // stall watchdog makes of a worker that has read nothing.
+        let start_at = StartAt::from_property(config.consumer_config()?.get("auto.offset.reset"));
         let context = Context::new(
             config.pipeline.source.clone(),
             shared,
             group_tx.clone(),
             config.drain_timeout,
-            StartAt::from_property(config.consumer_config()?.get("auto.offset.reset")),
+            start_at,
             fatal.clone(),
         );
         let consumer: Arc<StreamConsumer<Context>> = Arc::new(
@@ -173,9 +176,10 @@ impl Pipeline {
                 let settings = stall::Settings {
                     topic: config.pipeline.source.clone(),
                     timeout,
-                    reset: stall::Reset::from_property(
-                        config.consumer_config()?.get("auto.offset.reset"),
-                    ),
+                    reset: match start_at {
+                        StartAt::Earliest => stall::Reset::Earliest,
+                        StartAt::Latest | StartAt::Other => stall::Reset::Other,
+                    },
                 };
                 let watched = Arc::downgrade(&consumer) as Weak<dyn Watched>;
                 let probe = probe::Clients::new(&consumer, &sink, config);

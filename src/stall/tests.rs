@@ -274,8 +274,6 @@ fn a_worker_that_read_nothing_starts_at_the_committed_offset_or_the_reset() {
         behind(&member, "t", &asked, Reset::Other),
         [(0, Some(20)), (1, None)]
     );
-    assert_eq!(Reset::from_property(Some("smallest")), Reset::Earliest);
-    assert_eq!(Reset::from_property(None), Reset::Other);
 }
 
 #[test]
