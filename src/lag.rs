@@ -14,6 +14,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{ConfigError, KafkaArgs, Side};
+use crate::security::Watched;
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -203,7 +204,7 @@ pub fn assess(before: &Sample, after: &Sample) -> Report {
 
 /// Reads committed offsets, watermarks and group membership.
 pub struct LagReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<Watched>,
     group: String,
     topic: String,
 }
@@ -220,12 +221,30 @@ impl LagReader {
         // pending (up to `transaction.timeout.ms` after a crash). Lag wants the last committed
         // offsets as they are now.
         client.set("isolation.level", "read_uncommitted");
-        let consumer = config.kafka.create(&client, "consumer")?;
+        let consumer = config.kafka.create_with(
+            &client,
+            Watched::new(client.config_map().into_iter().collect()),
+            "consumer",
+        )?;
         Ok(LagReader {
             consumer,
             group: config.group.clone(),
             topic: config.topic.clone(),
         })
+    }
+
+    /// `error` of a request, or the refusal it came from when the brokers refused this
+    /// client's certificates or credentials (a handshake of its own tells which: blocking).
+    pub fn explain(&self, error: rdkafka::error::KafkaError) -> crate::Error {
+        match self.refusal() {
+            Some(refusal) => refusal.into(),
+            None => error.into(),
+        }
+    }
+
+    /// Why the brokers refuse this client, if they do. Blocking.
+    pub fn refusal(&self) -> Option<crate::security::SecurityError> {
+        Watched::refusal_of(&self.consumer)
     }
 
     /// Blocking; call from a plain thread or `spawn_blocking`.
@@ -286,7 +305,7 @@ pub fn print(config: &LagConfig) -> Result<(), crate::Error> {
     use std::io::{IsTerminal, Write};
     let reader = LagReader::new(config)?;
     let started = Instant::now();
-    let mut before = reader.sample()?;
+    let mut before = reader.sample().map_err(|e| reader.explain(e))?;
     if before.partitions.is_empty() {
         // Otherwise a typo in the topic name would read as "caught up".
         return Err(ConfigError {
@@ -299,7 +318,7 @@ pub fn print(config: &LagConfig) -> Result<(), crate::Error> {
     let trigger = config.keda_trigger();
     loop {
         std::thread::sleep(config.interval);
-        let after = reader.sample()?;
+        let after = reader.sample().map_err(|e| reader.explain(e))?;
         let report = assess(&before, &after);
         let keda = trigger.map(|t| keda::compare(&t, &after, &report));
         let text = if config.json {

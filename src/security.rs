@@ -13,9 +13,16 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use openssl::x509::X509Ref;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::ClientContext;
 use tokio::sync::Notify;
+
+use crate::logging::QuietContext;
 
 mod handshake;
 
@@ -143,6 +150,71 @@ impl Watch {
         }
     }
 }
+
+/// The context of the clients of `lag` and `verify`: the quiet logging, and a [`Watch`] whose
+/// refusal [`Watched::refusal`] diagnoses, so that a broker that refuses the certificates or the
+/// credentials is reported as that, naming the property to fix, and not as a timeout or an
+/// unreachable broker. (`run` reads the same refusals through its start-up probe.)
+pub struct Watched {
+    quiet: QuietContext,
+    watch: Watch,
+    properties: Properties,
+    brokers: String,
+}
+
+impl Watched {
+    /// For a client with these librdkafka `properties` (kept to diagnose a refusal; secrets
+    /// among them are never shown).
+    pub fn new(properties: Properties) -> Self {
+        let brokers = properties
+            .get("bootstrap.servers")
+            .unwrap_or("")
+            .to_string();
+        Watched {
+            quiet: QuietContext::default(),
+            watch: Watch::default(),
+            properties,
+            brokers,
+        }
+    }
+
+    /// The cause of the first refusal `consumer` met, if it met one: its queued events are
+    /// served first (librdkafka's errors and log lines reach the context only when polled), so
+    /// call it only on a consumer with nothing assigned. Blocking for a few seconds at most (a
+    /// handshake of its own tells a broker certificate's fault).
+    pub fn refusal_of(consumer: &BaseConsumer<Watched>) -> Option<SecurityError> {
+        for _ in 0..64 {
+            let _ = consumer.poll(Duration::ZERO);
+        }
+        consumer.context().refusal()
+    }
+
+    /// The cause of the first refusal seen so far, if any. Blocking, as
+    /// [`Watched::refusal_of`].
+    pub fn refusal(&self) -> Option<SecurityError> {
+        let refusal = self.watch.get()?;
+        Some(diagnose_watched(
+            &self.watch,
+            &refusal,
+            &self.properties,
+            &self.brokers,
+        ))
+    }
+}
+
+impl ClientContext for Watched {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.watch.observe(reason);
+        self.quiet.error(error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.watch.observe(message);
+        self.quiet.log(level, fac, message);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Watched {}
 
 /// The refusal librdkafka's `message` reports, if it is one.
 pub fn classify(message: &str) -> Option<Refusal> {

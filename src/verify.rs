@@ -62,6 +62,7 @@ use serde::{Serialize, Serializer};
 
 use crate::config::{ConfigError, Guarantee, KafkaArgs, PipelineArgs, Side, Timestamps};
 use crate::error::Error;
+use crate::security::Watched;
 
 mod audit;
 mod read;
@@ -145,7 +146,7 @@ impl VerifyConfig {
         Ok(())
     }
 
-    fn consumer(&self) -> Result<BaseConsumer, ConfigError> {
+    fn consumer(&self) -> Result<BaseConsumer<Watched>, ConfigError> {
         let mut client = self.kafka.client_config(
             Side::Consumer,
             &[
@@ -174,10 +175,11 @@ impl VerifyConfig {
         client.set("enable.auto.commit", "false");
         client.set("isolation.level", "read_committed");
         client.set("enable.partition.eof", "true");
-        client.create().map_err(|e| ConfigError {
-            flag: "-X".into(),
-            message: format!("consumer: {e}"),
-        })
+        self.kafka.create_with(
+            &client,
+            Watched::new(client.config_map().into_iter().collect()),
+            "consumer",
+        )
     }
 }
 

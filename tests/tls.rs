@@ -7,8 +7,9 @@
 //! - The usual mistakes, each a refusal no retry cures: a CA that did not sign the broker's
 //!   certificate, a certificate for another host (hostname verification left at librdkafka's
 //!   default, on), an expired broker certificate, no client certificate and an untrusted one
-//!   under mutual TLS, a wrong SCRAM password. Each stops `run` with exit 1 and a message naming
-//!   the cause and the property to fix, not the "unreachable" of a connect timeout waited out.
+//!   under mutual TLS, a wrong SCRAM password. Each stops `run`, `lag` and `verify` with exit 1
+//!   and a message naming the cause and the property to fix, not the "unreachable" of a connect
+//!   timeout waited out.
 //!
 //! No output of any run shows a password. The cases run concurrently: most of the file's time is
 //! the broker's start.
@@ -164,16 +165,50 @@ async fn refusals(broker: &TlsBroker) {
             vec!["authentication failed", "sasl.password", tls::SCRAM_USER],
         ),
     ];
-    let runs = cases.iter().map(|(case, listener, props, _)| {
-        let names = Names::new("tls-refused");
+    // Each case through `run`, `lag` and `verify`: the three meet the brokers the same way.
+    let commands = ["run", "lag", "verify"];
+    let runs = cases.iter().flat_map(|(case, listener, props, _)| {
         let mut extra = properties(props);
         if *case == "wrong SCRAM password" {
             extra.extend(["-X".to_string(), wrong_password.clone()]);
         }
-        ktransform(run_args(listener, &names, &extra), CAP)
+        commands.map(|command| {
+            let names = Names::new("tls-refused");
+            let mut args: Vec<String> = match command {
+                "run" => run_args(listener, &names, &[]),
+                "lag" => [
+                    "lag",
+                    "--brokers",
+                    listener,
+                    "--group",
+                    &names.group,
+                    "--topic",
+                    &names.source,
+                ]
+                .map(String::from)
+                .to_vec(),
+                _ => [
+                    "verify",
+                    "--brokers",
+                    listener,
+                    "--source",
+                    &names.source,
+                    "--destination",
+                    &names.destination,
+                ]
+                .map(String::from)
+                .to_vec(),
+            };
+            args.extend(extra.iter().cloned());
+            ktransform(args, CAP)
+        })
     });
     let outputs = join_all(runs).await;
-    for ((case, _, _, named), output) in cases.iter().zip(&outputs) {
+    let cases = cases.iter().flat_map(|(case, _, _, named)| {
+        commands.map(|command| (format!("{command}, {case}"), named))
+    });
+    for ((case, named), output) in cases.zip(&outputs) {
+        let case = case.as_str();
         let message = error_line(output);
         eprintln!("{case}: exit {:?}, {message}", output.code);
         assert_eq!(output.code, Some(1), "{case}: {output:?}");

@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::Args;
-use rdkafka::config::{FromClientConfig, RDKafkaLogLevel};
+use rdkafka::config::{FromClientConfig, FromClientConfigAndContext, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::redact;
 use crate::config::{invalid, ConfigError, DEFAULT_BROKERS};
@@ -118,7 +118,27 @@ impl KafkaArgs {
         config: &ClientConfig,
         what: &str,
     ) -> Result<T, ConfigError> {
-        config.create::<T>().map_err(|e| {
+        self.judged(config, what, config.create::<T>())
+    }
+
+    /// [`KafkaArgs::create`] with a context of the caller's.
+    pub fn create_with<C: ClientContext, T: FromClientConfigAndContext<C>>(
+        &self,
+        config: &ClientConfig,
+        context: C,
+        what: &str,
+    ) -> Result<T, ConfigError> {
+        self.judged(config, what, config.create_with_context::<C, T>(context))
+    }
+
+    /// A client's creation, its refusal named as [`KafkaArgs::create`] says.
+    fn judged<T>(
+        &self,
+        config: &ClientConfig,
+        what: &str,
+        created: Result<T, KafkaError>,
+    ) -> Result<T, ConfigError> {
+        created.map_err(|e| {
             let message = redact::text(&format!("{what}: {e}"), config);
             // rust-rdkafka names the refused property (and appends its value, masked above).
             let refused = match &e {

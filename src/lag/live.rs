@@ -145,12 +145,14 @@ impl Live {
     }
 
     /// A sample could not be taken at `at`.
-    pub fn failed(&mut self, error: &KafkaError, at: SystemTime) {
+    /// A sample failed with `error`; `refusal` is why, when the brokers refuse this client's
+    /// certificates or credentials (not an outage: no retry cures it).
+    pub fn failed(&mut self, error: &KafkaError, refusal: Option<String>, at: SystemTime) {
         let since = self.failing.as_ref().map_or(at, |f| f.since);
         self.failing = Some(Failing {
             since,
-            error: error.to_string(),
-            unreachable: unreachable(error),
+            unreachable: refusal.is_none() && unreachable(error),
+            error: refusal.unwrap_or_else(|| error.to_string()),
         });
         // The next window starts after the gap: no rate across it.
         self.recent.clear();

@@ -130,13 +130,19 @@ fn sample(
                     live.observed(observation);
                 }
                 Err(e) => {
+                    let refusal = reader.refusal();
                     if !live.failing() {
-                        tracing::warn!(
-                            error = %e,
-                            "cannot read the group's offsets; the page says so until they can be"
-                        );
+                        match &refusal {
+                            Some(refusal) => tracing::error!(
+                                "{refusal}; the page says so until the brokers accept this client"
+                            ),
+                            None => tracing::warn!(
+                                error = %e,
+                                "cannot read the group's offsets; the page says so until they can be"
+                            ),
+                        }
                     }
-                    live.failed(&e, SystemTime::now());
+                    live.failed(&e, refusal.map(|r| r.to_string()), SystemTime::now());
                 }
             }
         }

@@ -12,6 +12,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use super::audit::Record;
 use super::VerifyConfig;
 use crate::error::Error;
+use crate::security::Watched;
 
 /// Interval of the progress line while reading.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
@@ -48,10 +49,14 @@ impl<'a> Reader<'a> {
         let consumer = self.config.consumer()?;
         let metadata = consumer
             .fetch_metadata(Some(topic), REQUEST)
-            .map_err(|source| Error::Unreachable {
-                brokers: self.config.kafka.brokers.clone(),
-                waited: REQUEST,
-                source,
+            .map_err(|source| match Watched::refusal_of(&consumer) {
+                // A refused certificate or password fails the same request: name it.
+                Some(refusal) => Error::Security(refusal),
+                None => Error::Unreachable {
+                    brokers: self.config.kafka.brokers.clone(),
+                    waited: REQUEST,
+                    source,
+                },
             })?;
         let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
             return Ok(None);

@@ -135,8 +135,8 @@ fn brokers_away_are_reported_since_the_first_failure_until_a_sample_succeeds() {
     live.observed(observation(start, 0, 0, 100));
     live.observed(observation(start, 1, 100, 200));
     let away = KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut);
-    live.failed(&away, start.1 + Duration::from_secs(2));
-    live.failed(&away, start.1 + Duration::from_secs(12));
+    live.failed(&away, None, start.1 + Duration::from_secs(2));
+    live.failed(&away, None, start.1 + Duration::from_secs(12));
     let v = json(&live, start.1 + Duration::from_secs(32));
     assert_eq!(v["status"], "unreachable");
     let message = v["message"].as_str().unwrap();
@@ -157,8 +157,28 @@ fn brokers_away_are_reported_since_the_first_failure_until_a_sample_succeeds() {
     assert!(v["history"][2]["produce_per_sec"].is_null());
 
     let refused = KafkaError::OffsetFetch(RDKafkaErrorCode::GroupAuthorizationFailed);
-    live.failed(&refused, start.1 + Duration::from_secs(41));
+    live.failed(&refused, None, start.1 + Duration::from_secs(41));
     assert_eq!(json(&live, start.1)["status"], "failing");
+}
+
+#[test]
+fn a_refused_certificate_is_shown_as_its_cause_not_as_an_outage() {
+    let start = start();
+    let mut live = new_live(&[]);
+    live.observed(observation(start, 0, 0, 100));
+    // What a metadata request returns while TLS handshakes fail: it looks like an outage.
+    let timed_out = KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut);
+    let cause = "broker 127.0.0.1:9093: its certificate is not signed by a CA in ssl.ca.location";
+    live.failed(
+        &timed_out,
+        Some(cause.to_string()),
+        start.1 + Duration::from_secs(1),
+    );
+    let v = json(&live, start.1 + Duration::from_secs(2));
+    assert_eq!(v["status"], "failing");
+    let message = v["message"].as_str().unwrap();
+    assert!(message.contains(cause), "{message}");
+    assert!(!message.contains("unreachable"), "{message}");
 }
 
 #[test]
