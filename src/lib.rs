@@ -58,7 +58,8 @@
 //! - [`partition`]: the per-partition worker: batches from the split queue, transform, produce,
 //!   hand acknowledged offsets to the guarantee (never backwards: records handed out again are
 //!   dropped); `--until-end`'s end from the high watermark; stops on a batch that cannot be
-//!   decoded. Its submodules: `rewind` (exactly-once: back to the committed offset after an
+//!   decoded. Its submodules: `send` (a batch's outputs hashed on the pool or inline and sent
+//!   in offset order), `rewind` (exactly-once: back to the committed offset after an
 //!   aborted transaction), `tracker` (sent batches settled oldest first, contiguous offsets,
 //!   the end) and `state` (the partition's life shared with its owner: Consuming → Draining →
 //!   Done | Abandoned, and the worker's progress), these two unit-tested without a broker.

@@ -41,6 +41,7 @@
 //!   acknowledged offsets or the position (which moves past transaction markers) got there.
 
 mod rewind;
+mod send;
 mod state;
 mod tracker;
 mod turn;
@@ -48,20 +49,18 @@ mod turn;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rayon::prelude::*;
 use rdkafka::error::KafkaError;
 use rdkafka::Message;
 use rewind::aborted;
+use send::can_block_in_place;
 use tokio::sync::{mpsc, watch};
 
-use crate::ack::Acks;
-use crate::dead_letter::{Router, Sent};
+use crate::dead_letter::Router;
 use crate::fetch::{PartitionQueue, Record, Undecodable};
 use crate::member::Member;
 use crate::memory::{InFlight, Turns};
 use crate::metrics::{PartitionStats, Stats};
 use crate::offsets::Offsets;
-use crate::transform::{self, Rejection};
 
 pub use state::{PartitionState, Phase, Progress, Status, WorkerExit};
 use tracker::{Ack, Batch, Settled, Tracker};
@@ -325,88 +324,6 @@ impl PartitionWorker {
         bytes
     }
 
-    /// A large batch: hashed on the pool. block_in_place keeps the borrowed payloads valid
-    /// without copying them, and lets tokio move other tasks off this thread meanwhile.
-    async fn send_hashed_on_pool(
-        &self,
-        batch: &mut [Record<'_>],
-        sent: &mut Batch,
-    ) -> Result<(), WorkerError> {
-        let results: Vec<Option<Result<Vec<u8>, Rejection>>> = tokio::task::block_in_place(|| {
-            self.shared.pool.install(|| {
-                batch
-                    .par_iter()
-                    .map(|m| m.payload().map(transform::transform))
-                    .collect()
-            })
-        });
-        for (message, result) in batch.iter_mut().zip(results) {
-            let outcome = match result {
-                None => self.send_output(message, None, &sent.acks).await?,
-                Some(Ok(out)) => self.send_output(message, Some(&out), &sent.acks).await?,
-                Some(Err(r)) => self.send_rejected(message, &r, &sent.acks).await?,
-            };
-            sent.count(outcome, message.offset());
-        }
-        Ok(())
-    }
-
-    /// A small batch: hashed here, one record at a time, into a reused buffer.
-    async fn send_hashed_inline(
-        &self,
-        batch: &mut [Record<'_>],
-        sent: &mut Batch,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), WorkerError> {
-        for message in batch.iter_mut() {
-            let outcome = match message.payload() {
-                None => self.send_output(message, None, &sent.acks).await?,
-                Some(value) => match transform::transform_into(value, buf) {
-                    Ok(()) => {
-                        let out = std::mem::take(buf);
-                        let outcome = self.send_output(message, Some(&out), &sent.acks).await;
-                        *buf = out;
-                        outcome?
-                    }
-                    Err(r) => self.send_rejected(message, &r, &sent.acks).await?,
-                },
-            };
-            sent.count(outcome, message.offset());
-        }
-        Ok(())
-    }
-
-    /// Sends an output, or dead-letters its input when it is too large ([`Router`]).
-    async fn send_output(
-        &self,
-        message: &mut Record<'_>,
-        value: Option<&[u8]>,
-        acks: &Arc<Acks>,
-    ) -> Result<Sent, WorkerError> {
-        let sent = self.shared.router.send_output(message, value, acks).await;
-        sent.map_err(|source| WorkerError::Delivery {
-            offset: message.offset(),
-            source,
-        })
-    }
-
-    async fn send_rejected(
-        &self,
-        message: &Record<'_>,
-        rejection: &Rejection,
-        acks: &Arc<Acks>,
-    ) -> Result<Sent, WorkerError> {
-        let sent = self
-            .shared
-            .router
-            .send_rejected(message, rejection, acks)
-            .await;
-        sent.map_err(|source| WorkerError::Delivery {
-            offset: message.offset(),
-            source,
-        })
-    }
-
     /// Settles `first` (the front batch's outcome) and every later batch already complete,
     /// counts them, and hands the partition's new next offset to the guarantee once. What was
     /// acknowledged before a failure is handed over too.
@@ -513,8 +430,4 @@ struct Work {
     /// The mean value size of the last batch read: what a record in flight costs follows it
     /// ([`crate::memory::InFlight::limits`]).
     value_bytes: usize,
-}
-
-fn can_block_in_place() -> bool {
-    tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
 }
