@@ -166,16 +166,27 @@ impl Watched {
     /// For a client with these librdkafka `properties` (kept to diagnose a refusal; secrets
     /// among them are never shown).
     pub fn new(properties: Properties) -> Self {
+        Watched::logging_to(QuietContext::default(), properties)
+    }
+
+    /// [`Watched::new`], its errors and log lines also going to `quiet` (which may raise the
+    /// unrecoverable ones).
+    pub fn logging_to(quiet: QuietContext, properties: Properties) -> Self {
         let brokers = properties
             .get("bootstrap.servers")
             .unwrap_or("")
             .to_string();
         Watched {
-            quiet: QuietContext::default(),
+            quiet,
             watch: Watch::default(),
             properties,
             brokers,
         }
+    }
+
+    /// The refusals seen so far.
+    pub fn watch(&self) -> &Watch {
+        &self.watch
     }
 
     /// The cause of the first refusal `consumer` met, if it met one: its queued events are
@@ -215,6 +226,12 @@ impl ClientContext for Watched {
 }
 
 impl rdkafka::consumer::ConsumerContext for Watched {}
+
+/// As a producer's context, for `run`'s start-up probe, which never sends.
+impl rdkafka::producer::ProducerContext for Watched {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
 
 /// The refusal librdkafka's `message` reports, if it is one.
 pub fn classify(message: &str) -> Option<Refusal> {
@@ -300,7 +317,7 @@ pub fn diagnose(refusal: &Refusal, config: &Properties, brokers: &str) -> Securi
 }
 
 /// [`diagnose`] with what `watch` saw besides the refusal.
-pub fn diagnose_watched(
+fn diagnose_watched(
     watch: &Watch,
     refusal: &Refusal,
     config: &Properties,

@@ -6,17 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
-use rdkafka::ClientContext;
+use rdkafka::producer::{BaseProducer, Producer};
 
 use crate::config::{ConfigError, Guarantee, RunConfig, Side, Timestamps};
 use crate::error::Error;
 use crate::logging::{FatalErrors, QuietContext};
 use crate::metrics::Stats;
 use crate::offsets::Offsets;
-use crate::security::{self, Watch};
+use crate::security::Watched;
 use crate::sink::{Sink, TopicLimits};
 use crate::transaction::Transactions;
 
@@ -124,12 +121,11 @@ async fn wait_for_brokers(
     fatal: &Arc<FatalErrors>,
 ) -> Result<Option<i32>, Error> {
     let client_config = config.kafka.client_config(Side::Producer, &[])?;
-    let properties = || client_config.config_map().into_iter().collect();
-    let probe: Arc<BaseProducer<ProbeContext>> =
-        Arc::new(client_config.create_with_context(ProbeContext {
-            quiet: QuietContext::raising(fatal.clone()),
-            watch: Watch::default(),
-        })?);
+    let probe: Arc<BaseProducer<Watched>> =
+        Arc::new(client_config.create_with_context(Watched::logging_to(
+            QuietContext::raising(fatal.clone()),
+            client_config.config_map().into_iter().collect(),
+        ))?);
     let started = Instant::now();
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -153,16 +149,16 @@ async fn wait_for_brokers(
             })
         };
         // A refusal ends the wait at once; the request finishes on its own thread.
-        let watch = &probe.context().watch;
+        let watch = probe.context().watch();
         let metadata = tokio::select! {
             metadata = request => metadata.map_err(|source| Error::Task {
                 what: "metadata request",
                 source,
             })?,
-            refusal = watch.wait() => return Err(refused(&probe, refusal, properties(), config).await),
+            _ = watch.wait() => return Err(refused(&probe).await),
         };
-        if let Some(refusal) = watch.get() {
-            return Err(refused(&probe, refusal, properties(), config).await);
+        if watch.get().is_some() {
+            return Err(refused(&probe).await);
         }
         if let Some(message) = fatal.get() {
             return Err(Error::Fatal(message));
@@ -210,48 +206,15 @@ async fn wait_for_brokers(
     }
 }
 
-/// The start-up probe's context: the quiet logging, and librdkafka's errors and log lines read
-/// for a refusal that no retry cures.
-struct ProbeContext {
-    quiet: QuietContext,
-    watch: Watch,
-}
-
-impl ClientContext for ProbeContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.watch.observe(reason);
-        self.quiet.error(error, reason);
-    }
-
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        self.watch.observe(message);
-        self.quiet.log(level, fac, message);
-    }
-}
-
-/// It never sends.
-impl ProducerContext for ProbeContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
-}
-
-/// The error for `refusal`, its cause diagnosed ([`security::diagnose_watched`]).
-async fn refused(
-    probe: &Arc<BaseProducer<ProbeContext>>,
-    refusal: security::Refusal,
-    properties: security::Properties,
-    config: &RunConfig,
-) -> Error {
-    let (probe, brokers) = (probe.clone(), config.kafka.brokers.clone());
-    let diagnosis = tokio::task::spawn_blocking(move || {
-        security::diagnose_watched(&probe.context().watch, &refusal, &properties, &brokers)
-    })
-    .await;
-    match diagnosis {
-        Ok(error) => {
+/// The error for the refusal the probe saw, its cause diagnosed ([`Watched::refusal`]).
+async fn refused(probe: &Arc<BaseProducer<Watched>>) -> Error {
+    let probe = probe.clone();
+    match tokio::task::spawn_blocking(move || probe.context().refusal()).await {
+        Ok(Some(error)) => {
             tracing::error!("{error}");
             Error::Security(error)
         }
+        Ok(None) => Error::Fatal("the brokers refused this client".into()),
         Err(source) => Error::Task {
             what: "TLS diagnosis",
             source,
