@@ -19,8 +19,8 @@ use serde_json::Value;
 
 use common::browser::{self, element, text};
 use common::data::{self, Mix};
+use common::group::commit_at_on;
 use common::http::{free_addr, get};
-use common::kafka::commit_at_on;
 use common::nodes::Brokers;
 use common::{
     brokers, create_topic_on, poll_until, produce_on, run_in_process, stop, Binary, IdleMember,

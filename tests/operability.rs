@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use common::data::{self, Mix};
+use common::group::commit_at_on;
 use common::http::{args_with_http, free_addr, get};
-use common::kafka::commit_at_on;
 use common::{
     brokers, create_topic, describe_group, poll_until, prepare, produce, run_binary,
     run_in_process, stop, Binary, Names, CAP, KEYS, THROTTLE,

@@ -18,9 +18,8 @@ use rdkafka::producer::{BaseProducer, Producer};
 use ktransform::verify::{self, Report, VerifyConfig};
 
 use super::data::TestRecord;
-use super::kafka::{
-    config_on, lag_on, leaders_on, partition_lag_on, reader_on, topic_count_on, REQUEST,
-};
+use super::group::{lag_on, partition_lag_on};
+use super::kafka::{config_on, leaders_on, reader_on, topic_count_on, REQUEST};
 use super::{blocking, brokers, Binary, Names, CAP};
 
 /// How long a killed or signalled binary may take to be gone.

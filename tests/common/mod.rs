@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: a real broker (env `KTRANSFORM_TEST_BROKERS`, default
 //! 127.0.0.1:9092, `make up`), unique topic and group names, test data ([`data`]), Kafka clients
-//! for setting up and checking, on that broker or any other ([`kafka`]), and ktransform run
+//! for setting up and checking, on that broker or any other ([`kafka`], [`group`]), and ktransform run
 //! in-process or as the binary ([`run`]). The fault suite's own brokers and tools are in
 //! [`nodes`] and [`faults`].
 //!
@@ -13,6 +13,7 @@
 pub mod browser;
 pub mod data;
 pub mod faults;
+pub mod group;
 pub mod http;
 pub mod java;
 pub mod kafka;
@@ -27,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use data::{Mix, Tally, TestRecord};
+pub use group::*;
 pub use kafka::*;
 pub use run::*;
 
