@@ -101,8 +101,8 @@
 //! - [`security`]: why the brokers refuse this client (the broker's certificate, the client's
 //!   certificate under mutual TLS, SASL credentials), read from librdkafka's messages and named
 //!   with the property to fix; the broker certificate's fault found by a TLS handshake of its own
-//!   (`security/handshake.rs`); `Watched`, the context of `lag`'s and `verify`'s clients that
-//!   reads them.
+//!   (`security/handshake.rs`); `Watched`, the context that reads them for `run`'s start-up
+//!   probe and the consumers of `lag` and `verify`.
 //! - [`lag`]: `ktransform lag`, a group's lag, rates and keep-up verdict (reads offsets only);
 //!   the group's members and protocol, either protocol, from its coordinator's description
 //!   (`lag/group.rs`, librdkafka's DescribeConsumerGroups, which rust-rdkafka does not wrap);

@@ -151,10 +151,11 @@ impl Watch {
     }
 }
 
-/// The context of the clients of `lag` and `verify`: the quiet logging, and a [`Watch`] whose
-/// refusal [`Watched::refusal`] diagnoses, so that a broker that refuses the certificates or the
+/// The context of the clients that meet the brokers first (`run`'s start-up probe, the
+/// consumers of `lag` and `verify`): the quiet logging, and a [`Watch`] whose refusal
+/// [`Watched::refusal`] diagnoses, so that a broker that refuses the certificates or the
 /// credentials is reported as that, naming the property to fix, and not as a timeout or an
-/// unreachable broker. (`run` reads the same refusals through its start-up probe.)
+/// unreachable broker.
 pub struct Watched {
     quiet: QuietContext,
     watch: Watch,
