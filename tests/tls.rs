@@ -59,6 +59,25 @@ fn run_args(brokers: &str, names: &Names, extra: &[String]) -> Vec<String> {
     args
 }
 
+/// Flags of `command` (`run`, `lag` or `verify`) against `brokers` for `names`.
+fn command_args(command: &str, brokers: &str, names: &Names) -> Vec<String> {
+    let flags = match command {
+        "run" => return run_args(brokers, names, &[]),
+        "lag" => ["--group", &names.group, "--topic", &names.source],
+        _ => [
+            "--source",
+            &names.source,
+            "--destination",
+            &names.destination,
+        ],
+    };
+    [command, "--brokers", brokers]
+        .into_iter()
+        .chain(flags)
+        .map(String::from)
+        .collect()
+}
+
 /// `-X key=value` flags.
 fn properties(pairs: &[(&str, &str)]) -> Vec<String> {
     pairs
@@ -173,32 +192,7 @@ async fn refusals(broker: &TlsBroker) {
             extra.extend(["-X".to_string(), wrong_password.clone()]);
         }
         commands.map(|command| {
-            let names = Names::new("tls-refused");
-            let mut args: Vec<String> = match command {
-                "run" => run_args(listener, &names, &[]),
-                "lag" => [
-                    "lag",
-                    "--brokers",
-                    listener,
-                    "--group",
-                    &names.group,
-                    "--topic",
-                    &names.source,
-                ]
-                .map(String::from)
-                .to_vec(),
-                _ => [
-                    "verify",
-                    "--brokers",
-                    listener,
-                    "--source",
-                    &names.source,
-                    "--destination",
-                    &names.destination,
-                ]
-                .map(String::from)
-                .to_vec(),
-            };
+            let mut args = command_args(command, listener, &Names::new("tls-refused"));
             args.extend(extra.iter().cloned());
             ktransform(args, CAP)
         })
